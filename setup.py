@@ -1,0 +1,36 @@
+"""Builds the optional C helper for WebSocket masking.
+
+The helper is a speed-up only: asgiws.websocket.mask has a pure-Python twin
+with the same signature, used whenever the extension is missing (no compiler,
+PyPy, ASGIWS_NO_SPEEDUPS=1 at build time), and both are tested.
+"""
+
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Build extensions, but never fail the install because of them."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # no compiler or headers: fall back to pure Python
+            print(f"asgiws: C speedups not built ({exc}); using the pure-Python twin")
+
+    def build_extension(self, ext: Extension) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            print(f"asgiws: C speedups not built ({exc}); using the pure-Python twin")
+
+
+ext_modules = []
+if not os.environ.get("ASGIWS_NO_SPEEDUPS"):
+    ext_modules.append(
+        Extension("asgiws.websocket._speedups", sources=["asgiws/websocket/_speedups.c"], optional=True)
+    )
+
+setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})
