@@ -42,3 +42,30 @@ class ServerState:
     default_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # Lifespan state; each connection's scope gets a shallow copy.
     lifespan_state: dict[str, Any] = field(default_factory=dict)
+
+    def over_connection_limit(self, client_ip: str | None, limit_per_ip: int | None) -> bool:
+        """True when `client_ip` already holds `limit_per_ip` connections."""
+        if limit_per_ip is None or client_ip is None:
+            return False
+        return self.connections_per_ip.get(client_ip, 0) >= limit_per_ip
+
+    def add_connection(self, connection: Connection, client_ip: str | None) -> None:
+        """Register a new transport's protocol (called from connection_made)."""
+        self.connections.add(connection)
+        if client_ip is not None:
+            self.connections_per_ip[client_ip] = self.connections_per_ip.get(client_ip, 0) + 1
+
+    def hand_over(self, old: Connection, new: Connection) -> None:
+        """The same transport changes protocol (HTTP upgrade): the per-IP count stays."""
+        self.connections.discard(old)
+        self.connections.add(new)
+
+    def remove_connection(self, connection: Connection, client_ip: str | None) -> None:
+        """Forget a closed transport's protocol (called from connection_lost)."""
+        self.connections.discard(connection)
+        if client_ip is not None:
+            remaining = self.connections_per_ip.get(client_ip, 1) - 1
+            if remaining > 0:
+                self.connections_per_ip[client_ip] = remaining
+            else:
+                self.connections_per_ip.pop(client_ip, None)
