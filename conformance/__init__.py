@@ -1,0 +1,1 @@
+"""Autobahn TestSuite conformance harness for asgiws (see README.md)."""
