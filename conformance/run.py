@@ -7,8 +7,8 @@ Usage (from the repo root)::
     python -m conformance.run --include '1.*' --include '5.*' --exclude '5.19'
     python -m conformance.run --server-cmd 'python -m hypercorn conformance.echo_app:app -b 127.0.0.1:{port}'
 
-Exit status: 0 only if every case's behavior is OK or INFORMATIONAL (and the
-server stayed up); 1 if any case is NON-STRICT/UNIMPLEMENTED/FAILED/missing;
+Exit status: 0 only if every case's behavior (and behaviorClose) is OK or
+INFORMATIONAL (and the server stayed up); 1 if any case is NON-STRICT/UNIMPLEMENTED/FAILED/missing;
 2 on harness errors (server never became ready, kosoku crashed); 3 if the
 server process died; 4 on the overall --timeout.
 """
@@ -164,7 +164,11 @@ def summarize(results: dict[str, dict], out=sys.stdout) -> list[str]:
         f"{b}={behaviors.get(b, 0)}" for b in BEHAVIORS + sorted(set(behaviors) - set(BEHAVIORS))
     ), file=out)
     print("behaviorClose: " + "  ".join(f"{c}={n}" for c, n in sorted(closes.items())), file=out)
-    bad = sorted((cid for cid, r in results.items() if r.get("behavior") not in PASSING), key=_case_key)
+    bad = sorted(
+        (cid for cid, r in results.items()
+         if r.get("behavior") not in PASSING or r.get("behaviorClose") not in PASSING),
+        key=_case_key,
+    )
     if bad:
         print(f"\nnot OK/INFORMATIONAL ({len(bad)}):", file=out)
         print(f"  {'case':<9} {'behavior':<14} {'close':<11} {'code':<5} reason", file=out)
