@@ -1,0 +1,3 @@
+from asgiws.cli import main
+
+main()

@@ -1,0 +1,746 @@
+"""HTTP/1.1 on httptools: one `HttpProtocol` per TCP connection.
+
+Requests are parsed by httptools (strict: no leniency flags) and served one at
+a time; pipelined requests wait in `pipeline` with reading paused. A request
+carrying `Upgrade: websocket` is handed, parsed, to the WebSocket protocol
+together with the bytes that followed its head.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import re
+import time
+from collections import deque
+from email.utils import formatdate
+from typing import Any, Callable
+from urllib.parse import unquote
+
+import httptools
+
+from asgiws.config import Config
+from asgiws.logging import TRACE_LOG_LEVEL, log_access
+from asgiws.protocols.common import ServerState
+from asgiws.protocols.utils import (
+    TrustedProxies,
+    apply_proxy_headers,
+    get_local_addr,
+    get_remote_addr,
+    is_ssl,
+)
+from asgiws.types import ASGIApp, Message, Scope
+
+logger = logging.getLogger("asgiws.error")
+
+# RFC 9110 5.6.2 token characters, for header names the app sends.
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# RFC 9110 5.5: CR, LF and NUL are never allowed in a field value.
+_BAD_VALUE = re.compile(rb"[\r\n\0]")
+_NO_BODY_STATUS = frozenset({204, 304}) | frozenset(range(100, 200))
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
+
+
+_STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTTPStatus}
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def date_header_value() -> bytes:
+    """The Date header value, recomputed at most once per second."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode("latin-1"))
+    return _date_cache[1]
+
+
+def build_default_headers(config: Config) -> list[tuple[bytes, bytes]]:
+    """Server header and --header values, encoded once per server.
+
+    Raises ValueError for a --header without a colon.
+    """
+    headers: list[tuple[bytes, bytes]] = []
+    custom: list[tuple[bytes, bytes]] = []
+    for item in config.headers:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            raise ValueError(f"invalid --header {item!r}: expected NAME:VALUE")
+        custom.append((name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")))
+    if config.server_header and not any(name == b"server" for name, _ in custom):
+        headers.append((b"server", b"asgiws"))
+    return headers + custom
+
+
+class ClientDisconnected(OSError):
+    """send() was called after the client went away (ASGI 2.4)."""
+
+
+class _Abort(Exception):
+    """Raised inside a parser callback: answer `status` and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection speaking HTTP/1.x."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        server_state: ServerState,
+        app: ASGIApp,
+        loop: asyncio.AbstractEventLoop | None = None,
+        trusted_proxies: TrustedProxies | None = None,
+    ) -> None:
+        self.config = config
+        self.server_state = server_state
+        self.app = app
+        self.loop = loop or asyncio.get_event_loop()
+        self.trusted = trusted_proxies or TrustedProxies(config.forwarded_allow_ips)
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int | None] | None = None
+        self.client_ip: str | None = None
+        self.scheme = "http"
+        # Requests parsed but waiting for the one in flight (pipelining).
+        self.pipeline: deque[Callable[[], None]] = deque()
+        self.cycle: RequestCycle | None = None  # the request being served
+        self._parsing: RequestCycle | None = None  # the request whose body is arriving
+        self._closing = False
+        self._upgraded = False
+        self._reading_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        # Per-request head accounting (limits checked before httptools finishes).
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._in_head = False
+        self._ws_upgrade: tuple[Scope, str] | None = None
+        self._abort: _Abort | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.client = get_remote_addr(transport)
+        self.server = get_local_addr(transport)
+        self.client_ip = self.client[0] if self.client else None
+        self.scheme = "https" if is_ssl(transport) else "http"
+        over_limit = self.server_state.over_connection_limit(
+            self.client_ip, self.config.limit_connections_per_ip
+        )
+        self.server_state.add_connection(self, self.client_ip)
+        if logger.isEnabledFor(TRACE_LOG_LEVEL):
+            logger.log(TRACE_LOG_LEVEL, "%s - HTTP connection made", self._client_text())
+        if over_limit:
+            logger.warning("Too many connections from %s", self.client_ip)
+            self._send_error(503, "Too many connections from this address")
+            return
+        self._set_timer(self.config.timeout_handshake)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._upgraded:
+            return
+        self._closing = True
+        self.server_state.remove_connection(self, self.client_ip)
+        self._cancel_timer()
+        self.pipeline.clear()
+        for cycle in (self.cycle, self._parsing):
+            if cycle is not None:
+                cycle.on_disconnect()
+        if logger.isEnabledFor(TRACE_LOG_LEVEL):
+            logger.log(TRACE_LOG_LEVEL, "%s - HTTP connection lost", self._client_text())
+
+    def eof_received(self) -> bool | None:
+        # Half-closed clients still get their in-flight response.
+        return True if self.cycle is not None else None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing or self._upgraded:
+            return
+        if self._in_head:
+            self._head_size += len(data)
+            if self._head_size > self.config.max_request_line_size + self.config.max_header_size:
+                self._fail(431, "Request header fields too large")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade(data[exc.args[0]:])
+            return
+        except httptools.HttpParserCallbackError as exc:
+            abort = self._abort or (exc.__context__ if isinstance(exc.__context__, _Abort) else None)
+            if abort is None:
+                raise
+            self._fail(abort.status, abort.reason)
+            return
+        except httptools.HttpParserError as exc:
+            if self._abort is not None:
+                self._fail(self._abort.status, self._abort.reason)
+            else:
+                self._fail(400, _parse_error_reason(exc))
+            return
+        if self._ws_upgrade is not None:
+            # Upgrade: websocket without Connection: upgrade: the ws side answers it.
+            self._on_upgrade(b"")
+
+    def pause_writing(self) -> None:
+        if self.cycle is not None:
+            self.cycle.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.cycle is not None:
+            self.cycle.resume_writing()
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._in_head = True
+        self._set_timer(self.config.timeout_handshake)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        # The method and " HTTP/1.1" are short: the URL is what makes a line long.
+        if len(self._url) > self.config.max_request_line_size:
+            raise self._set_abort(414, "Request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.config.max_header_size:
+            raise self._set_abort(431, "Request header fields too large")
+        if len(self._headers) >= self.config.max_header_count:
+            raise self._set_abort(431, "Too many request header fields")
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_timer()
+        scope = self._build_scope()
+        if scope is None:
+            raise self._set_abort(400, "Invalid request target")
+        method = self.parser.get_method().decode("ascii")
+        if _wants_websocket(self._headers):
+            scope["type"] = "websocket"
+            scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
+            scope["subprotocols"] = []
+            del scope["method"]
+            if self.trusted is not None and self.config.proxy_headers:
+                apply_proxy_headers(scope, self.trusted)
+            self._ws_upgrade = (scope, method)
+            return
+        if self.config.proxy_headers:
+            apply_proxy_headers(scope, self.trusted)
+        self.server_state.total_requests += 1
+        cycle = RequestCycle(self, scope, keep_alive=self.parser.should_keep_alive())
+        content_length = _content_length(self._headers)
+        limit = self.config.limit_request_body
+        if limit is not None and content_length is not None and content_length > limit:
+            raise self._set_abort(413, "Request body too large")
+        cycle.expect_100 = scope["http_version"] == "1.1" and any(
+            name == b"expect" and value.lower() == b"100-continue" for name, value in self._headers
+        )
+        self._parsing = cycle
+        self._enqueue(cycle.start)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self._parsing
+        if cycle is None:
+            return
+        cycle.body_received += len(body)
+        limit = self.config.limit_request_body
+        if limit is not None and cycle.body_received > limit:
+            raise self._set_abort(413, "Request body too large")
+        cycle.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self._parsing
+        self._parsing = None
+        if cycle is not None:
+            cycle.end_body()
+
+    # -- scope -----------------------------------------------------------------------
+
+    def _build_scope(self) -> Scope | None:
+        try:
+            parsed = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            if self._url != b"*":
+                return None
+            raw_path, query = b"*", b""
+        else:
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        root_path = self.config.root_path
+        path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="replace")
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": self.parser.get_http_version(),
+            "method": self.parser.get_method().decode("ascii"),
+            "scheme": self.scheme,
+            "path": root_path + path,
+            "raw_path": root_path.encode("utf-8") + raw_path,
+            "query_string": query,
+            "root_path": root_path,
+            "headers": self._headers,
+            "client": self.client,
+            "server": self.server,
+            "state": self.server_state.lifespan_state.copy(),
+            "extensions": {},
+        }
+
+    # -- request scheduling --------------------------------------------------------------
+
+    def _enqueue(self, start: Callable[[], None]) -> None:
+        if self.cycle is None and not self.pipeline:
+            start()
+            return
+        self.pipeline.append(start)
+        self._update_reading()
+
+    def on_response_complete(self, keep_alive: bool) -> None:
+        """Called by the cycle once its last byte is written."""
+        self.cycle = None
+        if self._closing:
+            return
+        if not keep_alive:
+            self._close()
+            return
+        if self.pipeline:
+            self.pipeline.popleft()()
+        self._update_reading()
+        if self.cycle is None and not self._in_head and self._parsing is None and not self._closing:
+            self._set_timer(self.config.timeout_keep_alive)
+
+    def _update_reading(self) -> None:
+        """Pause while requests queue up or request body waits for the app."""
+        buffered = self._parsing.buffered if self._parsing is not None else 0
+        pause = bool(self.pipeline) or buffered > self.config.http_read_high_water
+        if pause and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        elif not pause and self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def concurrency_exceeded(self) -> bool:
+        limit = self.config.limit_concurrency
+        return limit is not None and (
+            len(self.server_state.connections) > limit or len(self.server_state.tasks) >= limit
+        )
+
+    # -- upgrade -----------------------------------------------------------------------
+
+    def _on_upgrade(self, trailing: bytes) -> None:
+        upgrade = self._ws_upgrade
+        self._ws_upgrade = None
+        if upgrade is None:
+            # h2c and friends are not supported: keep speaking HTTP/1.1.
+            self.parser = httptools.HttpRequestParser(self)
+            if trailing:
+                self.data_received(trailing)
+            return
+        scope, method = upgrade
+        self._enqueue(lambda: self._hand_over(scope, method, trailing))
+        # Nothing after an upgrade request is HTTP any more.
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _hand_over(self, scope: Scope, method: str, trailing: bytes) -> None:
+        if self.concurrency_exceeded():
+            logger.warning("Exceeded concurrency limit: upgrade refused")
+            self._send_error(503, "Service Unavailable")
+            return
+        try:
+            from asgiws.protocols.websocket import WebSocketProtocol
+        except ImportError:
+            logger.warning("WebSocket upgrade requested but WebSocket support is unavailable")
+            self._send_error(501, "WebSocket support is not available")
+            return
+        self._cancel_timer()
+        self._upgraded = True
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        ws = WebSocketProtocol(config=self.config, server_state=self.server_state, app=self.app, loop=self.loop)
+        self.server_state.total_requests += 1
+        ws.take_over(self.transport, scope, method=method, trailing_data=trailing)
+
+    # -- errors and closing ------------------------------------------------------------
+
+    def _set_abort(self, status: int, reason: str) -> _Abort:
+        self._abort = _Abort(status, reason)
+        return self._abort
+
+    def _fail(self, status: int, reason: str) -> None:
+        """A malformed or over-limit request: answer it after those before it, then close."""
+        if self._closing:
+            return
+        logger.info("%s - bad request: %s", self._client_text(), reason)
+        if self._parsing is not None:
+            self._parsing.on_disconnect()
+            self.pipeline = deque(s for s in self.pipeline if getattr(s, "__self__", None) is not self._parsing)
+            self._parsing = None
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._enqueue(lambda: self._send_error(status, reason))
+
+    def _send_error(self, status: int, reason: str) -> None:
+        body = reason.encode("utf-8") + b"\n"
+        head = [
+            _STATUS_LINES.get(status) or _status_line(status),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+            b"connection: close\r\n",
+        ]
+        head.extend(self._default_header_lines(set()))
+        head.append(b"\r\n")
+        head.append(body)
+        if not self.transport.is_closing():
+            self.transport.writelines(head)
+        self._close()
+
+    def _default_header_lines(self, app_names: set[bytes]) -> list[bytes]:
+        lines = []
+        for name, value in self.server_state.default_headers:
+            if name not in app_names:
+                lines.append(b"%s: %s\r\n" % (name, value))
+        if self.config.date_header and b"date" not in app_names:
+            lines.append(b"date: %s\r\n" % date_header_value())
+        return lines
+
+    def _close(self) -> None:
+        self._closing = True
+        self._cancel_timer()
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def shutdown(self, close_code: int) -> None:
+        """Graceful close: finish the request in flight, close idle connections now."""
+        if self.cycle is None:
+            self._close()
+            return
+        self.cycle.keep_alive = False
+        self.pipeline.clear()
+
+    # -- timers ------------------------------------------------------------------------
+
+    def _set_timer(self, seconds: float) -> None:
+        self._cancel_timer()
+        self._timer = self.loop.call_later(seconds, self._on_timeout)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.cycle is None and not self.pipeline:
+            if logger.isEnabledFor(TRACE_LOG_LEVEL):
+                logger.log(TRACE_LOG_LEVEL, "%s - idle or slow client dropped", self._client_text())
+            self._close()
+
+    def _client_text(self) -> str:
+        return f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+
+
+def _wants_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"upgrade" and b"websocket" in [t.strip().lower() for t in value.split(b",")]:
+            return True
+    return False
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _parse_error_reason(exc: Exception) -> str:
+    text = str(exc).strip() or "Invalid HTTP request"
+    return "Invalid HTTP request: " + text[:100]
+
+
+class RequestCycle:
+    """One request and its response; the ASGI receive/send pair lives here."""
+
+    def __init__(self, protocol: HttpProtocol, scope: Scope, *, keep_alive: bool) -> None:
+        self.protocol = protocol
+        self.transport = protocol.transport
+        self.scope = scope
+        self.keep_alive = keep_alive
+        self.expect_100 = False
+        self.body = bytearray()
+        self.body_received = 0
+        self.more_body = True
+        self.disconnected = False
+        self.response_started = False
+        self.response_complete = False
+        self.chunked = False
+        self.head: bytes | None = None  # response head, written with the first body
+        self.expected_length: int | None = None
+        self.sent_length = 0
+        self.status = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self.is_head = scope["method"] == "HEAD"
+
+    @property
+    def buffered(self) -> int:
+        return len(self.body)
+
+    # -- fed by the protocol -----------------------------------------------------------
+
+    def feed_body(self, body: bytes) -> None:
+        if self.response_complete:
+            return
+        self.body += body
+        if len(self.body) > self.protocol.config.http_read_high_water:
+            self.protocol._update_reading()
+        self._wake()
+
+    def end_body(self) -> None:
+        self.more_body = False
+        self._wake()
+
+    def on_disconnect(self) -> None:
+        self.disconnected = True
+        self._wake()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- running the app -----------------------------------------------------------------
+
+    def start(self) -> None:
+        protocol = self.protocol
+        protocol.cycle = self
+        if protocol.concurrency_exceeded():
+            logger.warning("Exceeded concurrency limit.")
+            self.keep_alive = False
+            self._simple(503, b"Service Unavailable")
+            return
+        task = protocol.loop.create_task(self.run_asgi(protocol.app))
+        protocol.server_state.tasks.add(task)
+        task.add_done_callback(protocol.server_state.tasks.discard)
+
+    async def run_asgi(self, app: ASGIApp) -> None:
+        try:
+            await app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException as exc:
+            logger.error("Exception in ASGI application", exc_info=exc)
+            if not self.response_started:
+                self._simple(500, b"Internal Server Error")
+            elif not self.response_complete:
+                self.keep_alive = False
+                self.protocol._close()
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            if not self.response_started and not self.disconnected:
+                logger.error("ASGI callable returned without starting response.")
+                self._simple(500, b"Internal Server Error")
+            elif not self.response_complete and not self.disconnected:
+                logger.error("ASGI callable returned without completing response.")
+                self.keep_alive = False
+                self.protocol._close()
+
+    def _simple(self, status: int, body: bytes) -> None:
+        """A server-made response (500, 503) in place of the app's."""
+        self.response_started = True
+        self.status = status
+        head = [
+            _STATUS_LINES[status],
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\n" % len(body),
+        ]
+        if not self.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.extend(self.protocol._default_header_lines(set()))
+        head.append(b"\r\n")
+        if not self.transport.is_closing():
+            self.transport.writelines(head)
+            if not self.is_head:
+                self.transport.write(body)
+        self._log()
+        self._complete()
+
+    def _complete(self) -> None:
+        self.response_complete = True
+        self.body.clear()
+        self._wake()
+        if self.more_body and self.keep_alive:
+            # The rest of the request body is still to be read and thrown away.
+            self.protocol._update_reading()
+        self.protocol.on_response_complete(self.keep_alive)
+
+    def _log(self) -> None:
+        if self.protocol.config.access_log:
+            scope = self.scope
+            path = scope["path"]
+            if scope["query_string"]:
+                path += "?" + scope["query_string"].decode("latin-1")
+            log_access(scope["client"], scope["method"], path, scope["http_version"], self.status)
+
+    # -- ASGI receive ------------------------------------------------------------------
+
+    async def receive(self) -> Message:
+        if self.expect_100:
+            self.expect_100 = False
+            if not self.response_started and not self.transport.is_closing():
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if not self.disconnected and not self.response_complete and self.more_body and not self.body:
+            self._waiter = self.protocol.loop.create_future()
+            await self._waiter
+            self._waiter = None
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
+        self.body.clear()
+        self.protocol._update_reading()
+        return message
+
+    # -- ASGI send -----------------------------------------------------------------------
+
+    async def send(self, message: Message) -> None:
+        if self.disconnected:
+            raise ClientDisconnected("client disconnected")
+        kind = message["type"]
+        if kind == "http.response.start":
+            self._start(message)
+        elif kind == "http.response.body":
+            await self._body(message)
+        else:
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+
+    def _start(self, message: Message) -> None:
+        if self.response_started:
+            raise RuntimeError("response already started")
+        status = int(message["status"])
+        lines = [_STATUS_LINES.get(status) or _status_line(status)]
+        app_names: set[bytes] = set()
+        for name, value in message.get("headers", ()):
+            name = bytes(name).lower()
+            value = bytes(value)
+            if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+                raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+            if name == b"content-length":
+                self.expected_length = int(value)
+            elif name == b"transfer-encoding":
+                if value.lower() == b"chunked":
+                    self.chunked = True
+                    continue  # added back below, exactly once
+            elif name == b"connection" and b"close" in value.lower():
+                self.keep_alive = False
+            app_names.add(name)
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.extend(self.protocol._default_header_lines(app_names))
+        self.response_started = True
+        self.status = status
+        self._app_names = app_names
+        self._lines = lines
+        self.expect_100 = False
+
+    def _finish_head(self, body: bytes, more_body: bool) -> bytes:
+        lines = self._lines
+        no_body = self.status in _NO_BODY_STATUS
+        if no_body:
+            self.chunked = False
+        elif self.expected_length is None and not self.chunked:
+            if not more_body and not self.is_head:
+                self.expected_length = len(body)
+                lines.append(b"content-length: %d\r\n" % len(body))
+            elif not self.is_head:
+                if self.scope["http_version"] == "1.1":
+                    self.chunked = True
+                else:
+                    self.keep_alive = False  # HTTP/1.0: the close marks the end
+        if self.chunked and not self.is_head:
+            lines.append(b"transfer-encoding: chunked\r\n")
+        elif self.chunked:
+            self.chunked = False
+        if not self.keep_alive:
+            if b"connection" not in self._app_names:
+                lines.append(b"connection: close\r\n")
+        elif self.scope["http_version"] == "1.0":
+            lines.append(b"connection: keep-alive\r\n")
+        lines.append(b"\r\n")
+        self._log()
+        return b"".join(lines)
+
+    async def _body(self, message: Message) -> None:
+        if not self.response_started:
+            raise RuntimeError("response body sent before http.response.start")
+        if self.response_complete:
+            raise RuntimeError("response already complete")
+        body = bytes(message.get("body", b""))
+        more_body = bool(message.get("more_body", False))
+        head = b""
+        if self._lines is not None:
+            head = self._finish_head(body, more_body)
+            self._lines = None
+        transport = self.transport
+        if self.is_head or self.status in _NO_BODY_STATUS:
+            if head:
+                transport.write(head)
+        elif self.chunked:
+            chunk = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+            tail = b"0\r\n\r\n" if not more_body else b""
+            transport.writelines((head, chunk, tail))
+        else:
+            self.sent_length += len(body)
+            if self.expected_length is not None and self.sent_length > self.expected_length:
+                raise RuntimeError("response body longer than Content-Length")
+            if head and len(body) < 65536:
+                transport.write(head + body)
+            else:
+                transport.writelines((head, body))
+        if not more_body:
+            self._complete()
+            return
+        if self._write_paused and not self.disconnected:
+            self._drain = self.protocol.loop.create_future()
+            await self._drain
+            self._drain = None
+
+    _lines: list[bytes] | None = None
+    _app_names: set[bytes] = set()

@@ -1,0 +1,265 @@
+"""One worker: the event loop's listeners, lifespan and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import signal
+import socket
+import ssl
+import sys
+import threading
+from typing import Any
+
+from asgiws.config import Config
+from asgiws.importer import ImportFromStringError, import_from_string
+from asgiws.lifespan import LifespanOn
+from asgiws.protocols.common import ServerState
+from asgiws.protocols.http import HttpProtocol, build_default_headers
+from asgiws.protocols.utils import TrustedProxies
+from asgiws.types import ASGIApp
+
+logger = logging.getLogger("asgiws.error")
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StartupError(Exception):
+    """The server could not start (bind failed, lifespan startup failed); str() is the reason."""
+
+
+def load_app(config: Config) -> ASGIApp:
+    """Import (and with --factory, call) the configured app.
+
+    Raises ImportFromStringError or StartupError with a one-line message.
+    """
+    if config.app_dir and os.path.abspath(config.app_dir) not in sys.path:
+        sys.path.insert(0, os.path.abspath(config.app_dir))
+    app = import_from_string(config.app)
+    if config.factory:
+        try:
+            app = app()
+        except TypeError as exc:
+            raise StartupError(f"error calling the app factory: {exc}") from None
+    if app is None or not callable(app):
+        raise StartupError(f"{config.app!r} is not an ASGI application")
+    return app  # type: ignore[no-any-return]
+
+
+def create_ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.use_ssl:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    assert config.ssl_certfile is not None
+    context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile, config.ssl_keyfile_password)
+    context.verify_mode = ssl.VerifyMode(config.ssl_cert_reqs)
+    if config.ssl_ca_certs:
+        context.load_verify_locations(config.ssl_ca_certs)
+    if config.ssl_ciphers:
+        context.set_ciphers(config.ssl_ciphers)
+    return context
+
+
+def bind_socket(config: Config) -> socket.socket:
+    """A listening socket for host:port or --uds. Raises StartupError (e.g. port in use)."""
+    if config.fd is not None:
+        sock = socket.fromfd(config.fd, socket.AF_UNIX if config.uds else socket.AF_INET, socket.SOCK_STREAM)
+        return sock
+    if config.uds:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(config.uds)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(config.uds)
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f"could not bind to {config.uds}: {exc.strerror}") from None
+        os.chmod(config.uds, 0o666)
+    else:
+        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((config.host, config.port))
+        except OSError as exc:
+            sock.close()
+            raise StartupError(
+                f"could not bind on {config.host}:{config.port}: {exc.strerror or exc}"
+            ) from None
+    sock.listen(config.backlog)
+    sock.set_inheritable(True)
+    return sock
+
+
+class Server:
+    """Serves one Config on the running event loop.
+
+    `await serve()` returns after a graceful shutdown; set `should_exit` (from
+    any thread) to request one. `started` becomes True once listening;
+    `bound_addresses` then lists (host, port) pairs and `port` the first port.
+    `shutdown_close_code` is what WebSockets are closed with (1001 going
+    away; a supervisor sets 1012 for restarts).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.server_state = ServerState()
+        self.started = False
+        self.should_exit = False
+        self.force_exit = False
+        self.shutdown_close_code = 1001
+        self.exit_code = 0
+        self.error: str | None = None
+        self.sockets: list[socket.socket] = []
+        self.bound_addresses: list[tuple[Any, ...]] = []
+        self.servers: list[asyncio.AbstractServer] = []
+        self.lifespan: LifespanOn | None = None
+        self.app: ASGIApp | None = None
+        self._captured_signals: list[int] = []
+
+    @property
+    def port(self) -> int | None:
+        for address in self.bound_addresses:
+            if isinstance(address, tuple) and len(address) >= 2:
+                return int(address[1])
+        return None
+
+    def run(self, sockets: list[socket.socket] | None = None) -> None:
+        """Run serve() on a new event loop (uvloop with --loop auto when importable)."""
+        setup_event_loop(self.config.loop)
+        asyncio.run(self.serve(sockets=sockets))
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start, serve until should_exit, shut down. On failure sets exit_code and error."""
+        with self._capture_signals():
+            try:
+                await self._startup(sockets)
+            except (StartupError, ImportFromStringError) as exc:
+                self.error = str(exc)
+                self.exit_code = 1
+                logger.error("%s", exc)
+                await self._close_listeners()
+                return
+            if self.should_exit:
+                return
+            await self._main_loop()
+            await self.shutdown()
+
+    async def _startup(self, sockets: list[socket.socket] | None) -> None:
+        config = self.config
+        self.app = load_app(config)
+        try:
+            self.server_state.default_headers = build_default_headers(config)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        if config.lifespan != "off":
+            self.lifespan = LifespanOn(config, self.app, self.server_state.lifespan_state)
+            await self.lifespan.startup()
+            if self.lifespan.should_exit:
+                raise StartupError(f"Application startup failed: {self.lifespan.error}")
+        loop = asyncio.get_running_loop()
+        trusted = TrustedProxies(config.forwarded_allow_ips)
+        factory = functools.partial(
+            HttpProtocol, config=config, server_state=self.server_state, app=self.app, loop=loop,
+            trusted_proxies=trusted,
+        )
+        ssl_context = create_ssl_context(config)
+        owned = sockets is None
+        listen = sockets if sockets is not None else [bind_socket(config)]
+        for sock in listen:
+            server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog)
+            self.servers.append(server)
+            for server_sock in server.sockets:
+                self.bound_addresses.append(server_sock.getsockname())
+        self.sockets = list(listen)
+        self._owns_sockets = owned
+        scheme = "https" if ssl_context else "http"
+        for address in self.bound_addresses:
+            if isinstance(address, tuple):
+                host = f"[{address[0]}]" if ":" in address[0] else address[0]
+                logger.info("Asgiws running on %s://%s:%d (Press CTRL+C to quit)", scheme, host, address[1])
+            else:
+                logger.info("Asgiws running on unix socket %s (Press CTRL+C to quit)", address)
+        self.started = True
+
+    async def _main_loop(self) -> None:
+        max_requests = self.config.limit_max_requests
+        if max_requests is not None and self.config.limit_max_requests_jitter:
+            max_requests += random.randint(0, self.config.limit_max_requests_jitter)
+        while not self.should_exit:
+            await asyncio.sleep(0.1)
+            if max_requests is not None and self.server_state.total_requests >= max_requests:
+                logger.warning("Maximum request limit of %d exceeded. Terminating process.", max_requests)
+                self.should_exit = True
+
+    async def _close_listeners(self) -> None:
+        for server in self.servers:
+            server.close()
+        if getattr(self, "_owns_sockets", True):
+            for sock in self.sockets:
+                sock.close()
+        if self.config.uds and os.path.exists(self.config.uds) and self.started:
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.uds)
+
+    async def shutdown(self) -> None:
+        """Stop listening, close connections gracefully (bounded), cancel tasks, lifespan shutdown."""
+        logger.info("Shutting down")
+        for server in self.servers:
+            server.close()
+        state = self.server_state
+        for connection in list(state.connections):
+            connection.shutdown(self.shutdown_close_code)
+        try:
+            await asyncio.wait_for(self._wait_connections_closed(), self.config.timeout_graceful_shutdown)
+        except asyncio.TimeoutError:
+            logger.error("Cancel %d running task(s), timeout graceful shutdown exceeded", len(state.tasks))
+            for task in list(state.tasks):
+                task.cancel()
+            await asyncio.sleep(0)
+        for task in list(state.tasks):
+            task.cancel()
+        await self._close_listeners()
+        if self.lifespan is not None and not self.force_exit:
+            await self.lifespan.shutdown()
+
+    async def _wait_connections_closed(self) -> None:
+        while self.server_state.connections and not self.force_exit:
+            await asyncio.sleep(0.05)
+
+    # -- signals -----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _capture_signals(self) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self._handle_signal) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    def _handle_signal(self, sig: int, frame: Any) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
+def setup_event_loop(loop_setting: str) -> None:
+    """Install uvloop's policy for 'uvloop', and for 'auto' when uvloop is importable."""
+    if loop_setting == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError:
+        if loop_setting == "uvloop":
+            raise
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
