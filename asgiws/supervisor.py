@@ -1,0 +1,464 @@
+"""The supervisor: N worker processes serving one listening socket.
+
+It binds the socket(s) once, forks the workers, and then only watches: a
+single-threaded select() loop over the signal wake-up pipe, one pipe per
+worker and (with --reload) the file watcher's pipe. It starts no thread and no
+event loop, so forking stays safe for the whole life of the process, and it
+never closes the listening socket while it runs: connections wait in the
+kernel's accept queue while a worker is being replaced.
+
+Signal handlers only queue the signal number; the loop dispatches it to
+`handle_<name>` (handle_sigterm, handle_sighup, ...), where acting is safe.
+
+Worker lifecycle: STARTING (forked, importing the app, lifespan start-up) ->
+READY (said "ready" over its pipe; now health-checked) -> DRAINING (told
+"stop <code>"; killed if it outlives its deadline). Everything else follows
+from one rule applied on every tick (`_reconcile`): keep `target` workers of
+the current generation READY, start at most one replacement at a time, and
+drain an old or surplus worker only once another is READY to take its place.
+SIGHUP and --reload start a new generation; --limit-max-requests marks one
+worker for replacement.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from asgiws.config import Config
+from asgiws.sockets import bind_sockets, describe
+from asgiws.workers import Channel, run_worker
+
+logger = logging.getLogger("asgiws.error")
+
+# Close code for WebSocket clients of a worker that is replaced while the
+# service goes on (restart, recycle, reload): 1012 "service restart" tells
+# them to reconnect; 1001 "going away" is for a real shutdown.
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_GOING_AWAY = 1001
+
+# Start-up failures back off from 0.5 s, doubling to at most 30 s: slow enough
+# that a broken app costs nothing, fast enough to recover from a blip.
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+# Pings go out at most this often; a worker has timeout_worker_healthcheck to answer.
+PING_INTERVAL_MAX = 1.0
+# A draining worker gets timeout_graceful_shutdown plus this much (lifespan
+# shutdown, interpreter exit) before it is SIGKILLed.
+DRAIN_MARGIN = 5.0
+# The loop wakes at least this often even when nothing happens.
+TICK = 0.25
+
+HANDLED_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+@dataclass(eq=False)
+class Worker:
+    pid: int
+    channel: Channel
+    generation: int
+    started_at: float
+    state: State = State.STARTING
+    replace: bool = False  # asked to be recycled (--limit-max-requests)
+    ping_sent_at: float | None = None
+    next_ping_at: float = 0.0
+    drain_deadline: float = float("inf")
+    failure: str | None = None  # what it reported when start-up failed
+
+
+class Supervisor:
+    """Runs until SIGTERM/SIGINT; `run()` returns the process exit status."""
+
+    def __init__(
+        self,
+        config: Config,
+        sockets: list[socket.socket] | None = None,
+        *,
+        watcher: object | None = None,
+        worker_target: Callable[[Config, list[socket.socket], socket.socket], int] = run_worker,
+    ) -> None:
+        self.config = config
+        self.sockets = sockets if sockets is not None else bind_sockets(config)
+        self.worker_target = worker_target
+        self.watcher = watcher  # asgiws.reload.Watcher, or None
+        self.target = config.workers
+        self.generation = 0
+        self.workers: dict[int, Worker] = {}
+        self.signal_queue: list[int] = []
+        self.stopping = False
+        self.exit_code = 0
+        self.ever_ready = False
+        self.failures = 0  # start-up failures since a worker last became ready
+        self.spawn_not_before = 0.0
+        self.selector = selectors.DefaultSelector()
+        self._wakeup_r, self._wakeup_w = socket.socketpair()
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signal_handlers()
+        tls = self.config.use_ssl
+        for sock in self.sockets:
+            logger.info("Listening on %s", describe(sock, tls=tls))
+        logger.info("Supervisor %d starting %d worker(s)", os.getpid(), self.target)
+        if self.watcher is not None:
+            self.selector.register(self.watcher, selectors.EVENT_READ, self._on_watcher)
+        try:
+            while not (self.stopping and not self.workers):
+                self._tick()
+        finally:
+            self._cleanup()
+        logger.info("Supervisor %d stopped", os.getpid())
+        return self.exit_code
+
+    def _tick(self) -> None:
+        for key, _ in self.selector.select(self._timeout()):
+            key.data(key.fileobj)
+        while self.signal_queue:
+            self._dispatch(self.signal_queue.pop(0))
+        self._reap()
+        now = time.monotonic()
+        self._check_health(now)
+        if not self.stopping:
+            self._reconcile(now)
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = [now + TICK, self.spawn_not_before]
+        timeout = self.config.timeout_worker_healthcheck
+        for worker in self.workers.values():
+            if worker.state is State.DRAINING:
+                deadlines.append(worker.drain_deadline)
+            elif worker.state is State.READY:
+                waiting = worker.ping_sent_at is not None
+                deadlines.append(worker.ping_sent_at + timeout if waiting else worker.next_ping_at)
+        return max(0.0, min(deadlines) - now)
+
+    # -- signals -----------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        self._wakeup_w.setblocking(False)
+        self._wakeup_r.setblocking(False)
+        signal.set_wakeup_fd(self._wakeup_w.fileno(), warn_on_full_buffer=False)
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_wakeup)
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, self._queue_signal)
+
+    def _queue_signal(self, signum: int, frame: object) -> None:
+        # Runs between two bytecodes of the loop: only record it.
+        self.signal_queue.append(signum)
+
+    def _drain_wakeup(self, sock: object) -> None:
+        try:
+            while self._wakeup_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _dispatch(self, signum: int) -> None:
+        name = signal.Signals(signum).name.lower()
+        getattr(self, f"handle_{name}")()
+
+    def handle_sigterm(self) -> None:
+        self._begin_stop("SIGTERM")
+
+    def handle_sigint(self) -> None:
+        if self.stopping:
+            self._kill_all("second SIGINT: forcing exit")
+            return
+        self._begin_stop("SIGINT")
+
+    def handle_sighup(self) -> None:
+        self._restart("SIGHUP")
+
+    def handle_sigttin(self) -> None:
+        self.target += 1
+        logger.info("SIGTTIN: now %d worker(s)", self.target)
+
+    def handle_sigttou(self) -> None:
+        if self.target <= 1:
+            logger.info("SIGTTOU ignored: keeping the last worker")
+            return
+        self.target -= 1
+        logger.info("SIGTTOU: now %d worker(s)", self.target)
+
+    def handle_sigchld(self) -> None:
+        self._reap()
+
+    def _restart(self, why: str) -> None:
+        if self.stopping:
+            return
+        self.generation += 1
+        self.spawn_not_before = 0.0  # a new generation deserves a prompt try
+        logger.info("%s: rolling restart of %d worker(s)", why, self.target)
+
+    def _begin_stop(self, why: str) -> None:
+        if self.stopping:
+            return
+        logger.info("%s: stopping %d worker(s) gracefully", why, len(self.workers))
+        self.stopping = True
+        for worker in self.workers.values():
+            if worker.state is not State.DRAINING:
+                self._drain(worker, CLOSE_GOING_AWAY)
+
+    # -- workers -----------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        parent_end, child_end = socket.socketpair()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            status = 1
+            try:
+                parent_end.close()
+                self._close_in_child()
+                status = self.worker_target(self.config, self.sockets, child_end)
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        child_end.close()
+        now = time.monotonic()
+        worker = Worker(pid, Channel(parent_end), self.generation, now)
+        self.workers[pid] = worker
+        self.selector.register(worker.channel.sock, selectors.EVENT_READ, self._on_channel)
+        logger.info("Started worker %d", pid)
+
+    def _close_in_child(self) -> None:
+        """Drop the supervisor's own descriptors in a freshly forked worker."""
+        for worker in self.workers.values():
+            worker.channel.close()
+        self.selector.close()
+        self._wakeup_r.close()
+        self._wakeup_w.close()
+        if self.watcher is not None:
+            self.watcher.close_in_child()  # type: ignore[attr-defined]
+
+    def _on_channel(self, sock: socket.socket) -> None:
+        worker = next((w for w in self.workers.values() if w.channel.sock is sock), None)
+        if worker is None:
+            return
+        lines = worker.channel.receive()
+        if lines is None:  # the worker is exiting; _reap collects it
+            self.selector.unregister(sock)
+            return
+        for line in lines:
+            command, _, argument = line.partition(" ")
+            handler = getattr(self, f"_on_{command}", None)
+            if handler is not None:
+                handler(worker, argument)
+
+    def _on_ready(self, worker: Worker, argument: str) -> None:
+        if worker.state is not State.STARTING:
+            return
+        worker.state = State.READY
+        worker.next_ping_at = time.monotonic() + self._ping_interval()
+        self.ever_ready = True
+        self.failures = 0
+        logger.info("Worker %d is ready", worker.pid)
+        if self.stopping:
+            self._drain(worker, CLOSE_GOING_AWAY)
+
+    def _on_pong(self, worker: Worker, argument: str) -> None:
+        worker.ping_sent_at = None
+        worker.next_ping_at = time.monotonic() + self._ping_interval()
+
+    def _on_recycle(self, worker: Worker, argument: str) -> None:
+        logger.info("Worker %d reached --limit-max-requests: replacing it", worker.pid)
+        worker.replace = True
+
+    def _on_fail(self, worker: Worker, argument: str) -> None:
+        worker.failure = argument
+
+    def _drain(self, worker: Worker, close_code: int) -> None:
+        worker.state = State.DRAINING
+        worker.drain_deadline = time.monotonic() + self.config.timeout_graceful_shutdown + DRAIN_MARGIN
+        worker.channel.send(f"stop {close_code}")
+
+    def _on_watcher(self, watcher: object) -> None:
+        changed = self.watcher.read_changes()  # type: ignore[union-attr]
+        if changed is None:
+            logger.error("The --reload watcher stopped; no more reloads")
+            self.selector.unregister(watcher)
+            return
+        if changed:
+            shown = ", ".join(os.path.relpath(p) for p in changed[:3])
+            more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            self._restart(f"Change in {shown}{more}")
+
+    def _reap(self) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:  # e.g. the reload watcher
+                continue
+            self._forget(worker)
+            self._on_exit(worker, os.waitstatus_to_exitcode(status))
+
+    def _forget(self, worker: Worker) -> None:
+        try:
+            self.selector.unregister(worker.channel.sock)
+        except (KeyError, ValueError):
+            pass
+        worker.channel.close()
+
+    def _on_exit(self, worker: Worker, code: int) -> None:
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+        if worker.state is State.DRAINING:
+            logger.info("Worker %d stopped (%s)", worker.pid, how)
+        elif worker.state is State.READY:
+            logger.error("Worker %d died (%s): replacing it", worker.pid, how)
+        else:
+            self._on_startup_failure(worker, how)
+
+    def _on_startup_failure(self, worker: Worker, how: str) -> None:
+        reason = worker.failure or how
+        self.failures += 1
+        if not self.ever_ready and not self._active() and self.watcher is None:
+            logger.error("Worker failed to start: %s", reason)
+            logger.error("Every worker failed to start: exiting")
+            self.exit_code = 1
+            self.stopping = True
+            return
+        if self.watcher is not None:
+            # Development: retrying the same broken code helps nobody.
+            logger.error("Worker failed to start: %s; waiting for a file change", reason)
+            self.spawn_not_before = float("inf")
+            return
+        delay = min(BACKOFF_INITIAL * 2 ** (self.failures - 1), BACKOFF_MAX)
+        logger.error("Worker failed to start: %s; retrying in %.1fs", reason, delay)
+        self.spawn_not_before = time.monotonic() + delay
+
+    def _kill_all(self, why: str) -> None:
+        for worker in self.workers.values():
+            logger.warning("Killing worker %d: %s", worker.pid, why)
+            _kill(worker.pid)
+
+    # -- health ------------------------------------------------------------------
+
+    def _ping_interval(self) -> float:
+        return min(PING_INTERVAL_MAX, self.config.timeout_worker_healthcheck / 2)
+
+    def _check_health(self, now: float) -> None:
+        timeout = self.config.timeout_worker_healthcheck
+        for worker in list(self.workers.values()):
+            if worker.state is State.DRAINING:
+                if now >= worker.drain_deadline:
+                    logger.warning("Worker %d did not stop in time: killing it", worker.pid)
+                    _kill(worker.pid)
+                    worker.drain_deadline = float("inf")
+                continue
+            if worker.state is not State.READY:
+                continue
+            if worker.ping_sent_at is not None:
+                if now - worker.ping_sent_at > timeout:
+                    logger.error(
+                        "Worker %d did not answer a health check within %.1fs (event loop blocked): "
+                        "killing it", worker.pid, timeout,
+                    )
+                    _kill(worker.pid)
+                    worker.state = State.DRAINING  # replaced now; reaped when it dies
+                    worker.drain_deadline = float("inf")
+            elif now >= worker.next_ping_at:
+                worker.ping_sent_at = now
+                worker.channel.send("ping")
+
+    # -- the rule ----------------------------------------------------------------
+
+    def _active(self) -> list[Worker]:
+        return [w for w in self.workers.values() if w.state is not State.DRAINING]
+
+    def _outdated(self, worker: Worker) -> bool:
+        return worker.replace or worker.generation < self.generation
+
+    def _reconcile(self, now: float) -> None:
+        active = self._active()
+        starting = [w for w in active if w.state is State.STARTING]
+        missing = self.target - len(active)
+        if now >= self.spawn_not_before:
+            if missing > 0:
+                for _ in range(missing):
+                    self._spawn()
+            elif not starting and missing == 0 and any(self._outdated(w) for w in active):
+                self._spawn()  # one replacement at a time: it must be ready first
+        self._drain_surplus()
+
+    def _drain_surplus(self) -> None:
+        """Drain old or extra workers, but never below `target` ready ones."""
+        active = self._active()
+        ready = [w for w in active if w.state is State.READY]
+        surplus = len(active) - self.target
+        # Outdated first, oldest first; otherwise the oldest.
+        ready.sort(key=lambda w: (not self._outdated(w), w.started_at))
+        while surplus > 0 and len(ready) > self.target:
+            worker = ready.pop(0)
+            code = CLOSE_SERVICE_RESTART
+            logger.info("Draining worker %d", worker.pid)
+            self._drain(worker, code)
+            surplus -= 1
+
+    # -- the end -----------------------------------------------------------------
+
+    def _cleanup(self) -> None:
+        for signum in HANDLED_SIGNALS:
+            signal.signal(signum, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        if self.watcher is not None:
+            self.watcher.stop()  # type: ignore[attr-defined]
+        for sock in self.sockets:
+            if sock.family == socket.AF_UNIX and self.config.uds:
+                try:
+                    os.unlink(self.config.uds)
+                except OSError:
+                    pass
+            sock.close()
+        self.selector.close()
+        self._wakeup_r.close()
+        self._wakeup_w.close()
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_supervisor(config: Config, sockets: list[socket.socket] | None = None) -> int:
+    """Serve `config` with config.workers processes (and --reload); returns the exit status."""
+    watcher = None
+    if config.reload:
+        from asgiws.reload import Watcher
+
+        watcher = Watcher(config)
+    supervisor = Supervisor(config, sockets, watcher=watcher)
+    if watcher is not None:
+        watcher.start()
+    return supervisor.run()

@@ -1,0 +1,206 @@
+"""One worker process: serve the supervisor's sockets and talk to it over a pipe.
+
+The supervisor forks, and the child calls `run_worker`. The pipe (one end of
+a socketpair) carries short text lines:
+
+  supervisor -> worker   "ping"          answer "pong" (from the event loop)
+                         "stop <code>"   graceful shutdown; WebSockets get <code>
+  worker -> supervisor   "ready"         the server is accepting connections
+                         "pong"
+                         "recycle"       --limit-max-requests reached: replace me
+                         "fail <text>"   start-up failed, with the app's error
+
+Pings are read with `loop.add_reader`, so they are answered by the event loop
+itself: a loop blocked by the app (time.sleep in a handler, a CPU-bound
+request) cannot answer, and the supervisor replaces the worker. End of file
+on the pipe means the supervisor is gone: the worker shuts down gracefully
+rather than serving on as an orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import traceback
+from typing import Any
+
+from asgiws.config import Config
+
+logger = logging.getLogger("asgiws.error")
+
+# GOING_AWAY: the close code a worker uses when its supervisor disappears or
+# it gets SIGTERM directly.
+CLOSE_GOING_AWAY = 1001
+# How often the worker compares its request count with --limit-max-requests.
+REQUEST_LIMIT_INTERVAL = 0.1
+# How often the worker checks whether the server has started listening.
+READY_POLL_INTERVAL = 0.02
+
+
+class Channel:
+    """Line-oriented, non-blocking end of the supervisor <-> worker socketpair."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sock.setblocking(False)
+        self._buffer = b""
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, line: str) -> bool:
+        """Send one line; False when the peer is gone or the pipe is full."""
+        try:
+            self.sock.send(line.replace("\n", " ").encode("utf-8", "replace") + b"\n")
+        except OSError:
+            return False
+        return True
+
+    def receive(self) -> list[str] | None:
+        """The complete lines that arrived; None at end of file (peer gone)."""
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            return None
+        if not data:
+            return None
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        return [line.decode("utf-8", "replace") for line in lines]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class LastError(logging.Handler):
+    """Remembers the last ERROR record, to tell the supervisor why start-up failed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.message: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            message = f"{message}: {type(exc).__name__}: {exc}"
+        self.message = message
+
+
+def request_limit(config: Config) -> int | None:
+    """This worker's --limit-max-requests, with its own random jitter."""
+    if config.limit_max_requests is None:
+        return None
+    return config.limit_max_requests + random.randint(0, max(config.limit_max_requests_jitter, 0))
+
+
+def run_worker(config: Config, sockets: list[socket.socket], channel_sock: socket.socket) -> int:
+    """The body of a forked worker; returns its exit status.
+
+    The supervisor coordinates shutdown, so SIGINT (a Ctrl-C that reaches the
+    whole process group) is ignored here; SIGTERM sent to the worker directly
+    still stops it gracefully.
+    """
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    random.seed()  # the forked child would otherwise share the parent's sequence
+
+    from asgiws.server import setup_event_loop
+
+    channel = Channel(channel_sock)
+    errors = LastError()
+    logger.addHandler(errors)
+    link = SupervisorLink(channel, request_limit(config))
+    try:
+        setup_event_loop(config.loop)
+        asyncio.run(link.serve(config, sockets))
+    except SystemExit as exc:  # e.g. the app failed to import and the server exited
+        code = exc.code if isinstance(exc.code, int) else 1
+        if not link.ready:
+            channel.send(f"fail {errors.message or exc}")
+            return code or 3
+        return code
+    except BaseException as exc:
+        if not link.ready:
+            reason = errors.message or "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            channel.send(f"fail {reason}")
+        logger.error("Worker %d stopped on an error", os.getpid(), exc_info=exc)
+        return 1
+    if not link.ready:
+        reason = link.error or errors.message or "the server stopped before it started serving"
+        channel.send(f"fail {reason}")
+        return 3
+    return 0
+
+
+class SupervisorLink:
+    """The worker's side of the conversation, run on the worker's event loop."""
+
+    def __init__(self, channel: Channel, limit: int | None) -> None:
+        self.channel = channel
+        self.limit = limit
+        self.ready = False
+        self.recycle_requested = False
+        self.server: Any = None
+        self.error: str | None = None
+
+    async def serve(self, config: Config, sockets: list[socket.socket]) -> None:
+        from asgiws.server import Server  # imported in the worker: the supervisor stays lean
+
+        # The request limit is enforced here, not by the server: the worker
+        # keeps serving until the supervisor has a replacement ready.
+        self.server = Server(config.replace(limit_max_requests=None))
+        # SIGTERM sent to this worker stops it gracefully; SIGINT stays ignored.
+        self.server.handled_signals = (signal.SIGTERM,)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.channel.fileno(), self._on_readable)
+        watcher = loop.create_task(self._watch())
+        try:
+            await self.server.serve(sockets=sockets)
+        finally:
+            watcher.cancel()
+            loop.remove_reader(self.channel.fileno())
+        self.error = self.server.error
+
+    def _on_readable(self) -> None:
+        lines = self.channel.receive()
+        if lines is None:
+            logger.warning("Worker %d: supervisor is gone, shutting down", os.getpid())
+            asyncio.get_running_loop().remove_reader(self.channel.fileno())
+            self._stop(CLOSE_GOING_AWAY)
+            return
+        for line in lines:
+            command, _, argument = line.partition(" ")
+            if command == "ping":
+                self.channel.send("pong")
+            elif command == "stop":
+                self._stop(int(argument or CLOSE_GOING_AWAY))
+
+    def _stop(self, close_code: int) -> None:
+        self.server.shutdown_close_code = close_code
+        self.server.should_exit = True
+
+    async def _watch(self) -> None:
+        """Report "ready" once serving, then "recycle" once past the request limit."""
+        while not self.server.started:
+            await asyncio.sleep(READY_POLL_INTERVAL)
+        self.ready = True
+        self.channel.send("ready")
+        if self.limit is None:
+            return
+        while self._requests_served() < self.limit:
+            await asyncio.sleep(REQUEST_LIMIT_INTERVAL)
+        logger.info("Worker %d served %d requests: asking to be recycled", os.getpid(), self.limit)
+        self.channel.send("recycle")
+
+    def _requests_served(self) -> int:
+        state = getattr(self.server, "server_state", None)
+        return state.total_requests if state is not None else 0
