@@ -1,0 +1,366 @@
+"""The server side of a WebSocket connection, sans I/O (RFC 6455 5-7).
+
+Bytes in (`receive_data`), events out; method calls in (`send_*`), bytes out
+(`data_to_send`). Peer errors never raise: they become one `ProtocolFailure`
+event carrying the close code, after which input is ignored. The codec never
+sends a close frame by itself: the caller decides when (after delivering the
+messages that came before the error).
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Callable
+from typing import Any
+
+from asgiws.websocket.events import BinaryMessage, CloseReceived, Event, Pong, ProtocolFailure, TextMessage
+from asgiws.websocket.extensions import Extension
+from asgiws.websocket.frames import (
+    MAX_CONTROL_PAYLOAD,
+    CloseCode,
+    ConnectionClosedError,
+    Opcode,
+    ProtocolError,
+    close_payload,
+    frame_header,
+    is_valid_close_code,
+)
+from asgiws.websocket.mask import apply_mask
+
+__all__ = ["ServerConnection", "Trace"]
+
+# trace(direction "<" in / ">" out, opcode, fin, rsv bits, masked, payload length)
+Trace = Callable[[str, Opcode, bool, int, bool, int], None]
+
+# Payloads up to this size are joined to their header in one chunk; larger
+# ones are returned as a separate chunk rather than copied.
+_JOIN_LIMIT = 4096
+
+_OPCODES: dict[int, Opcode] = {int(op): op for op in Opcode}
+_new_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def _failure_for(opcode: int, fin: bool, rsv: int, length_code: int, allowed_rsv: int) -> str | None:
+    """Why a frame's first two bytes are a protocol error (5.2, 5.5), or None."""
+    if opcode not in _OPCODES:
+        return f"reserved opcode {opcode:#x}"
+    if opcode >= 0x8:
+        if not fin:
+            return "fragmented control frame"  # 5.5: "Control frames MUST NOT be fragmented"
+        if length_code > MAX_CONTROL_PAYLOAD:
+            return "control frame payload over 125 bytes"
+        if rsv:
+            return "RSV bits set on a control frame"
+    elif rsv & ~allowed_rsv:
+        # 5.2: "If a nonzero value is received and none of the negotiated
+        # extensions defines the meaning of such a nonzero value, the
+        # receiving endpoint MUST _Fail the WebSocket Connection_."
+        return "RSV bits not claimed by an extension"
+    return None
+
+
+class ServerConnection:
+    """One server-side WebSocket connection after a successful handshake.
+
+    `max_size`: largest incoming message in bytes (after decompression);
+    `extensions`: negotiated `Extension` objects; `trace`: called once per
+    frame each way, or None.
+    """
+
+    def __init__(self, max_size: int = 16 * 2**20, extensions: list[Extension] | None = None,
+                 trace: Trace | None = None) -> None:
+        self.max_size = max_size
+        self.extensions = list(extensions or ())
+        self.trace = trace
+        self.close_sent = False
+        self.close_received = False
+        self._allowed_rsv = 0
+        for extension in self.extensions:
+            self._allowed_rsv |= extension.rsv_mask
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._done = False  # no more input parsed (close received, or failure)
+        # The data frame whose payload is being read (streamed as it arrives).
+        self._frame_remaining = 0
+        self._frame_mask = b""
+        self._frame_offset = 0  # bytes of this frame's payload already unmasked
+        self._frame_fin = False
+        # The data message being assembled (None: between messages).
+        self._message_opcode: Opcode | None = None
+        self._message_parts: list[Any] = []
+        self._message_size = 0  # bytes after decoding
+        self._message_wire_size = 0  # bytes as received
+        self._message_extensions: list[Extension] = []
+        self._utf8: codecs.IncrementalDecoder | None = None
+
+    # -- input -----------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Parse `data`; return the events it completed, in order (maybe [])."""
+        if self._done:
+            return []
+        events: list[Event] = []
+        buffer = self._buffer
+        buffer += data
+        try:
+            consumed = self._parse(buffer, events)
+        except ProtocolError as exc:
+            self._done = True
+            buffer.clear()
+            events.append(ProtocolFailure(exc.code, exc.reason))
+            return events
+        if self._done:
+            buffer.clear()
+        elif consumed:
+            del buffer[:consumed]
+        return events
+
+    def receive_eof(self) -> list[Event]:
+        """The peer closed TCP; nothing more is parsed. The caller reports 1006 if no close came."""
+        self._done = True
+        self._buffer.clear()
+        return []
+
+    def _parse(self, buffer: bytearray, events: list[Event]) -> int:
+        """Parse whole frames and partial data payloads from `buffer`; return bytes consumed.
+
+        One loop for the hot path (a whole small masked frame), hence the length.
+        """
+        pos = 0
+        end = len(buffer)
+        while not self._done:
+            if self._frame_remaining:
+                take = min(self._frame_remaining, end - pos)
+                if not take:
+                    break
+                self._payload(buffer[pos : pos + take], events)
+                pos += take
+                continue
+            if end - pos < 2:
+                break
+            b0 = buffer[pos]
+            b1 = buffer[pos + 1]
+            fin = b0 & 0x80 != 0
+            rsv = b0 & 0x70
+            opcode = b0 & 0x0F
+            length = b1 & 0x7F
+            problem = _failure_for(opcode, fin, rsv, length, self._allowed_rsv)
+            if problem is not None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, problem)
+            if not b1 & 0x80:
+                # 5.1: "The server MUST close the connection upon receiving a
+                # frame that is not masked."
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "unmasked client frame")
+            header_size = 6
+            if length == 126:
+                header_size = 8
+                if end - pos < header_size:
+                    break
+                length = (buffer[pos + 2] << 8) | buffer[pos + 3]
+            elif length == 127:
+                header_size = 14
+                if end - pos < header_size:
+                    break
+                length = int.from_bytes(buffer[pos + 2 : pos + 10], "big")
+                if length >> 63:
+                    raise ProtocolError(CloseCode.PROTOCOL_ERROR, "64-bit length with the top bit set")
+            elif end - pos < header_size:
+                break
+            if opcode >= 0x8:
+                if end - pos < header_size + length:
+                    break  # control frames are at most 131 bytes: wait for all of it
+                mask = bytes(buffer[pos + header_size - 4 : pos + header_size])
+                start = pos + header_size
+                pos = start + length
+                if self.trace is not None:
+                    self.trace("<", _OPCODES[opcode], fin, rsv, True, length)
+                self._control(opcode, apply_mask(buffer[start:pos], mask), events)
+                continue
+            self._start_data_frame(opcode, fin, rsv, length)
+            mask = bytes(buffer[pos + header_size - 4 : pos + header_size])
+            pos += header_size
+            if self.trace is not None:
+                self.trace("<", _OPCODES[opcode], fin, rsv, True, length)
+            if fin and opcode and not self._message_extensions and end - pos >= length:
+                # Fast path: a whole unfragmented, undecoded message in the buffer.
+                payload = apply_mask(buffer[pos : pos + length], mask)
+                pos += length
+                self._message_opcode = None
+                if opcode == Opcode.TEXT:
+                    try:
+                        events.append(TextMessage(payload.decode("utf-8")))
+                    except UnicodeDecodeError:
+                        raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in text message") from None
+                else:
+                    events.append(BinaryMessage(payload))
+                continue
+            self._frame_remaining = length
+            self._frame_mask = mask
+            self._frame_offset = 0
+            self._frame_fin = fin
+            if not length:
+                self._payload(b"", events)
+        return pos
+
+    def _start_data_frame(self, opcode: int, fin: bool, rsv: int, length: int) -> None:
+        """Check a data frame header against the message in progress and the size budget."""
+        if opcode == Opcode.CONTINUATION:
+            if self._message_opcode is None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation frame without a message to continue")
+            if rsv:
+                # RFC 7692 6.1: RSV1 is set only on the first frame of a message.
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV bits set on a continuation frame")
+        else:
+            if self._message_opcode is not None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "new data frame inside a fragmented message")
+            self._message_opcode = _OPCODES[opcode]
+            self._message_parts = []
+            self._message_size = 0
+            self._message_wire_size = 0
+            self._message_extensions = [ext for ext in self.extensions if ext.begin_message(opcode, rsv)]
+            self._utf8 = _new_utf8_decoder() if opcode == Opcode.TEXT else None
+        # Decided from the header, before any of the payload is buffered. For a
+        # decoded (compressed) message, the wire size is bounded too, and the
+        # decoded size by the decoder's own budget.
+        already = self._message_wire_size if self._message_extensions else self._message_size
+        if already + length > self.max_size:
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over {self.max_size} bytes")
+
+    def _payload(self, chunk: bytes | bytearray, events: list[Event]) -> None:
+        """Unmask and take in part (or all) of the current data frame's payload."""
+        offset = self._frame_offset & 3
+        mask = self._frame_mask
+        if offset:
+            mask = mask[offset:] + mask[:offset]
+        data = apply_mask(chunk, mask)
+        self._frame_offset += len(data)
+        self._frame_remaining -= len(data)
+        message_end = self._frame_fin and not self._frame_remaining
+        self._message_wire_size += len(data)
+        for extension in self._message_extensions:
+            data = extension.decode(
+                data, end=message_end, max_length=self.max_size - self._message_size + 1
+            )
+        self._message_size += len(data)
+        if self._message_size > self.max_size:
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over {self.max_size} bytes")
+        if self._utf8 is not None:
+            try:
+                # Checked as it arrives, so bad UTF-8 fails at its first byte.
+                text = self._utf8.decode(data, message_end)
+            except UnicodeDecodeError:
+                raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in text message") from None
+            if text:
+                self._message_parts.append(text)
+        elif data:
+            self._message_parts.append(data)
+        if message_end:
+            if self._utf8 is not None:
+                events.append(TextMessage("".join(self._message_parts)))
+            else:
+                events.append(BinaryMessage(b"".join(self._message_parts)))
+            self._message_opcode = None
+            self._message_parts = []
+            self._message_extensions = []
+            self._utf8 = None
+
+    def _control(self, opcode: int, payload: bytes, events: list[Event]) -> None:
+        if opcode == Opcode.PING:
+            # 5.5.2: "Upon receipt of a Ping frame, an endpoint MUST send a
+            # Pong frame in response ... [with] the same Application data".
+            if not self.close_sent:
+                self._write(Opcode.PONG, payload)
+        elif opcode == Opcode.PONG:
+            events.append(Pong(payload))
+        else:
+            events.append(self._close_event(payload))
+            self.close_received = True
+            self._done = True
+
+    @staticmethod
+    def _close_event(payload: bytes) -> CloseReceived:
+        """5.5.1 / 7.1.5: the code and reason of a close frame; raises ProtocolError if invalid."""
+        if not payload:
+            return CloseReceived(CloseCode.NO_STATUS_RCVD, "")
+        if len(payload) == 1:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "close frame with a 1-byte payload")
+        code = (payload[0] << 8) | payload[1]
+        if not is_valid_close_code(code):
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+        try:
+            reason = payload[2:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in close reason") from None
+        return CloseReceived(code, reason)
+
+    # -- output ----------------------------------------------------------------
+
+    def send_text(self, data: str) -> None:
+        """Queue a text message. Raises ConnectionClosedError after our close frame."""
+        self._send_message(Opcode.TEXT, data.encode("utf-8"))
+
+    def send_binary(self, data: bytes) -> None:
+        """Queue a binary message. Raises ConnectionClosedError after our close frame."""
+        self._send_message(Opcode.BINARY, bytes(data))
+
+    def send_ping(self, payload: bytes = b"") -> None:
+        """Queue a ping (payload up to 125 bytes, else ValueError; ConnectionClosedError after close)."""
+        self._send_control(Opcode.PING, payload)
+
+    def send_pong(self, payload: bytes) -> None:
+        """Queue an unsolicited pong (payload up to 125 bytes)."""
+        self._send_control(Opcode.PONG, payload)
+
+    def send_close(self, code: int = CloseCode.NORMAL_CLOSURE, reason: str = "") -> None:
+        """Queue our close frame; no-op if one was already sent.
+
+        1005 sends a close frame without a payload; the reason is cut to fit
+        125 bytes. Raises ValueError for a code that may not be sent.
+        """
+        if self.close_sent:
+            return
+        payload = close_payload(code, reason)
+        self.close_sent = True
+        self._write(Opcode.CLOSE, payload)
+
+    def data_to_send(self) -> list[bytes]:
+        """The chunks waiting to be written, in order; clears them."""
+        out = self._out
+        if not out:
+            return []
+        self._out = []
+        return out
+
+    @property
+    def handshake_complete(self) -> bool:
+        """Close frames went both ways: the server should now close TCP (7.1.1)."""
+        return self.close_sent and self.close_received
+
+    def _send_message(self, opcode: Opcode, payload: bytes) -> None:
+        if self.close_sent:
+            # 5.5.1: "the endpoint MUST NOT send any further data frames".
+            raise ConnectionClosedError("cannot send a message after the close frame")
+        rsv = 0
+        for extension in self.extensions:
+            bits, payload = extension.encode(opcode, payload)
+            rsv |= bits
+        self._write(opcode, payload, rsv)
+
+    def _send_control(self, opcode: Opcode, payload: bytes) -> None:
+        if self.close_sent:
+            raise ConnectionClosedError("cannot send a control frame after the close frame")
+        if len(payload) > MAX_CONTROL_PAYLOAD:
+            raise ValueError("control frame payload must be 125 bytes or less")
+        self._write(opcode, bytes(payload))
+
+    def _write(self, opcode: Opcode, payload: bytes, rsv: int = 0) -> None:
+        # 5.1: "A server MUST NOT mask any frames that it sends to the client."
+        length = len(payload)
+        header = frame_header(opcode, length, True, rsv)
+        if length <= _JOIN_LIMIT:
+            self._out.append(header + payload)
+        else:
+            self._out.append(header)
+            self._out.append(payload)
+        if self.trace is not None:
+            self.trace(">", opcode, True, rsv, False, length)

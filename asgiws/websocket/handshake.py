@@ -1,0 +1,121 @@
+"""The opening handshake, server side (RFC 6455 4.2): pure functions over parsed headers."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+
+__all__ = ["HandshakeError", "UpgradeRequest", "validate_upgrade_request", "accept_key", "accept_response"]
+
+# 1.3: the GUID appended to the client's key before hashing.
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+# Sec-WebSocket-Protocol and -Extensions together: browsers send well under
+# 1 KiB; the bound keeps parsing them cheap whatever a client sends.
+MAX_NEGOTIATION_HEADER_SIZE = 4096
+_FORBIDDEN = (b"\r", b"\n", b"\0")
+
+
+class HandshakeError(Exception):
+    """An upgrade request the server refuses, with the HTTP response to send."""
+
+    def __init__(self, status: int, reason: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers if headers is not None else []
+
+
+class UpgradeRequest:
+    """What the handshake needs from a valid upgrade request."""
+
+    __slots__ = ("key", "subprotocols", "extension_header_values", "origin")
+
+    def __init__(self, key: bytes, subprotocols: list[str], extension_header_values: list[bytes],
+                 origin: str | None) -> None:
+        self.key = key
+        self.subprotocols = subprotocols
+        self.extension_header_values = extension_header_values
+        self.origin = origin
+
+
+def _tokens(values: list[bytes]) -> set[bytes]:
+    """Lower-cased items of comma-separated header values."""
+    return {item.strip().lower() for value in values for item in value.split(b",")}
+
+
+def validate_upgrade_request(method: str, http_version: str, headers: list[tuple[bytes, bytes]]) -> UpgradeRequest:
+    """Check a request against 4.2.1; raise HandshakeError (400, or 426 for a wrong version)."""
+    if method != "GET":
+        raise HandshakeError(400, f"WebSocket upgrade requires GET, not {method}")
+    if http_version != "1.1":
+        raise HandshakeError(400, f"WebSocket upgrade requires HTTP/1.1, not {http_version}")
+    by_name: dict[bytes, list[bytes]] = {}
+    for name, value in headers:
+        by_name.setdefault(name.lower(), []).append(value)
+    if b"websocket" not in _tokens(by_name.get(b"upgrade", [])):
+        raise HandshakeError(400, "missing 'Upgrade: websocket' header")
+    if b"upgrade" not in _tokens(by_name.get(b"connection", [])):
+        raise HandshakeError(400, "missing 'Connection: upgrade' header")
+    versions = by_name.get(b"sec-websocket-version", [])
+    if [v.strip() for v in versions] != [b"13"]:
+        raise HandshakeError(426, "unsupported Sec-WebSocket-Version", [(b"Sec-WebSocket-Version", b"13")])
+    keys = by_name.get(b"sec-websocket-key", [])
+    if len(keys) != 1:
+        raise HandshakeError(400, "expected exactly one Sec-WebSocket-Key header")
+    key = keys[0].strip()
+    try:
+        decoded = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if len(decoded) != 16:
+        raise HandshakeError(400, "Sec-WebSocket-Key is not base64 of 16 bytes")
+    protocols = by_name.get(b"sec-websocket-protocol", [])
+    extensions = by_name.get(b"sec-websocket-extensions", [])
+    if sum(map(len, protocols)) + sum(map(len, extensions)) > MAX_NEGOTIATION_HEADER_SIZE:
+        raise HandshakeError(400, "Sec-WebSocket-Protocol/Extensions headers too large")
+    try:
+        protocol_text = [value.decode("ascii") for value in protocols]
+        for value in extensions:
+            value.decode("ascii")
+    except UnicodeDecodeError:
+        raise HandshakeError(400, "non-ASCII Sec-WebSocket-Protocol/Extensions header") from None
+    subprotocols = [item.strip() for value in protocol_text for item in value.split(",") if item.strip()]
+    origins = by_name.get(b"origin")
+    origin = origins[0].decode("latin-1") if origins else None
+    return UpgradeRequest(key, subprotocols, extensions, origin)
+
+
+def accept_key(key: bytes) -> bytes:
+    """4.2.2: base64 of the SHA-1 of the client's key followed by the GUID."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def _check_header(value: bytes) -> bytes:
+    if any(char in value for char in _FORBIDDEN):
+        raise ValueError(f"header contains CR, LF or NUL: {value!r}")
+    return value
+
+
+def accept_response(request: UpgradeRequest, *, subprotocol: str | None, extensions_header: bytes | None,
+                    headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The whole `101 Switching Protocols` response.
+
+    Raises ValueError if `subprotocol` was not offered by the client, or a
+    header name or value contains CR, LF or NUL.
+    """
+    lines = [
+        b"HTTP/1.1 101 Switching Protocols",
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Accept: " + accept_key(request.key),
+    ]
+    if subprotocol is not None:
+        if subprotocol not in request.subprotocols:
+            raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client")
+        lines.append(b"Sec-WebSocket-Protocol: " + _check_header(subprotocol.encode("ascii")))
+    if extensions_header is not None:
+        lines.append(b"Sec-WebSocket-Extensions: " + _check_header(extensions_header))
+    for name, value in headers:
+        lines.append(_check_header(name) + b": " + _check_header(value))
+    return b"\r\n".join(lines) + b"\r\n\r\n"

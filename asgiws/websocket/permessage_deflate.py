@@ -1,0 +1,173 @@
+"""RFC 7692 permessage-deflate, server side."""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+from asgiws.websocket.extensions import Extension, Params, ServerExtensionFactory
+from asgiws.websocket.frames import RSV1, CloseCode, ProtocolError
+
+__all__ = ["PerMessageDeflate", "PerMessageDeflateFactory"]
+
+# 7.2.1: the sender removes these 4 octets from the end of each message; the
+# receiver appends them back before inflating.
+_TAIL = b"\x00\x00\xff\xff"
+
+# 7.1.2.1: "a decimal integer value without leading zeros between 8 to 15".
+_WINDOW_BITS_RE = re.compile(r"[1-9][0-9]?")
+_PARAM_NAMES = frozenset(
+    ("server_no_context_takeover", "client_no_context_takeover", "server_max_window_bits", "client_max_window_bits")
+)
+
+
+def _zlib_bits(bits: int) -> int:
+    # zlib rejects an 8-bit window for raw deflate (it silently means 9 for
+    # zlib streams), so an agreed 8 is run as 9; inflating with a bigger
+    # window than the peer's is always safe.
+    return max(bits, 9)
+
+
+class PerMessageDeflate(Extension):
+    """One connection's permessage-deflate state (compressor and decompressor made lazily)."""
+
+    name = "permessage-deflate"
+    rsv_mask = RSV1
+
+    def __init__(
+        self,
+        *,
+        server_max_window_bits: int,
+        client_max_window_bits: int,
+        server_no_context_takeover: bool,
+        client_no_context_takeover: bool,
+        memory_level: int = 5,
+        min_size: int = 128,
+    ) -> None:
+        self.server_max_window_bits = server_max_window_bits
+        self.client_max_window_bits = client_max_window_bits
+        self.server_no_context_takeover = server_no_context_takeover
+        self.client_no_context_takeover = client_no_context_takeover
+        self.memory_level = memory_level
+        self.min_size = min_size
+        self._compressor: zlib._Compress | None = None
+        self._decompressor: zlib._Decompress | None = None
+
+    def begin_message(self, opcode: int, rsv: int) -> bool:
+        return bool(rsv & RSV1)
+
+    def decode(self, data: bytes, *, end: bool, max_length: int) -> bytes:
+        decompressor = self._decompressor
+        if decompressor is None:
+            decompressor = self._decompressor = zlib.decompressobj(wbits=-_zlib_bits(self.client_max_window_bits))
+        if end:
+            data = data + _TAIL
+        try:
+            # Bounded: never inflate more than the message may still hold (+1
+            # to tell "exactly at the limit" from "over it").
+            out = decompressor.decompress(data, max_length)
+        except zlib.error as exc:
+            raise ProtocolError(CloseCode.INVALID_DATA, f"invalid compressed data: {exc}") from None
+        if len(out) >= max_length:
+            raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, "message too big after decompression")
+        if end and self.client_no_context_takeover:
+            self._decompressor = None
+        return out
+
+    def encode(self, opcode: int, data: bytes) -> tuple[int, bytes]:
+        if len(data) < self.min_size:
+            return 0, data
+        compressor = self._compressor
+        if compressor is None:
+            compressor = self._compressor = zlib.compressobj(
+                wbits=-_zlib_bits(self.server_max_window_bits), memLevel=self.memory_level
+            )
+        out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        if out.endswith(_TAIL):
+            out = out[:-4]
+        if self.server_no_context_takeover:
+            self._compressor = None
+        return RSV1, out
+
+
+def _parse_offer(params: Params) -> dict[str, int | bool | None] | None:
+    """The offer's parameters checked (7.1), or None when it must be declined."""
+    seen: dict[str, int | bool | None] = {}
+    for key, value in params:
+        if key not in _PARAM_NAMES or key in seen:
+            return None
+        if key.endswith("no_context_takeover"):
+            if value is not None:
+                return None
+            seen[key] = True
+        elif value is None:
+            # client_max_window_bits may come without a value; the server one may not.
+            if key == "server_max_window_bits":
+                return None
+            seen[key] = None
+        else:
+            if not _WINDOW_BITS_RE.fullmatch(value) or not 8 <= int(value) <= 15:
+                return None
+            seen[key] = int(value)
+    return seen
+
+
+class PerMessageDeflateFactory(ServerExtensionFactory):
+    """Server settings for permessage-deflate (the config's ws_deflate_* values).
+
+    `window_bits` bounds both directions' LZ77 window where the offer lets
+    the server choose; `min_size` is in bytes.
+    """
+
+    name = "permessage-deflate"
+
+    def __init__(
+        self,
+        window_bits: int = 12,
+        memory_level: int = 5,
+        min_size: int = 128,
+        server_no_context_takeover: bool = False,
+    ) -> None:
+        if not 8 <= window_bits <= 15:
+            raise ValueError("window_bits must be between 8 and 15")
+        self.window_bits = window_bits
+        self.memory_level = memory_level
+        self.min_size = min_size
+        self.server_no_context_takeover = server_no_context_takeover
+
+    def negotiate(self, offers: list[Params]) -> tuple[str, Extension] | None:
+        for params in offers:
+            offer = _parse_offer(params)
+            if offer is not None:
+                return self._accept(offer)
+        return None
+
+    def _accept(self, offer: dict[str, int | bool | None]) -> tuple[str, Extension]:
+        response: list[str] = []
+        server_no_context_takeover = self.server_no_context_takeover or "server_no_context_takeover" in offer
+        if server_no_context_takeover:
+            response.append("server_no_context_takeover")
+        # Accepting client_no_context_takeover lets us drop the inflater between messages.
+        client_no_context_takeover = "client_no_context_takeover" in offer
+        if client_no_context_takeover:
+            response.append("client_no_context_takeover")
+        requested = offer.get("server_max_window_bits")
+        server_bits = min(self.window_bits, requested) if isinstance(requested, int) else self.window_bits
+        # 7.1.2.1: the server may declare a smaller window than the offer asked for.
+        if server_bits < 15:
+            response.append(f"server_max_window_bits={server_bits}")
+        client_bits = 15
+        if "client_max_window_bits" in offer:
+            # 7.1.2.2: only an offer with this parameter lets us limit the client's window.
+            offered = offer["client_max_window_bits"]
+            client_bits = min(self.window_bits, offered) if isinstance(offered, int) else self.window_bits
+            response.append(f"client_max_window_bits={client_bits}")
+        extension = PerMessageDeflate(
+            server_max_window_bits=server_bits,
+            client_max_window_bits=client_bits,
+            server_no_context_takeover=server_no_context_takeover,
+            client_no_context_takeover=client_no_context_takeover,
+            memory_level=self.memory_level,
+            min_size=self.min_size,
+        )
+        return "; ".join(response), extension
