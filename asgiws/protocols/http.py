@@ -165,10 +165,6 @@ class HttpProtocol(asyncio.Protocol):
         if logger.isEnabledFor(TRACE_LOG_LEVEL):
             logger.log(TRACE_LOG_LEVEL, "%s - HTTP connection lost", self._client_text())
 
-    def eof_received(self) -> bool | None:
-        # Half-closed clients still get their in-flight response.
-        return True if self.cycle is not None else None
-
     def data_received(self, data: bytes) -> None:
         if self._closing or self._upgraded:
             return
@@ -395,6 +391,17 @@ class HttpProtocol(asyncio.Protocol):
         if self._closing:
             return
         logger.info("%s - bad request: %s", self._client_text(), reason)
+        cycle = self.cycle
+        if cycle is not None and cycle is self._parsing:
+            # The request in flight broke a limit mid-body: answer in the app's place.
+            self._parsing = None
+            cycle.keep_alive = False
+            if cycle.response_started:
+                self._close()
+            else:
+                cycle._simple(status, reason.encode("utf-8") + b"\n")
+            cycle.on_disconnect()
+            return
         if self._parsing is not None:
             self._parsing.on_disconnect()
             self.pipeline = deque(s for s in self.pipeline if getattr(s, "__self__", None) is not self._parsing)
@@ -564,8 +571,13 @@ class RequestCycle:
     async def run_asgi(self, app: ASGIApp) -> None:
         try:
             await app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            pass
+        except (ClientDisconnected, asyncio.CancelledError):
+            if not self.response_complete:
+                self.keep_alive = False
+                self.protocol._close()
+            raise_cancel = asyncio.current_task()
+            if raise_cancel is not None and raise_cancel.cancelling():
+                raise
         except BaseException as exc:
             logger.error("Exception in ASGI application", exc_info=exc)
             if not self.response_started:

@@ -1,0 +1,493 @@
+"""HTTP/1.1 against a real asgiws server: httpx for the ordinary, raw sockets for the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from rawhttp import RawClient
+
+
+async def hello(scope, receive, send):
+    assert scope["type"] == "http"
+    body = b"hello"
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def make_echo_scope():
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    return app, scopes
+
+
+def test_scope_fields_and_default_headers(run_server):
+    app, scopes = make_echo_scope()
+    with run_server(app) as server:
+        response = httpx.get(server.url("/caf%C3%A9/a%2Fb?x=1&y=%20"), headers={"X-Thing": "Value"})
+    assert response.status_code == 200
+    assert response.headers["server"] == "asgiws"
+    assert "date" in response.headers
+    scope = scopes[0]
+    assert scope["type"] == "http"
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.4"}
+    assert scope["http_version"] == "1.1"
+    assert scope["method"] == "GET"
+    assert scope["scheme"] == "http"
+    assert scope["path"] == "/café/a/b"
+    assert scope["raw_path"] == b"/caf%C3%A9/a%2Fb"
+    assert scope["query_string"] == b"x=1&y=%20"
+    assert scope["root_path"] == ""
+    assert (b"x-thing", b"Value") in scope["headers"]
+    assert scope["client"][0] == "127.0.0.1"
+    assert scope["server"] == ("127.0.0.1", server.port)
+
+
+def test_root_path_prefixes_path(run_server):
+    app, scopes = make_echo_scope()
+    with run_server(app, root_path="/api") as server:
+        httpx.get(server.url("/items"))
+    assert scopes[0]["root_path"] == "/api"
+    assert scopes[0]["path"] == "/api/items"
+    assert scopes[0]["raw_path"] == b"/api/items"
+
+
+def test_keep_alive_reuses_one_connection(run_server):
+    with run_server(hello) as server:
+        client = RawClient(server.port)
+        for _ in range(3):
+            client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = client.read_response()
+            assert response.status == 200
+            assert response.body == b"hello"
+            assert response.headers["content-length"] == "5"
+        assert server.server_state.connections.__len__() == 1
+
+
+def test_idle_keep_alive_connection_closed_after_timeout(run_server):
+    with run_server(hello, timeout_keep_alive=0.2) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_response().status == 200
+        client.sock.settimeout(5)
+        assert client.is_closed()
+
+
+def test_pipelined_requests_answered_in_order(run_server):
+    async def app(scope, receive, send):
+        # Earlier requests finish later: order must still hold.
+        delay = {"/1": 0.05, "/2": 0.0, "/3": 0.02}[scope["path"]]
+        await asyncio.sleep(delay)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(
+            b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert [client.read_response().body for _ in range(3)] == [b"/1", b"/2", b"/3"]
+
+
+def test_chunked_request_body_streamed_to_app(run_server):
+    app, _ = make_echo_scope()
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+        )
+        assert client.read_response().body == b"hello world"
+
+
+def test_large_body_with_flow_control(run_server):
+    app, _ = make_echo_scope()
+    payload = b"x" * (1024 * 1024)
+    with run_server(app, http_read_high_water=16 * 1024) as server:
+        response = httpx.post(server.url(), content=payload)
+    assert response.content == payload
+
+
+def test_streaming_response_is_chunked(run_server):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"a", b"bc", b""):
+            await send({"type": "http.response.body", "body": part, "more_body": part != b""})
+
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = client.read_response()
+        assert response.headers["transfer-encoding"] == "chunked"
+        assert response.body == b"abc"
+
+
+def test_100_continue_sent_only_when_app_receives(run_server):
+    gate = threading.Event()
+
+    async def app(scope, receive, send):
+        while not gate.is_set():
+            await asyncio.sleep(0.01)
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": message["body"]})
+
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.sock.settimeout(0.3)
+        client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        with pytest.raises(socket.timeout):
+            client.read_until(b"\r\n\r\n")
+        gate.set()
+        client.sock.settimeout(5)
+        assert client.read_response().status == 100
+        client.send(b"body")
+        response = client.read_response()
+        assert response.status == 200
+        assert response.body == b"body"
+
+
+def test_no_100_continue_when_app_answers_without_reading(run_server):
+    with run_server(hello) as server:
+        client = RawClient(server.port)
+        client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        assert client.read_response().status == 200
+
+
+def test_head_sends_headers_but_no_body(run_server):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = client.read_response(head_request=True)
+        assert head.headers["content-length"] == "5"
+        # The next response starts right after the head: no body bytes were sent.
+        assert client.read_response().body == b"hello"
+
+
+def test_http10_closes_unless_keep_alive(run_server):
+    async def app(scope, receive, send):
+        assert scope["http_version"] == "1.0"
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
+
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.0\r\n\r\n")
+        response = client.read_response()
+        assert response.body == b"ab"
+        assert "transfer-encoding" not in response.headers
+        assert client.is_closed()
+
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        response = client.read_response()
+        assert response.body == b"ab" or response.headers.get("connection") == "close"
+
+
+def test_http10_keep_alive_with_known_length(run_server):
+    with run_server(hello) as server:
+        client = RawClient(server.port)
+        for _ in range(2):
+            client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            response = client.read_response()
+            assert response.headers["connection"] == "keep-alive"
+            assert response.body == b"hello"
+
+
+def test_app_sees_disconnect_when_client_goes_away(run_server):
+    received = []
+    done = threading.Event()
+
+    async def app(scope, receive, send):
+        received.append(await receive())
+        received.append(await receive())
+        done.set()
+
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        time.sleep(0.1)
+        client.close()
+        assert done.wait(5)
+    assert received[0] == {"type": "http.request", "body": b"12345", "more_body": True}
+    assert received[1] == {"type": "http.disconnect"}
+
+
+def test_app_exception_before_start_is_500_and_logged(run_server, caplog):
+    async def app(scope, receive, send):
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"):
+        with run_server(app) as server:
+            response = httpx.get(server.url())
+    assert response.status_code == 500
+    assert "boom" in caplog.text and "Traceback" in caplog.text
+
+
+def test_app_exception_after_start_closes_connection(run_server):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise RuntimeError("boom")
+
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_until(b"\r\n\r\n").startswith(b"HTTP/1.1 200")
+        assert client.is_closed()
+        assert b"0\r\n\r\n" not in client.buffer
+
+
+def test_app_returning_without_response_is_500(run_server):
+    async def app(scope, receive, send):
+        return None
+
+    with run_server(app) as server:
+        assert httpx.get(server.url()).status_code == 500
+
+
+def test_header_with_crlf_is_500_and_not_written(run_server, caplog):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"x-evil", b"a\r\nSet-Cookie: owned=1")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"):
+        with run_server(app) as server:
+            client = RawClient(server.port)
+            client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = client.read_response()
+    assert response.status == 500
+    assert b"owned" not in response.raw_head
+    assert "invalid response header" in caplog.text
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n",
+    b"NOT HTTP AT ALL\r\n\r\n",
+    b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+])
+def test_malformed_request_is_400_and_closed(run_server, request_bytes):
+    with run_server(hello) as server:
+        client = RawClient(server.port)
+        client.send(request_bytes)
+        response = client.read_response()
+        assert response.status == 400
+        assert response.body.startswith(b"Invalid HTTP request")
+        assert client.is_closed()
+
+
+def test_long_request_line_is_414(run_server):
+    with run_server(hello, max_request_line_size=100) as server:
+        client = RawClient(server.port)
+        client.send(b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_response().status == 414
+
+
+def test_large_header_block_is_431(run_server):
+    with run_server(hello, max_header_size=1000) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 2000 + b"\r\n\r\n")
+        assert client.read_response().status == 431
+
+
+def test_too_many_header_fields_is_431(run_server):
+    with run_server(hello, max_header_count=5) as server:
+        client = RawClient(server.port)
+        headers = b"".join(b"X-%d: 1\r\n" % i for i in range(10))
+        client.send(b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
+        assert client.read_response().status == 431
+
+
+def test_endless_header_stream_is_431_before_it_ends(run_server):
+    with run_server(hello, max_header_size=1000, max_request_line_size=100) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nX-Big: ")
+        for _ in range(10):
+            try:
+                client.send(b"a" * 500)
+            except OSError:
+                break
+        assert client.read_response().status == 431
+
+
+def test_body_over_limit_is_413(run_server):
+    app, _ = make_echo_scope()
+    with run_server(app, limit_request_body=10) as server:
+        assert httpx.post(server.url(), content=b"x" * 11).status_code == 413
+        assert httpx.post(server.url(), content=b"x" * 10).status_code == 200
+        client = RawClient(server.port)
+        client.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        client.send(b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n")
+        assert client.read_response().status == 413
+
+
+def test_limit_concurrency_answers_503(run_server):
+    release = threading.Event()
+
+    async def app(scope, receive, send):
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with run_server(app, limit_concurrency=1) as server:
+        first = RawClient(server.port)
+        first.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        second = RawClient(server.port)
+        second.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert second.read_response().status == 503
+        release.set()
+        assert first.read_response().status == 200
+
+
+def test_limit_connections_per_ip_answers_503(run_server):
+    with run_server(hello, limit_connections_per_ip=1) as server:
+        first = RawClient(server.port)
+        first.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert first.read_response().status == 200
+        second = RawClient(server.port)
+        assert second.read_response().status == 503
+        first.close()
+        time.sleep(0.1)
+        third = RawClient(server.port)
+        third.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert third.read_response().status == 200
+
+
+def test_slow_request_head_dropped_after_timeout_handshake(run_server):
+    with run_server(hello, timeout_handshake=0.2, timeout_keep_alive=30) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        assert client.is_closed()
+
+
+def test_proxy_headers_from_trusted_peer(run_server):
+    app, scopes = make_echo_scope()
+    with run_server(app, forwarded_allow_ips="127.0.0.1") as server:
+        httpx.get(server.url(), headers={
+            "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7, 127.0.0.1",
+            "X-Forwarded-Host": "example.com:8443",
+        })
+    assert scopes[0]["scheme"] == "https"
+    assert scopes[0]["client"] == ("203.0.113.7", 0)
+    assert scopes[0]["server"] == ("example.com", 8443)
+
+
+def test_proxy_headers_trusted_by_network(run_server):
+    app, scopes = make_echo_scope()
+    with run_server(app, forwarded_allow_ips="10.0.0.0/8, 127.0.0.0/8") as server:
+        httpx.get(server.url(), headers={"X-Forwarded-For": "198.51.100.1"})
+    assert scopes[0]["client"] == ("198.51.100.1", 0)
+
+
+def test_proxy_headers_ignored_from_untrusted_peer(run_server):
+    app, scopes = make_echo_scope()
+    with run_server(app, forwarded_allow_ips="10.1.2.3") as server:
+        httpx.get(server.url(), headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"})
+    assert scopes[0]["scheme"] == "http"
+    assert scopes[0]["client"][0] == "127.0.0.1"
+
+
+def test_custom_headers_and_no_server_header(run_server):
+    with run_server(hello, headers=("X-Powered-By: tests", "Server: custom"), date_header=False) as server:
+        response = httpx.get(server.url())
+    assert response.headers["x-powered-by"] == "tests"
+    assert response.headers.get_list("server") == ["custom"]
+    assert "date" not in response.headers
+    with run_server(hello, server_header=False) as server:
+        assert "server" not in httpx.get(server.url()).headers
+
+
+def test_lifespan_state_is_copied_into_scope(run_server):
+    seen = []
+
+    async def app(scope, receive, send):
+        if scope["type"] == "lifespan":
+            await receive()
+            scope["state"]["db"] = "connected"
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        seen.append(scope["state"])
+        scope["state"]["mutated"] = True
+        await hello(scope, receive, send)
+
+    with run_server(app, lifespan="on") as server:
+        httpx.get(server.url())
+        httpx.get(server.url())
+    assert seen[0]["db"] == "connected"
+    assert "mutated" not in seen[1] or seen[1] is not seen[0]
+    assert seen[1]["db"] == "connected"
+
+
+def test_graceful_shutdown_finishes_in_flight_request(run_server):
+    started = threading.Event()
+
+    async def app(scope, receive, send):
+        started.set()
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"finished"})
+
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert started.wait(5)
+        server.server.should_exit = True
+        response = client.read_response()
+        assert response.body == b"finished"
+        assert response.headers["connection"] == "close"
+
+
+def test_graceful_shutdown_cancels_after_timeout(run_server):
+    cancelled = threading.Event()
+
+    async def app(scope, receive, send):
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with run_server(app, timeout_graceful_shutdown=0.2) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.1)
+        server.server.should_exit = True
+    assert cancelled.wait(5)
+
+
+def test_access_log_escapes_control_characters(run_server, caplog):
+    with caplog.at_level(logging.INFO, logger="asgiws.access"):
+        with run_server(hello) as server:
+            client = RawClient(server.port)
+            client.send(b"GET /a%0Ab HTTP/1.1\r\nHost: x\r\n\r\n")
+            client.read_response()
+    assert '"GET /a\\x0ab HTTP/1.1" 200' in caplog.text
