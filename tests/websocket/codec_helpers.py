@@ -1,0 +1,70 @@
+"""Builders for client frames and a feeder that splits input at every offset."""
+
+from __future__ import annotations
+
+import struct
+
+from asgiws.websocket import Event, ServerConnection
+from asgiws.websocket.mask import py_apply_mask
+
+MASK = b"\x37\xfa\x21\x3d"
+
+
+def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
+                 masked: bool = True, mask: bytes = MASK, length: int | None = None) -> bytes:
+    """A client frame; `length` overrides the declared length (for lying headers)."""
+    declared = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | rsv | opcode
+    mask_bit = 0x80 if masked else 0
+    if declared < 126:
+        header = bytes((b0, mask_bit | declared))
+    elif declared < 65536:
+        header = struct.pack("!BBH", b0, mask_bit | 126, declared)
+    else:
+        header = struct.pack("!BBQ", b0, mask_bit | 127, declared)
+    if not masked:
+        return header + payload
+    return header + mask + py_apply_mask(payload, mask)
+
+
+def feed(data: bytes, split: int | None = None, **kwargs: object) -> tuple[ServerConnection, list[Event]]:
+    """Feed `data` to a new connection, whole or in two parts cut at `split`."""
+    conn = ServerConnection(**kwargs)  # type: ignore[arg-type]
+    if split is None:
+        return conn, conn.receive_data(data)
+    return conn, conn.receive_data(data[:split]) + conn.receive_data(data[split:])
+
+
+def feed_every_way(data: bytes, **kwargs: object) -> list[Event]:
+    """Events from `data` fed whole, split at each offset, and byte by byte; asserts they agree."""
+    _, whole = feed(data, **kwargs)
+    for split in range(1, len(data)):
+        _, events = feed(data, split, **kwargs)
+        assert events == whole, f"split at {split}"
+    conn = ServerConnection(**kwargs)  # type: ignore[arg-type]
+    bytewise: list[Event] = []
+    for index in range(len(data)):
+        bytewise += conn.receive_data(data[index : index + 1])
+    assert bytewise == whole
+    return whole
+
+
+def parse_server_frames(chunks: list[bytes]) -> list[tuple[int, bool, int, bytes]]:
+    """(opcode, fin, rsv, payload) of unmasked server frames."""
+    data = b"".join(chunks)
+    frames = []
+    pos = 0
+    while pos < len(data):
+        b0, b1 = data[pos], data[pos + 1]
+        assert not b1 & 0x80, "server frames must not be masked"
+        length = b1 & 0x7F
+        pos += 2
+        if length == 126:
+            (length,) = struct.unpack_from("!H", data, pos)
+            pos += 2
+        elif length == 127:
+            (length,) = struct.unpack_from("!Q", data, pos)
+            pos += 8
+        frames.append((b0 & 0x0F, bool(b0 & 0x80), b0 & 0x70, data[pos : pos + length]))
+        pos += length
+    return frames
