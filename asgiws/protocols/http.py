@@ -354,11 +354,11 @@ class HttpProtocol(asyncio.Protocol):
                 self.data_received(trailing)
             return
         scope, method = upgrade
-        self._enqueue(lambda: self._hand_over(scope, method, trailing))
-        # Nothing after an upgrade request is HTTP any more.
+        # Nothing after an upgrade request is HTTP any more: read again only after the hand-off.
         if not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()
+        self._enqueue(lambda: self._hand_over(scope, method, trailing))
 
     def _hand_over(self, scope: Scope, method: str, trailing: bytes) -> None:
         if self.concurrency_exceeded():
