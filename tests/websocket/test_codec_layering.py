@@ -1,0 +1,39 @@
+"""The sans-I/O rule: asgiws.websocket never imports I/O or CLI libraries."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import asgiws.websocket
+
+FORBIDDEN = {"asyncio", "uvloop", "httptools", "click"}
+PACKAGE = pathlib.Path(asgiws.websocket.__file__).parent
+
+
+def test_websocket_package_source_imports_no_io_library() -> None:
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
+
+
+def test_importing_the_codec_loads_no_io_library() -> None:
+    # asgiws/__init__.py imports the server; stand in for it so that only
+    # the codec's own imports are measured.
+    code = (
+        "import sys, types; pkg = types.ModuleType('asgiws'); "
+        f"pkg.__path__ = [{str(PACKAGE.parent)!r}]; sys.modules['asgiws'] = pkg; "
+        "import asgiws.websocket; "
+        f"print(sorted(m for m in {sorted(FORBIDDEN)!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
