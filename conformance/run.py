@@ -148,6 +148,10 @@ def reason(row: dict) -> str:
         got = rep["received"] or []
         shown = ", ".join(_event(e) for e in got[:3]) + (", ..." if len(got) > 3 else "")
         parts.append(f"received {len(got)} event(s)" + (f": {shown}" if got else ""))
+        ok = (rep.get("expected") or {}).get("OK")
+        if ok is not None and ok != got:
+            want = ", ".join(_event(e) for e in ok[:3]) + (", ..." if len(ok) > 3 else "")
+            parts.append(f"OK would be {len(ok)} event(s)" + (f": {want}" if ok else ""))
     if rep.get("wasNotCleanReason") and row.get("behaviorClose") not in PASSING:
         parts.append(f"not clean: {rep['wasNotCleanReason']}")
     text = " | ".join(dict.fromkeys(parts)) or "-"
