@@ -39,6 +39,11 @@ CLOSE_GOING_AWAY = 1001
 REQUEST_LIMIT_INTERVAL = 0.1
 # How often the worker checks whether the server has started listening.
 READY_POLL_INTERVAL = 0.02
+# Between "stop accepting" and "close idle connections": a client whose
+# connection was accepted just before the stop sends its request within a
+# fraction of a round trip; without this pause that request would meet a
+# closed connection during every rolling restart.
+ACCEPT_GRACE = 0.1
 
 
 class Channel:
@@ -186,7 +191,12 @@ class SupervisorLink:
 
     def _stop(self, close_code: int) -> None:
         self.server.shutdown_close_code = close_code
-        self.server.should_exit = True
+        if not self.server.started:
+            self.server.should_exit = True
+            return
+        for listener in self.server.servers:
+            listener.close()  # other workers take the new connections from now on
+        asyncio.get_running_loop().call_later(ACCEPT_GRACE, setattr, self.server, "should_exit", True)
 
     async def _watch(self) -> None:
         """Report "ready" once serving, then "recycle" once past the request limit."""

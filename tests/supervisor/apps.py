@@ -1,0 +1,43 @@
+"""Apps served by the supervisor tests, in worker processes (import strings)."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+async def _text(send: Any, body: bytes, status: int = 200) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))],
+    })
+    await send({"type": "http.response.body", "body": body})
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """GET /: this worker's pid. GET /block: blocks the event loop. WebSocket: echo."""
+    if scope["type"] == "http":
+        if scope["path"] == "/block":
+            time.sleep(60)  # what a careless app does: the whole loop stops
+        await _text(send, str(os.getpid()).encode())
+    elif scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            await send({"type": "websocket.send", "text": message.get("text") or str(os.getpid())})
+    elif scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+async def failing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Imports fine, then fails its lifespan start-up every time."""
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "database unreachable at db:5432"})

@@ -1,0 +1,279 @@
+"""The supervisor with real processes, real signals and real clients on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from conftest import get, wait_for  # tests/supervisor/conftest.py
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class HttpLoad:
+    """Threads sending GET / on fresh connections until stopped; counts outcomes."""
+
+    def __init__(self, port: int, threads: int = 4) -> None:
+        self.port = port
+        self.sent = 0
+        self.failures: list[str] = []
+        self.pids: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status, body = get(self.port, timeout=10)
+                outcome = None if status == 200 else f"status {status}"
+            except Exception as exc:  # noqa: BLE001 - every failure is a finding
+                outcome, body = f"{type(exc).__name__}: {exc}", ""
+            with self._lock:
+                self.sent += 1
+                if outcome:
+                    self.failures.append(outcome)
+                else:
+                    self.pids[body] += 1
+
+    def __enter__(self) -> HttpLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+
+def test_kill_9_worker_under_load_is_replaced_and_server_answers(cluster):
+    server = cluster("tests.supervisor.apps:app", "--workers", "2")
+    server.wait_ready(2)
+    before = server.workers()
+    assert len(before) == 2
+    with HttpLoad(server.port) as load:
+        wait_for(lambda: load.sent > 20, 10, "some requests")
+        os.kill(before[0], signal.SIGKILL)
+        wait_for(lambda: server.ready_count() >= 3, 10, "the replacement to be ready")
+        sent_after_kill = load.sent
+        wait_for(lambda: load.sent > sent_after_kill + 20, 10, "requests after the replacement")
+    after = server.workers()
+    assert len(after) == 2 and before[0] not in after and before[1] in after
+    assert "died (killed by SIGKILL): replacing it" in server.log()
+    assert get(server.port)[0] == 200
+    # Only requests in flight on the killed worker may fail, never many.
+    assert len(load.failures) <= 4, load.failures
+    assert server.stop() == 0
+
+
+def test_sighup_rolling_restart_under_http_and_websocket_load_fails_nothing(cluster):
+    server = cluster("tests.supervisor.apps:app", "--workers", "2")
+    server.wait_ready(2)
+    old = server.workers()
+    ws_stats = Counter()
+
+    async def websocket_load(stop: threading.Event) -> None:
+        async def one_client() -> None:
+            while not stop.is_set():
+                try:
+                    async with connect(f"ws://127.0.0.1:{server.port}/", open_timeout=10) as ws:
+                        ws_stats["opened"] += 1
+                        for _ in range(3):
+                            await ws.send("hi")
+                            assert await ws.recv() == "hi"
+                    ws_stats["completed"] += 1
+                except ConnectionClosed as exc:
+                    # Drained by the restart: a clean 1012 "service restart" close.
+                    ws_stats[f"closed {exc.rcvd.code if exc.rcvd else None}"] += 1
+                except Exception as exc:  # noqa: BLE001
+                    ws_stats[f"failed {type(exc).__name__}: {exc}"] += 1
+
+        await asyncio.gather(*(one_client() for _ in range(4)))
+
+    async def long_lived() -> int | None:
+        async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            ready.set()
+            try:
+                await asyncio.wait_for(ws.recv(), 20)
+            except ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd else None
+        return -1
+
+    def run_long_lived() -> None:
+        long_lived_code.append(asyncio.run(long_lived()))
+
+    stop, ready = threading.Event(), threading.Event()
+    long_lived_code: list[int | None] = []
+    ws_thread = threading.Thread(target=lambda: asyncio.run(websocket_load(stop)), daemon=True)
+    long_thread = threading.Thread(target=run_long_lived, daemon=True)
+    with HttpLoad(server.port) as load:
+        ws_thread.start()
+        long_thread.start()
+        wait_for(lambda: load.sent > 50 and ws_stats["completed"] > 10 and ready.is_set(), 10, "load")
+        server.signal(signal.SIGHUP)
+        wait_for(lambda: server.ready_count() >= 4, 15, "two new workers")
+        wait_for(lambda: not set(old) & set(server.workers()), 15, "old workers gone")
+        sent_after = load.sent
+        wait_for(lambda: load.sent > sent_after + 50, 10, "requests after the restart")
+        stop.set()
+        ws_thread.join(20)
+        long_thread.join(20)
+    new = server.workers()
+    assert len(new) == 2 and not set(old) & set(new)
+    print(f"SIGHUP: {load.sent} HTTP requests, {len(load.failures)} failed; WebSocket {dict(ws_stats)}")
+    assert load.failures == []
+    assert [k for k in ws_stats if k.startswith("failed") or k == "closed None"] == []
+    assert {int(pid) for pid in load.pids} >= set(old) | set(new)
+    assert long_lived_code == [1012]  # "service restart": reconnect
+    assert server.stop() == 0
+
+
+def test_sigterm_closes_100_websockets_with_1001(cluster):
+    server = cluster("tests.supervisor.apps:app", "--workers", "2")
+    server.wait_ready(2)
+
+    async def main() -> list[int | None]:
+        clients = [await connect(f"ws://127.0.0.1:{server.port}/", open_timeout=10) for _ in range(100)]
+        for ws in clients:
+            await ws.send("x")
+            assert await ws.recv() == "x"
+        server.signal(signal.SIGTERM)
+
+        async def close_code(ws) -> int | None:
+            try:
+                await asyncio.wait_for(ws.recv(), 15)
+            except ConnectionClosed as exc:
+                return exc.rcvd.code if exc.rcvd else None
+            return -1
+
+        return await asyncio.gather(*(close_code(ws) for ws in clients))
+
+    codes = asyncio.run(main())
+    assert Counter(codes) == {1001: 100}
+    assert server.process.wait(15) == 0
+    assert "SIGTERM: stopping 2 worker(s) gracefully" in server.log()
+
+
+def test_worker_with_blocked_event_loop_is_killed_and_replaced(cluster):
+    server = cluster("tests.supervisor.apps:app", "--workers", "2", "--timeout-worker-healthcheck", "1")
+    server.wait_ready(2)
+    before = server.workers()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{server.port}/block", timeout=10)
+    # The process was alive all along; only its loop could not answer.
+    assert "did not answer a health check within 1.0s" in server.log()
+    server.wait_ready(3)
+    after = server.workers()
+    assert len(after) == 2 and len(set(before) & set(after)) == 1
+    for _ in range(10):
+        assert get(server.port)[0] == 200
+    assert server.stop() == 0
+
+
+def test_sigttin_and_sigttou_change_the_number_of_workers(cluster):
+    server = cluster("tests.supervisor.apps:app", "--workers", "2")
+    server.wait_ready(2)
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.workers()) == 3 and server.ready_count() == 3, 10, "3 workers")
+    server.signal(signal.SIGTTOU)
+    wait_for(lambda: len(server.workers()) == 2, 10, "2 workers")
+    server.signal(signal.SIGTTOU)
+    wait_for(lambda: len(server.workers()) == 1, 10, "1 worker")
+    assert "SIGTTOU: now 1 worker(s)" in server.log()
+    assert get(server.port)[0] == 200
+    assert server.stop() == 0
+
+
+def test_every_worker_failing_at_startup_exits_nonzero_with_the_apps_message(cluster):
+    server = cluster("tests.supervisor.apps:failing_app", "--workers", "2", "--lifespan", "on")
+    code = server.process.wait(15)
+    assert code != 0
+    log = server.log()
+    assert "database unreachable at db:5432" in log
+    assert "Every worker failed to start" in log
+    # No hot loop: each of the 2 workers was tried a bounded number of times.
+    assert log.count("Started worker") <= 4
+
+
+def test_limit_max_requests_recycles_workers_without_failed_requests(cluster):
+    server = cluster("tests.supervisor.apps:app", "--workers", "2", "--limit-max-requests", "10",
+                     "--limit-max-requests-jitter", "5")
+    server.wait_ready(2)
+    pids = Counter()
+    for _ in range(80):
+        status, body = get(server.port)
+        assert status == 200
+        pids[int(body)] += 1
+        time.sleep(0.01)
+    assert len(pids) >= 4, pids  # 80 requests, 10..15 per worker
+    assert max(pids.values()) <= 15 + 15  # a worker keeps serving only until its replacement is ready
+    assert "reached --limit-max-requests" in server.log()
+    wait_for(lambda: len(server.workers()) == 2, 10, "the last drained worker to exit")
+    assert server.stop() == 0
+
+
+def test_uds_with_two_workers(cluster, tmp_path):
+    path = tmp_path / "asgiws.sock"
+    server = cluster("tests.supervisor.apps:app", "--workers", "2", "--uds", str(path))
+    server.wait_ready(2)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666
+    transport = httpx.HTTPTransport(uds=str(path))
+    pids = set()
+    with httpx.Client(transport=transport, base_url="http://asgiws") as client:
+        for _ in range(40):
+            response = client.get("/", headers={"Connection": "close"})
+            assert response.status_code == 200
+            pids.add(int(response.text))
+    assert pids <= set(server.workers()) and len(pids) >= 1
+    assert server.stop() == 0
+    assert not path.exists()
+
+
+def test_fd_socket_activation_with_two_workers(cluster):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    server = cluster("tests.supervisor.apps:app", "--workers", "2", "--fd", str(fd), pass_fds=(fd,))
+    listener.close()  # the server holds its own copy now
+    server.wait_ready(2)
+    assert get(port)[0] == 200
+    assert server.stop() == 0
+
+
+def test_second_sigint_forces_exit(cluster):
+    server = cluster("tests.supervisor.apps:app", "--workers", "2", "--timeout-graceful-shutdown", "30")
+    server.wait_ready(2)
+
+    async def main() -> None:
+        async with connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            # An HTTP request stuck in the loop keeps the worker from stopping gracefully.
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.sendall(b"GET /block HTTP/1.1\r\nHost: x\r\n\r\n")
+            await asyncio.sleep(0.3)
+            server.signal(signal.SIGINT)
+            await asyncio.sleep(0.3)
+            assert server.process.poll() is None
+            server.signal(signal.SIGINT)
+            started = time.monotonic()
+            await asyncio.get_running_loop().run_in_executor(None, server.process.wait, 10)
+            assert time.monotonic() - started < 5
+            sock.close()
+            del ws
+
+    asyncio.run(main())
+    assert "second SIGINT: forcing exit" in server.log()
