@@ -1,0 +1,383 @@
+"""Benchmark harness: python -m bench.run [--quick] [--only SCENARIO] [--servers a,b]
+
+Starts each server in turn on bench/app.py (picows: bench/picows_server.py), one
+worker, uvloop, logging off, 127.0.0.1, server pinned to CPU 0 and the load to
+CPU 1 (taskset, when present), runs each scenario, writes bench/RESULTS.md.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PY = sys.executable
+TASKSET = shutil.which("taskset") if (os.cpu_count() or 1) >= 2 else None
+WRK = shutil.which("wrk")
+SERVER_CPU, LOAD_CPU = "0", "1"
+
+SERVERS = {
+    "asgiws": lambda port: [PY, "-m", "asgiws", "bench.app:app", "--host", "127.0.0.1", "--port", str(port),
+                            "--log-level", "warning", "--no-access-log"],
+    "uvicorn": lambda port: [PY, "-m", "uvicorn", "bench.app:app", "--host", "127.0.0.1", "--port", str(port),
+                             "--loop", "uvloop", "--http", "httptools", "--ws", "websockets",
+                             "--log-level", "warning", "--no-access-log", "--workers", "1"],
+    "uvicorn-wsproto": lambda port: [PY, "-m", "uvicorn", "bench.app:app", "--host", "127.0.0.1", "--port", str(port),
+                                     "--loop", "uvloop", "--http", "httptools", "--ws", "wsproto",
+                                     "--log-level", "warning", "--no-access-log", "--workers", "1"],
+    "hypercorn": lambda port: [PY, "-m", "hypercorn", "bench.app:app", "--bind", f"127.0.0.1:{port}",
+                               "--worker-class", "uvloop", "--workers", "1", "--log-level", "warning"],
+    "granian": lambda port: [PY, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1", "--loop", "uvloop", "--log-level", "warning", "--no-access-log",
+                             "bench.app:app"],
+    "picows": lambda port: [PY, os.path.join(HERE, "picows_server.py"), "--port", str(port)],
+}
+BASELINE = "asgiws"
+WS_ONLY = {"picows"}  # ceiling: WebSocket scenarios only
+
+# name -> (title, metric key, unit, higher is better, websocket scenario)
+SCENARIOS = {
+    "echo64": ("WS echo 64 B text, 50 conns", "msgs_per_s", "msg/s", True, True),
+    "echo1m": ("WS echo 1 MiB binary, 4 conns", "msgs_per_s", "msg/s", True, True),
+    "fanout": ("Fan-out to 5,000 subscribers (median of rounds)", "median_ms", "ms", False, True),
+    "memory": ("RSS per idle WS conn, 2,000 conns, no deflate", "kib_per_conn", "KiB", False, True),
+    "memory_deflate": ("RSS per idle WS conn, 2,000 conns, permessage-deflate offered", "kib_per_conn", "KiB", False, True),
+    "churn": ("Churn: connect+echo+close, 16 at a time", "handshakes_per_s", "hs/s", True, True),
+    "http_get": ("HTTP GET hello world, wrk 64 conns", "req_per_s", "req/s", True, False),
+    "http_post": ("HTTP POST 1 MiB echo, wrk 8 conns", "req_per_s", "req/s", True, False),
+}
+EXTRA = {"echo64": [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")]}
+
+_procs = []
+
+
+def pin(cmd, cpu):
+    return [TASKSET, "-c", cpu] + cmd if TASKSET else cmd
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_ready(proc, port, timeout):
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def start_server(name, port, logf):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(pin(SERVERS[name](port), SERVER_CPU), cwd=ROOT, stdout=logf, stderr=logf,
+                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    _procs.append(proc)
+    if not wait_ready(proc, port, 15):
+        stop_server(proc)
+        return None
+    time.sleep(0.3)
+    return proc
+
+
+def stop_server(proc):
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)
+    if proc in _procs:
+        _procs.remove(proc)
+
+
+def kill_all():
+    for p in list(_procs):
+        try:
+            stop_server(p)
+        except Exception:
+            pass
+
+
+def run_cmd(cmd, timeout):
+    try:
+        r = subprocess.run(pin(cmd, LOAD_CPU), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return None, "load timed out (server hung?)"
+    return r.stdout, r.stderr
+
+
+def loadgen(args, timeout):
+    out, err = run_cmd([PY, "-m", "bench.loadgen"] + args, timeout)
+    if out is None:
+        return {"error": err}
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except Exception:
+        return {"error": "no result: " + (err or "")[-300:]}
+
+
+def parse_wrk(out):
+    res = {}
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Requests/sec:"):
+            res["req_per_s"] = float(line.split()[1])
+        elif line.startswith("Non-2xx"):
+            res["non2xx"] = int(line.split()[-1])
+        elif line.startswith("Socket errors"):
+            res["socket_errors"] = line
+    return res
+
+
+def wrk(port, conns, dur, script=None, path="/"):
+    if not WRK:
+        return {"error": "wrk not installed"}
+    cmd = [WRK, "-t", "1", "-c", str(conns), "-d", f"{dur}s", "--timeout", "5s"]
+    if script:
+        cmd += ["-s", os.path.join(HERE, script)]
+    cmd.append(f"http://127.0.0.1:{port}{path}")
+    out, err = run_cmd(cmd, dur + 20)
+    if out is None:
+        return {"error": err}
+    r = parse_wrk(out)
+    if "req_per_s" not in r:
+        return {"error": "wrk: " + (out + err)[-300:]}
+    if r.get("non2xx"):
+        r["error"] = f"{r['non2xx']} non-2xx responses"
+    return r
+
+
+def scenario(name, port, pid, q):
+    d = 2 if q else 4
+    if name == "echo64":
+        return loadgen(["echo", "--port", str(port), "--conns", "50", "--size", "64", "--duration", str(d)], d + 30)
+    if name == "echo1m":
+        return loadgen(["echo", "--port", str(port), "--conns", "4", "--size", str(1 << 20), "--binary",
+                        "--duration", str(d)], d + 30)
+    if name == "fanout":
+        return loadgen(["fanout", "--port", str(port), "--subs", "5000", "--rounds", "10",
+                        "--connect-timeout", "60"], 150)
+    if name in ("memory", "memory_deflate"):
+        a = ["memory", "--port", str(port), "--conns", "2000", "--pid", str(pid), "--connect-timeout", "60"]
+        return loadgen(a + (["--deflate"] if name == "memory_deflate" else []), 120)
+    if name == "churn":
+        return loadgen(["churn", "--port", str(port), "--concurrency", "16", "--duration", str(d)], d + 40)
+    if name == "http_get":
+        return wrk(port, 64, 5 if q else 10)
+    if name == "http_post":
+        return wrk(port, 8, d, script="post.lua", path="/echo")
+    raise ValueError(name)
+
+
+def median(vals):
+    s = sorted(vals)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def machine_info():
+    cpu = "?"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    vers = {}
+    for pkg in ["asgiws", "uvicorn", "websockets", "wsproto", "hypercorn", "granian", "picows", "uvloop",
+                "httptools", "psutil"]:
+        try:
+            vers[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            vers[pkg] = "not installed"
+    try:
+        wv = subprocess.run([WRK, "-v"], capture_output=True, text=True, timeout=5)
+        vers["wrk"] = (wv.stdout + wv.stderr).strip().splitlines()[0]
+    except Exception:
+        vers["wrk"] = "not installed"
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "versions": vers,
+            "pinning": f"server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU} (taskset)" if TASKSET else "none"}
+
+
+def fmt(v):
+    if v is None:
+        return "—"
+    if v >= 100:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def write_results(path, results, servers, scen, info, mode, elapsed):
+    L = ["# asgiws benchmark results", "",
+         f"Generated by `python -m bench.run{' --quick' if mode == 'quick' else ''}` on "
+         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; mode **{mode}** "
+         f"({'1 run' if mode == 'quick' else '3 runs'} per scenario, median reported); total {elapsed:.0f} s.",
+         "", "## Machine", "",
+         f"- CPU: {info['cpu']} — {info['cores']} cores", f"- Kernel: {info['kernel']}",
+         f"- Python: {info['python']}", f"- Pinning: {info['pinning']}", "", "## Versions", ""]
+    L += [f"- {k}: {v}" for k, v in info["versions"].items()]
+    L += ["", "## Absolute figures", "",
+          "Median over runs. `failed: …` = the server did not start, crashed, hung, or the load reported errors; "
+          "`n/a` = scenario does not apply (picows is WebSocket-only).", ""]
+    L.append("| scenario | unit | " + " | ".join(servers) + " |")
+    L.append("|---|---|" + "---|" * len(servers))
+
+    def cell(s, n, key):
+        r = results.get(s, {}).get(n)
+        if r is None:
+            return "n/a"
+        if r.get("failed"):
+            return "failed: " + r["failed"][:60].replace("|", "/")
+        txt = fmt(r.get(key))
+        if n == "memory_deflate" and key == "kib_per_conn" and not all(
+                x.get("deflate_negotiated") for x in r.get("runs", [])):
+            txt += " (deflate not negotiated)"
+        return txt
+
+    for n in scen:
+        title, key, unit, hib, _ = SCENARIOS[n]
+        L.append(f"| {title} | {unit} {'↑' if hib else '↓'} | " + " | ".join(cell(s, n, key) for s in servers) + " |")
+        for k, lab in EXTRA.get(n, []):
+            L.append(f"| {title}: {lab} | ms ↓ | " + " | ".join(cell(s, n, k) for s in servers) + " |")
+    peers = [s for s in servers if s != BASELINE]
+    L += ["", f"## Ratio {BASELINE}/peer", "",
+          "asgiws figure divided by the peer's figure, same unit. For ↑ metrics (throughput) >1 means asgiws is "
+          "better; for ↓ metrics (latency, time, memory) <1 means asgiws is better.", ""]
+    L.append("| scenario | " + " | ".join(peers) + " |")
+    L.append("|---|" + "---|" * len(peers))
+    for n in scen:
+        title, key, unit, hib, _ = SCENARIOS[n]
+        row = []
+        for p in peers:
+            a = results.get(BASELINE, {}).get(n)
+            b = results.get(p, {}).get(n)
+            if not a or not b or a.get("failed") or b.get("failed") or not b.get(key) or a.get(key) is None:
+                row.append("—")
+            else:
+                row.append(f"{a[key] / b[key]:.2f}")
+        L.append(f"| {title} ({'↑' if hib else '↓'}) | " + " | ".join(row) + " |")
+    L += ["", "## Raw per-run results", "", "```"]
+    for s in servers:
+        for n in scen:
+            r = results.get(s, {}).get(n)
+            if r is not None:
+                L.append(f"{s:16} {n:15} {json.dumps(r.get('runs', r.get('failed')))}")
+    L += ["```", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(L))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="1 run per scenario, short durations")
+    ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
+    ap.add_argument("--servers", help="comma-separated servers: " + ",".join(SERVERS))
+    ap.add_argument("--runs", type=int, help="override the number of runs")
+    ap.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
+    a = ap.parse_args()
+    servers = a.servers.split(",") if a.servers else list(SERVERS)
+    scen = a.only.split(",") if a.only else list(SCENARIOS)
+    for s in servers:
+        if s not in SERVERS:
+            ap.error(f"unknown server {s}")
+    for n in scen:
+        if n not in SCENARIOS:
+            ap.error(f"unknown scenario {n}")
+    runs = a.runs or (1 if a.quick else 3)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 12000:
+        print("warning: RLIMIT_NOFILE below 12000; fanout may fail", file=sys.stderr)
+    logdir = os.path.join(HERE, ".logs")
+    os.makedirs(logdir, exist_ok=True)
+    t_start = time.time()
+    info = machine_info()
+    results = {}
+
+    def onsig(sig, frm):
+        kill_all()
+        sys.exit(1)
+
+    signal.signal(signal.SIGTERM, onsig)
+    try:
+        for s in servers:
+            results[s] = {}
+            dead = None
+            for n in scen:
+                if s in WS_ONLY and not SCENARIOS[n][4]:
+                    continue
+                if dead:
+                    results[s][n] = {"failed": dead}
+                    continue
+                vals = []
+                err = None
+                for i in range(runs):
+                    port = free_port()
+                    with open(os.path.join(logdir, f"{s}.{n}.{i}.log"), "w") as logf:
+                        proc = start_server(s, port, logf)
+                        if proc is None:
+                            err = "failed to start"
+                            break
+                        try:
+                            r = scenario(n, port, proc.pid, a.quick)
+                        finally:
+                            alive = proc.poll() is None
+                            stop_server(proc)
+                    if not alive:
+                        err = "server crashed"
+                        break
+                    if r.get("error"):
+                        err = r["error"]
+                        break
+                    vals.append(r)
+                    print(f"{s:16} {n:15} run {i + 1}/{runs}: {json.dumps(r)}", flush=True)
+                if err:
+                    print(f"{s:16} {n:15} FAILED: {err}", flush=True)
+                    results[s][n] = {"failed": err}
+                    if err == "failed to start":
+                        dead = err
+                    continue
+                key = SCENARIOS[n][1]
+                agg = {k: median([v[k] for v in vals]) for k in vals[0] if isinstance(vals[0][k], (int, float))
+                       and not isinstance(vals[0][k], bool)}
+                agg["runs"] = vals
+                results[s][n] = agg
+    finally:
+        kill_all()
+    elapsed = time.time() - t_start
+    write_results(a.output, results, servers, scen, info, "quick" if a.quick else "full", elapsed)
+    print(f"wrote {a.output} in {elapsed:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
