@@ -20,7 +20,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """GET /: this worker's pid. GET /block: blocks the event loop. WebSocket: echo."""
     if scope["type"] == "http":
         if scope["path"] == "/block":
-            time.sleep(60)  # what a careless app does: the whole loop stops
+            time.sleep(60)  # noqa: ASYNC251 - what a careless app does: the whole loop stops
         await _text(send, str(os.getpid()).encode())
     elif scope["type"] == "websocket":
         await receive()

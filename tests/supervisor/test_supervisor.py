@@ -10,14 +10,13 @@ import stat
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from conftest import get, wait_for  # tests/supervisor/conftest.py
+from tests.supervisor.cluster import get, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,7 +47,7 @@ class HttpLoad:
                 else:
                     self.pids[body] += 1
 
-    def __enter__(self) -> HttpLoad:
+    def __enter__(self) -> HttpLoad:  # noqa: PYI034
         for thread in self._threads:
             thread.start()
         return self
