@@ -33,6 +33,17 @@ async def echo_app(scope, receive, send):
             await send({"type": "websocket.send", "bytes": message["bytes"]})
 
 
+@pytest.fixture
+def run_server(run_server):
+    """Raw clients here rarely answer the server's close frame: do not wait 5 s for each."""
+
+    def start(app, **overrides):
+        overrides.setdefault("ws_close_timeout", 0.5)
+        return run_server(app, **overrides)
+
+    return start
+
+
 def url(server, path="/"):
     return f"ws://127.0.0.1:{server.port}{path}"
 
