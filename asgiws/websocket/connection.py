@@ -109,9 +109,7 @@ class ServerConnection:
             buffer.clear()
             events.append(ProtocolFailure(exc.code, exc.reason))
             return events
-        if self._done:
-            buffer.clear()
-        elif consumed:
+        if consumed:
             del buffer[:consumed]
         return events
 
@@ -275,7 +273,10 @@ class ServerConnection:
         else:
             events.append(self._close_event(payload))
             self.close_received = True
+            # 5.5.1: nothing after a close frame is parsed. The parse loop
+            # stops on _done; what it would have read is dropped here.
             self._done = True
+            self._buffer.clear()
 
     @staticmethod
     def _close_event(payload: bytes) -> CloseReceived:

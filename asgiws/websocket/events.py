@@ -10,7 +10,7 @@ __all__ = ["Event", "TextMessage", "BinaryMessage", "Pong", "CloseReceived", "Pr
 
 
 class Event:
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and all(
