@@ -286,3 +286,29 @@ def test_decompression_bomb_of_1_gib_fails_1009_without_inflating(gigabyte_bomb:
         tracemalloc.stop()
     assert [type(e) for e in events] == [ProtocolFailure] and events[0].code == 1009
     assert peak < 3 * 16 * 2**20 + 2 * len(frame)
+
+
+def test_two_extensions_claiming_rsv1_only_first_is_accepted() -> None:
+    response, extensions = negotiate_extensions([b"permessage-deflate"],
+                                                [PerMessageDeflateFactory(), PerMessageDeflateFactory()])
+    assert response == b"permessage-deflate; server_max_window_bits=12"
+    assert len(extensions) == 1
+
+
+def test_compressed_frame_over_max_size_on_the_wire_fails_1009_from_header_alone() -> None:
+    _, extensions = negotiate(b"permessage-deflate")
+    conn = ServerConnection(max_size=1024, extensions=extensions)
+    header_only = client_frame(Opcode.BINARY, b"", rsv=RSV1, length=2000)[:8]
+    (failure,) = conn.receive_data(header_only)
+    assert failure.code == 1009
+
+
+def test_server_max_window_bits_8_is_run_as_9_and_inflates_with_9() -> None:
+    response, (extension,) = negotiate(b"permessage-deflate; server_max_window_bits=8", min_size=0)
+    assert response_params(response)["server_max_window_bits"] == "8"
+    conn = ServerConnection(extensions=[extension])
+    message = bytes(range(256)) * 8
+    conn.send_binary(message)
+    ((_, _, rsv, body),) = parse_server_frames(conn.data_to_send())
+    assert rsv == RSV1
+    assert zlib.decompressobj(wbits=-9).decompress(body + TAIL) == message
