@@ -6,7 +6,7 @@ they stay as cheap as a tuple.
 
 from __future__ import annotations
 
-__all__ = ["Event", "TextMessage", "BinaryMessage", "Pong", "CloseReceived", "ProtocolFailure"]
+__all__ = ["BinaryMessage", "CloseReceived", "Event", "Pong", "ProtocolFailure", "TextMessage"]
 
 
 class Event:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["Extension", "ServerExtensionFactory", "negotiate_extensions", "parse_extensions_header", "Params"]
+__all__ = ["Extension", "Params", "ServerExtensionFactory", "negotiate_extensions", "parse_extensions_header"]
 
 Params = list[tuple[str, "str | None"]]
 

@@ -6,16 +6,16 @@ import enum
 import struct
 
 __all__ = [
-    "Opcode",
-    "CloseCode",
-    "ProtocolError",
-    "ConnectionClosedError",
     "RSV1",
     "RSV2",
     "RSV3",
+    "CloseCode",
+    "ConnectionClosedError",
+    "Opcode",
+    "ProtocolError",
+    "close_payload",
     "frame_header",
     "is_valid_close_code",
-    "close_payload",
 ]
 
 # 5.2: RSV1, RSV2, RSV3 bits of the first header byte.

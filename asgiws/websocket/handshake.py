@@ -6,7 +6,7 @@ import base64
 import binascii
 import hashlib
 
-__all__ = ["HandshakeError", "UpgradeRequest", "validate_upgrade_request", "accept_key", "accept_response"]
+__all__ = ["HandshakeError", "UpgradeRequest", "accept_key", "accept_response", "validate_upgrade_request"]
 
 # 1.3: the GUID appended to the client's key before hashing.
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -29,7 +29,7 @@ class HandshakeError(Exception):
 class UpgradeRequest:
     """What the handshake needs from a valid upgrade request."""
 
-    __slots__ = ("key", "subprotocols", "extension_header_values", "origin")
+    __slots__ = ("extension_header_values", "key", "origin", "subprotocols")
 
     def __init__(self, key: bytes, subprotocols: list[str], extension_header_values: list[bytes],
                  origin: str | None) -> None:

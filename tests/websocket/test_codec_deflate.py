@@ -155,7 +155,7 @@ def test_round_trip_with_parameters(combo: tuple[str, ...], window_bits: int) ->
         payload = client.compress(message)
         assert conn.receive_data(client_frame(Opcode.BINARY, payload, rsv=RSV1)) == [BinaryMessage(message)]
         conn.send_binary(message)
-        ((opcode, fin, rsv, body),) = parse_server_frames(conn.data_to_send())
+        ((opcode, _, rsv, body),) = parse_server_frames(conn.data_to_send())
         assert (opcode, rsv) == (Opcode.BINARY, RSV1)
         assert client.decompress(body) == message
 

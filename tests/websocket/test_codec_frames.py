@@ -84,9 +84,9 @@ def test_several_frames_in_one_read_give_events_in_order() -> None:
 
 
 def test_fragmented_message_with_interleaved_pings() -> None:
-    data = (client_frame(Opcode.TEXT, "frag".encode(), fin=False)
+    data = (client_frame(Opcode.TEXT, b"frag", fin=False)
             + client_frame(Opcode.PING, b"1")
-            + client_frame(Opcode.CONTINUATION, "ment".encode(), fin=False)
+            + client_frame(Opcode.CONTINUATION, b"ment", fin=False)
             + client_frame(Opcode.PONG, b"2")
             + client_frame(Opcode.CONTINUATION, b"", fin=False)
             + client_frame(Opcode.CONTINUATION, "ed ☃".encode()))
@@ -284,7 +284,7 @@ def test_max_size_over_several_fragments_fails_1009() -> None:
     data = (client_frame(Opcode.BINARY, b"x" * 400, fin=False) + client_frame(Opcode.PING, b"")
             + client_frame(Opcode.CONTINUATION, b"x" * 400, fin=False)
             + client_frame(Opcode.CONTINUATION, b"x" * 400))
-    conn, events = feed(data, max_size=1024)
+    _, events = feed(data, max_size=1024)
     assert events == [ProtocolFailure(1009, "message over 1024 bytes")]
     for split in range(1, len(data)):
         assert feed(data, split, max_size=1024)[1] == events

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+from codec_helpers import client_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from codec_helpers import client_frame
 
 from asgiws.websocket import (
     BinaryMessage,
     CloseReceived,
     Opcode,
+    PerMessageDeflateFactory,
     Pong,
     ProtocolFailure,
     ServerConnection,
     TextMessage,
     negotiate_extensions,
-    PerMessageDeflateFactory,
 )
 from asgiws.websocket.frames import is_valid_close_code
 
