@@ -115,7 +115,7 @@ def build_command() -> click.Command:
         help="Serve the ASGI application APP, given as MODULE:ATTRIBUTE.",
         context_settings={"auto_envvar_prefix": ENV_PREFIX, "show_default": True},
     )
-    return click.version_option(__version__, "--version", prog_name="asgiws")(command)  # type: ignore[no-any-return]
+    return click.version_option(__version__, "--version", prog_name="asgiws")(command)
 
 
 main = build_command()

@@ -96,7 +96,7 @@ def _load_log_config(path: str) -> None:
                 logging.config.dictConfig(json.load(file))
         elif path.endswith((".yaml", ".yml")):
             try:
-                import yaml
+                import yaml  # type: ignore[import-untyped]
             except ImportError:
                 raise ValueError(f"cannot read {path}: install PyYAML for YAML log configs") from None
             with open(path) as file:

@@ -27,7 +27,7 @@ def run_config(config: Config) -> int:
     """Run a Config whose logging is already configured; return the process exit code."""
     if config.workers > 1 or config.reload:
         if isinstance(config.app, str) and importlib.util.find_spec("asgiws.supervisor") is not None:
-            from asgiws import supervisor  # type: ignore[attr-defined]
+            from asgiws import supervisor
 
             return int(supervisor.run_supervisor(config) or 0)
         if not isinstance(config.app, str):

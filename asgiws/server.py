@@ -115,7 +115,7 @@ class Server:
         self.exit_code = 0
         self.error: str | None = None
         self.sockets: list[socket.socket] = []
-        self.bound_addresses: list[tuple[Any, ...]] = []
+        self.bound_addresses: list[Any] = []  # (host, port) tuples, or paths for UNIX sockets
         self.servers: list[asyncio.AbstractServer] = []
         self.lifespan: LifespanOn | None = None
         self.app: ASGIApp | None = None

@@ -571,13 +571,13 @@ class RequestCycle:
     async def run_asgi(self, app: ASGIApp) -> None:
         try:
             await app(self.scope, self.receive, self.send)
-        except (ClientDisconnected, asyncio.CancelledError):
+        except ClientDisconnected:
+            pass
+        except asyncio.CancelledError:
+            # Shutdown ran out of time: drop the connection, nothing to log.
             if not self.response_complete:
-                self.keep_alive = False
                 self.protocol._close()
-            raise_cancel = asyncio.current_task()
-            if raise_cancel is not None and raise_cancel.cancelling():
-                raise
+            raise
         except BaseException as exc:
             logger.error("Exception in ASGI application", exc_info=exc)
             if not self.response_started:
@@ -692,8 +692,7 @@ class RequestCycle:
         self._lines = lines
         self.expect_100 = False
 
-    def _finish_head(self, body: bytes, more_body: bool) -> bytes:
-        lines = self._lines
+    def _finish_head(self, lines: list[bytes], body: bytes, more_body: bool) -> bytes:
         no_body = self.status in _NO_BODY_STATUS
         if no_body:
             self.chunked = False
@@ -728,7 +727,7 @@ class RequestCycle:
         more_body = bool(message.get("more_body", False))
         head = b""
         if self._lines is not None:
-            head = self._finish_head(body, more_body)
+            head = self._finish_head(self._lines, body, more_body)
             self._lines = None
         transport = self.transport
         if self.is_head or self.status in _NO_BODY_STATUS:
