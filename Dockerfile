@@ -1,0 +1,27 @@
+# asgiws in a container: `docker build -t asgiws . && docker run -p 8000:8000 asgiws`
+# Serve your own app by mounting or copying it and passing its import string:
+#   docker run -p 8000:8000 -v "$PWD:/srv" -w /srv asgiws myapp:app --host 0.0.0.0 --workers 4
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY . /app
+# No compiler in the slim image: the optional C masking helper is skipped and
+# asgiws uses its pure-Python twin (setup.py never fails the install for it).
+RUN pip install --no-cache-dir /app \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin asgiws
+USER asgiws
+
+EXPOSE 8000
+# Checks the whole path: a worker's event loop answers HTTP on the published port.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/', timeout=4).status != 200)"]
+
+# Exec form: asgiws is PID 1 and gets `docker stop`'s SIGTERM itself, so
+# workers drain gracefully (WebSockets get 1001) within the 10 s stop timeout.
+ENTRYPOINT ["asgiws"]
+CMD ["examples.hello:app", "--host", "0.0.0.0", "--port", "8000"]
