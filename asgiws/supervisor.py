@@ -32,10 +32,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from asgiws.config import Config
 from asgiws.sockets import bind_sockets, describe
 from asgiws.workers import Channel, run_worker
+
+if TYPE_CHECKING:
+    from asgiws.reload import Watcher
 
 logger = logging.getLogger("asgiws.error")
 
@@ -95,13 +99,13 @@ class Supervisor:
         config: Config,
         sockets: list[socket.socket] | None = None,
         *,
-        watcher: object | None = None,
+        watcher: Watcher | None = None,
         worker_target: Callable[[Config, list[socket.socket], socket.socket], int] = run_worker,
     ) -> None:
         self.config = config
         self.sockets = sockets if sockets is not None else bind_sockets(config)
         self.worker_target = worker_target
-        self.watcher = watcher  # asgiws.reload.Watcher, or None
+        self.watcher = watcher
         self.target = config.workers
         self.generation = 0
         self.workers: dict[int, Worker] = {}
@@ -151,8 +155,8 @@ class Supervisor:
             if worker.state is State.DRAINING:
                 deadlines.append(worker.drain_deadline)
             elif worker.state is State.READY:
-                waiting = worker.ping_sent_at is not None
-                deadlines.append(worker.ping_sent_at + timeout if waiting else worker.next_ping_at)
+                sent = worker.ping_sent_at
+                deadlines.append(worker.next_ping_at if sent is None else sent + timeout)
         return max(0.0, min(deadlines) - now)
 
     # -- signals -----------------------------------------------------------------
@@ -254,7 +258,7 @@ class Supervisor:
         self._wakeup_r.close()
         self._wakeup_w.close()
         if self.watcher is not None:
-            self.watcher.close_in_child()  # type: ignore[attr-defined]
+            self.watcher.close_in_child()
 
     def _on_channel(self, sock: socket.socket) -> None:
         worker = next((w for w in self.workers.values() if w.channel.sock is sock), None)
@@ -297,8 +301,8 @@ class Supervisor:
         worker.drain_deadline = time.monotonic() + self.config.timeout_graceful_shutdown + DRAIN_MARGIN
         worker.channel.send(f"stop {close_code}")
 
-    def _on_watcher(self, watcher: object) -> None:
-        changed = self.watcher.read_changes()  # type: ignore[union-attr]
+    def _on_watcher(self, watcher: Watcher) -> None:
+        changed = watcher.read_changes()
         if changed is None:
             logger.error("The --reload watcher stopped; no more reloads")
             self.selector.unregister(watcher)
@@ -431,7 +435,7 @@ class Supervisor:
             signal.signal(signum, signal.SIG_DFL)
         signal.set_wakeup_fd(-1)
         if self.watcher is not None:
-            self.watcher.stop()  # type: ignore[attr-defined]
+            self.watcher.stop()
         for sock in self.sockets:
             if sock.family == socket.AF_UNIX and self.config.uds:
                 try:
