@@ -161,8 +161,10 @@ class SupervisorLink:
         from asgiws.server import Server  # imported in the worker: the supervisor stays lean
 
         # The request limit is enforced here, not by the server: the worker
-        # keeps serving until the supervisor has a replacement ready.
-        self.server = Server(config.replace(limit_max_requests=None))
+        # keeps serving until the supervisor has a replacement ready. The
+        # sockets belong to the supervisor: a worker that stops must not
+        # unlink the --uds path the others go on serving.
+        self.server = Server(config.replace(limit_max_requests=None, uds=None, fd=None))
         # SIGTERM sent to this worker stops it gracefully; SIGINT stays ignored.
         self.server.handled_signals = (signal.SIGTERM,)
         loop = asyncio.get_running_loop()

@@ -237,6 +237,13 @@ def test_uds_with_two_workers(cluster, tmp_path):
             assert response.status_code == 200
             pids.add(int(response.text))
     assert pids <= set(server.workers()) and len(pids) >= 1
+    # A drained worker must not remove the socket file the supervisor still serves.
+    server.signal(signal.SIGHUP)
+    server.wait_ready(4)
+    wait_for(lambda: len(server.workers()) == 2, 10, "the old workers to exit")
+    assert path.exists()
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), base_url="http://asgiws") as client:
+        assert int(client.get("/").text) in server.workers()
     assert server.stop() == 0
     assert not path.exists()
 
