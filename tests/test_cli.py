@@ -146,11 +146,22 @@ def test_every_cli_config_field_is_an_option():
 
 
 def test_port_zero_logs_real_port_and_serves(app_dir):
-    with running("cliapp:app", "--app-dir", str(app_dir), "--port", "0") as (port, _, _):
+    with running("cliapp:app", "--app-dir", str(app_dir), "--port", "0") as (port, process, lines):
         assert port != 0
         response = httpx.get(f"http://127.0.0.1:{port}/")
         assert response.text == "hello"
         assert response.headers["server"] == "asgiws"
+    # SIGINT: graceful shutdown, exit status 0.
+    assert process.returncode == 0
+    assert "Shutting down" in "".join(lines)
+
+
+def test_sigterm_shuts_down_gracefully(app_dir):
+    with running("cliapp:app", "--app-dir", str(app_dir), "--port", "0") as (_, process, lines):
+        process.send_signal(signal.SIGTERM)
+        process.wait(10)
+    assert process.returncode == 0
+    assert "Traceback" not in "".join(lines)
 
 
 def test_env_var_sets_port(app_dir):

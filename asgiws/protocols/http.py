@@ -241,6 +241,9 @@ class HttpProtocol(asyncio.Protocol):
                 apply_proxy_headers(scope, self.trusted)
             self._ws_upgrade = (scope, method)
             return
+        if len(self.pipeline) >= self.config.max_pipelined_requests:
+            # One read held more requests than we queue: answer those, refuse the rest.
+            raise self._set_abort(503, "Too many pipelined requests")
         if self.config.proxy_headers:
             apply_proxy_headers(scope, self.trusted)
         self.server_state.total_requests += 1

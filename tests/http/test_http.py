@@ -108,6 +108,15 @@ def test_pipelined_requests_answered_in_order(run_server):
         assert [client.read_response().body for _ in range(3)] == [b"/1", b"/2", b"/3"]
 
 
+def test_pipeline_flood_beyond_limit_is_refused_after_queued_answers(run_server):
+    with run_server(hello, max_pipelined_requests=2) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 6)
+        statuses = [client.read_response().status for _ in range(4)]
+        assert statuses == [200, 200, 200, 503]
+        assert client.is_closed()
+
+
 def test_chunked_request_body_streamed_to_app(run_server):
     app, _ = make_echo_scope()
     with run_server(app) as server:
