@@ -15,7 +15,7 @@ import re
 import time
 from collections import deque
 from email.utils import formatdate
-from typing import Any, Callable
+from typing import Callable
 from urllib.parse import unquote
 
 import httptools
@@ -273,6 +273,9 @@ class HttpProtocol(asyncio.Protocol):
         self._parsing = None
         if cycle is not None:
             cycle.end_body()
+            if self.cycle is None and not self.pipeline and not self._closing:
+                # Answered before its body ended: the connection is idle from now.
+                self._set_timer(self.config.timeout_keep_alive)
 
     # -- scope -----------------------------------------------------------------------
 
