@@ -212,3 +212,53 @@ def test_workers_without_supervisor_warns_and_serves(app_dir):
     import importlib.util
     if importlib.util.find_spec("asgiws.supervisor") is None:
         assert any("running 1 worker" in line for line in lines)
+
+
+def test_run_function_serves_import_string(app_dir):
+    code = "import asgiws; raise SystemExit(asgiws.run('cliapp:app', port=0, app_dir=%r))" % str(app_dir)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=full_env)
+    try:
+        port = None
+        for _ in range(20):
+            match = re.search(r"running on http://127\.0\.0\.1:(\d+)", process.stdout.readline())
+            if match:
+                port = int(match.group(1))
+                break
+        assert port
+        assert httpx.get(f"http://127.0.0.1:{port}/").text == "hello"
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=10)
+    assert process.returncode == 0
+
+
+def test_log_config_ini(app_dir):
+    path = app_dir / "log.ini"
+    path.write_text(textwrap.dedent("""
+        [loggers]
+        keys=root,asgiws
+        [handlers]
+        keys=out
+        [formatters]
+        keys=plain
+        [logger_root]
+        handlers=
+        [logger_asgiws]
+        handlers=out
+        level=INFO
+        qualname=asgiws
+        propagate=0
+        [handler_out]
+        class=StreamHandler
+        formatter=plain
+        args=(sys.stdout,)
+        [formatter_plain]
+        format=INI %(message)s
+    """))
+    with running("cliapp:app", "--app-dir", str(app_dir), "--port", "0", "--log-config", str(path)) as (
+        _, _, lines
+    ):
+        pass
+    assert any(line.startswith("INI Asgiws running on") for line in lines)

@@ -501,3 +501,13 @@ def test_access_log_escapes_control_characters(run_server, caplog):
             client.send(b"GET /a%0Ab HTTP/1.1\r\nHost: x\r\n\r\n")
             client.read_response()
     assert '"GET /a\\x0ab HTTP/1.1" 200' in caplog.text
+
+
+def test_limit_max_requests_stops_the_server(run_server):
+    with run_server(hello, limit_max_requests=2) as server:
+        httpx.get(server.url())
+        httpx.get(server.url())
+        deadline = time.monotonic() + 5
+        while not server.server.should_exit and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.server.should_exit
