@@ -457,6 +457,13 @@ def _kill(pid: int) -> None:
 
 def run_supervisor(config: Config, sockets: list[socket.socket] | None = None) -> int:
     """Serve `config` with config.workers processes (and --reload); returns the exit status."""
+    if sockets is None:
+        try:
+            sockets = bind_sockets(config)
+        except OSError as exc:
+            where = config.uds or (f"fd {config.fd}" if config.fd is not None else f"{config.host}:{config.port}")
+            logger.error("could not bind on %s: %s", where, exc.strerror or exc)
+            return 1
     watcher = None
     if config.reload:
         from asgiws.reload import Watcher

@@ -56,7 +56,8 @@ class Cluster:
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         command = [sys.executable, "-m", "asgiws", app, "--port", str(self.port), *args]
         self.process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, pass_fds=pass_fds
+            command, cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, pass_fds=pass_fds,
+            start_new_session=True,  # its own process group, as a shell job would have
         )
 
     @property
