@@ -31,11 +31,15 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPORTS = REPO_ROOT / "conformance" / "reports"
 
+# --ws-ping-interval 0 disables server keepalive pings: kosoku ends a 12.x/13.x
+# case as FAILED ("Case did not finish within N seconds") as soon as an
+# unsolicited ping arrives, so any case running longer than the interval (20 s
+# by default; happens on a loaded 2-core CI box) would fail spuriously.
 SERVER_CMDS = {
     "asgiws": "{python} -m asgiws conformance.echo_app:app --port {port} "
-    "--log-level warning --ws-max-size 16777216",
+    "--log-level warning --ws-max-size 16777216 --ws-ping-interval 0",
     "uvicorn": "{python} -m uvicorn conformance.echo_app:app --port {port} "
-    "--log-level warning",
+    "--log-level warning --ws-ping-interval 0",
 }
 
 PASSING = {"OK", "INFORMATIONAL"}
