@@ -102,7 +102,8 @@ class Server:
     any thread) to request one. `started` becomes True once listening;
     `bound_addresses` then lists (host, port) pairs and `port` the first port.
     `shutdown_close_code` is what WebSockets are closed with (1001 going
-    away; a supervisor sets 1012 for restarts).
+    away; a supervisor sets 1012 for restarts). `handled_signals` are caught
+    while serving on the main thread (SIGINT, SIGTERM; a second SIGINT forces exit).
     """
 
     def __init__(self, config: Config) -> None:
@@ -119,7 +120,8 @@ class Server:
         self.servers: list[asyncio.AbstractServer] = []
         self.lifespan: LifespanOn | None = None
         self.app: ASGIApp | None = None
-        self._captured_signals: list[int] = []
+        # Signals serve() handles on the main thread; a supervisor's worker narrows this.
+        self.handled_signals: tuple[int, ...] = HANDLED_SIGNALS
 
     @property
     def port(self) -> int | None:
@@ -238,7 +240,7 @@ class Server:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        original = {sig: signal.signal(sig, self._handle_signal) for sig in HANDLED_SIGNALS}
+        original = {sig: signal.signal(sig, self._handle_signal) for sig in self.handled_signals}
         try:
             yield
         finally:
