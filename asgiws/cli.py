@@ -16,7 +16,7 @@ from click.core import ParameterSource
 
 from asgiws import __version__
 from asgiws.config import Config
-from asgiws.importer import ImportFromStringError, import_from_string
+from asgiws.importer import ImportFromStringError, check_importable, import_from_string
 from asgiws.logging import configure_logging
 from asgiws.main import run_config
 
@@ -101,7 +101,12 @@ def _command(app: str, **values: Any) -> None:
     if app_dir not in sys.path:
         sys.path.insert(0, app_dir)
     try:
-        import_from_string(app)
+        if config.reload or config.workers > 1:
+            # Workers are forked: a module imported here would be inherited,
+            # and --reload would keep serving the old code. Only look it up.
+            check_importable(app)
+        else:
+            import_from_string(app)
     except ImportFromStringError as exc:
         _fail(str(exc))
     sys.exit(run_config(config))

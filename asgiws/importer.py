@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 
@@ -38,3 +39,19 @@ def import_from_string(import_str: Any) -> Any:
             f'could not import "{import_str}": attribute "{attrs_str}" not found in module "{module_str}"'
         ) from None
     return instance
+
+
+def check_importable(import_str: str) -> None:
+    """Raise ImportFromStringError unless `import_str` is well formed and its module exists.
+
+    The module is found, not executed (its parent packages are imported).
+    """
+    module_str, _, attrs_str = import_str.partition(":")
+    if not module_str or not attrs_str:
+        raise ImportFromStringError(f'import string "{import_str}" must be in format "<module>:<attribute>"')
+    try:
+        spec = importlib.util.find_spec(module_str)
+    except ModuleNotFoundError as exc:
+        raise ImportFromStringError(f'could not import "{import_str}": {exc}') from None
+    if spec is None:
+        raise ImportFromStringError(f'could not import "{import_str}": No module named {module_str!r}')

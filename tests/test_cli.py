@@ -262,3 +262,9 @@ def test_log_config_ini(app_dir):
     ):
         pass
     assert any(line.startswith("INI Asgiws running on") for line in lines)
+
+
+def test_missing_module_with_workers_is_one_line_error():
+    result = asgiws("nosuchmodule_xyz:app", "--workers", "2")
+    assert result.returncode != 0
+    assert "could not import \"nosuchmodule_xyz:app\"" in single_error_line(result.stderr)
