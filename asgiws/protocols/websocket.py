@@ -134,8 +134,10 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport = transport
         transport.set_protocol(self)
         self.server_state.hand_over(previous, self)  # type: ignore[arg-type]
-        client = scope.get("client")
-        self.client_ip = client[0] if client else None
+        # The per-IP count is of the TCP peer, as HttpProtocol counted it; the
+        # scope's client may be a proxied address (X-Forwarded-For).
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else None
         self.scope = scope
         self._early_input += trailing_data
         try:
@@ -529,11 +531,15 @@ class WebSocketProtocol(asyncio.Protocol):
         chunks = self.conn.data_to_send()
         if not chunks:
             return
+        # The bound is for bytes piled onto a backlog the client is not
+        # draining; one large message written to a drained transport is
+        # bounded by ws_max_size and the sender then waits for the drain.
+        backlogged = self._writing_paused
         if len(chunks) == 1:
             self.transport.write(chunks[0])
         else:
             self.transport.writelines(chunks)
-        if self._writing_paused and self.transport.get_write_buffer_size() > self.config.ws_max_send_queue:
+        if backlogged and self.transport.get_write_buffer_size() > self.config.ws_max_send_queue:
             logger.warning("WebSocket client %s is not reading; send queue over %d bytes, closing",
                            self._client_text(), self.config.ws_max_send_queue)
             self._disconnect_message = {"type": "websocket.disconnect", "code": CloseCode.POLICY_VIOLATION,
