@@ -285,7 +285,6 @@ def test_second_sigint_forces_exit(cluster):
     assert "second SIGINT: forcing exit" in server.log()
 
 
-@pytest.mark.xfail(reason="until Server.serve lets a worker leave SIGINT alone", strict=False)
 def test_workers_ignore_sigint_and_ctrl_c_on_the_group_stops_gracefully(cluster):
     server = cluster("tests.supervisor.apps:app", "--workers", "2")
     server.wait_ready(2)
