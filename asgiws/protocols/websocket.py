@@ -573,8 +573,9 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def _trace(self, direction: str, opcode: Any, fin: bool, rsv: int, masked: bool, length: int) -> None:
         trace_logger.log(
-            TRACE_LOG_LEVEL, "%s %s %s fin=%d rsv=%d mask=%d len=%d",
-            self._client_text(), direction, getattr(opcode, "name", opcode), fin, rsv, masked, length,
+            TRACE_LOG_LEVEL, "%s %s %s fin=%d rsv=%s mask=%d len=%d",
+            self._client_text(), direction, getattr(opcode, "name", opcode), fin,
+            format(rsv >> 4, "03b"), masked, length,  # RSV1..RSV3 as bits: "100" is RSV1
         )
 
     def _client_text(self) -> str:
