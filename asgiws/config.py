@@ -28,6 +28,7 @@ def option(
     default: Any,
     help: str,
     *,
+    default_factory: Any = None,
     flag: str | None = None,
     choices: tuple[str, ...] | None = None,
     multiple: bool = False,
@@ -38,7 +39,8 @@ def option(
 
     `flag` overrides the derived option name (`--ws-max-size` from
     `ws_max_size`); `boolean` makes an on/off pair (`--access-log/--no-access-log`);
-    `multiple` makes a repeatable option collected into a tuple.
+    `multiple` makes a repeatable option collected into a tuple;
+    `default_factory` computes the default at construction (from the environment).
     """
     metadata = {
         "help": help,
@@ -50,6 +52,8 @@ def option(
     }
     if isinstance(default, (list, dict, set)):
         raise TypeError("Config defaults must be immutable; use a tuple")
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
 
 
@@ -81,7 +85,7 @@ class Config:
 
     # -- processes and event loop ------------------------------------------------
     workers: int = option(
-        None, "Number of worker processes. Defaults to $WEB_CONCURRENCY or 1."
+        None, default_factory=_default_workers, help="Number of worker processes. Defaults to $WEB_CONCURRENCY or 1."
     )
     loop: LoopSetting = option("auto", "Event loop implementation.", choices=("auto", "uvloop", "asyncio"))
     lifespan: LifespanSetting = option("auto", "Lifespan protocol.", choices=("auto", "on", "off"))
@@ -96,7 +100,8 @@ class Config:
     )
     forwarded_allow_ips: str = option(
         None,
-        "Comma-separated IPs or networks trusted to send proxy headers ('*' for all). "
+        default_factory=_default_forwarded_allow_ips,
+        help="Comma-separated IPs or networks trusted to send proxy headers ('*' for all). "
         "Defaults to $FORWARDED_ALLOW_IPS or 127.0.0.1.",
     )
     # Short: an idle keep-alive connection costs a socket and memory, and
@@ -224,11 +229,6 @@ class Config:
     )
 
     def __post_init__(self) -> None:
-        # None marks defaults read from the environment at construction time.
-        if self.workers is None:
-            object.__setattr__(self, "workers", _default_workers())
-        if self.forwarded_allow_ips is None:
-            object.__setattr__(self, "forwarded_allow_ips", _default_forwarded_allow_ips())
         self._validate()
 
     def _validate(self) -> None:

@@ -23,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
+from asgiws.broadcast import SCOPE_EXTENSION, broker_for
+from asgiws.broadcast.prepared import PreparedMessage
 from asgiws.config import Config
 from asgiws.logging import TRACE_LOG_LEVEL, log_access
 from asgiws.protocols.common import ServerState
@@ -32,6 +34,7 @@ from asgiws.websocket import (
     BinaryMessage,
     CloseCode,
     CloseReceived,
+    Event,
     HandshakeError,
     PerMessageDeflateFactory,
     Pong,
@@ -47,7 +50,6 @@ logger = logging.getLogger("asgiws.error")
 trace_logger = logging.getLogger("asgiws.trace")
 
 ASGI_VERSIONS = {"version": "3.0", "spec_version": "2.4"}
-Event = Any  # one of the codec's event classes
 
 
 class ClientDisconnected(OSError):
@@ -100,7 +102,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._early_input = bytearray()
         # Codec events the app has not received yet, and the app waiting for one.
         self._queue: deque[Event] = deque()
-        self._waiter: asyncio.Future[Event] | None = None
+        self._waiter: asyncio.Future[Event | None] | None = None
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -121,6 +123,8 @@ class WebSocketProtocol(asyncio.Protocol):
         # --ws-max-message-rate token bucket.
         self._tokens = float(config.ws_max_message_burst)
         self._tokens_time = 0.0
+        # Set by the broadcast hub on first subscribe: leaves every channel.
+        self.on_connection_lost: Callable[[WebSocketProtocol], None] | None = None
 
     # -- hand-off from HTTP ----------------------------------------------------------
 
@@ -152,7 +156,11 @@ class WebSocketProtocol(asyncio.Protocol):
             self._reject(403, "Origin not allowed", [])
             return
         scope["subprotocols"] = self._request.subprotocols
-        scope.setdefault("extensions", {})["websocket.http.response"] = {}
+        extensions = scope.setdefault("extensions", {})
+        extensions["websocket.http.response"] = {}
+        broker = broker_for(self.loop)
+        if broker is not None:
+            extensions[SCOPE_EXTENSION] = {"broker": broker, "connection": self}
         self.task = self.loop.create_task(self._run_app())
         self.server_state.tasks.add(self.task)
         self.task.add_done_callback(self.server_state.tasks.discard)
@@ -180,6 +188,9 @@ class WebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server_state.remove_connection(self, self.client_ip)
+        if self.on_connection_lost is not None:
+            self.on_connection_lost(self)
+            self.on_connection_lost = None
         for timer in (self._close_timer, self._ping_timer, self._pong_timer):
             if timer is not None:
                 timer.cancel()
@@ -206,20 +217,19 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- codec events → ASGI -----------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        kind = type(event)
-        if kind is Pong:
+        if isinstance(event, Pong):
             self._on_pong(event)
             return
-        if kind is TextMessage or kind is BinaryMessage:
-            if self.config.ws_max_message_rate is not None and not self._take_token():
-                event = ProtocolFailure(CloseCode.POLICY_VIOLATION, "message rate limit exceeded")
+        if (self.config.ws_max_message_rate is not None and isinstance(event, (TextMessage, BinaryMessage))
+                and not self._take_token()):
+            event = ProtocolFailure(CloseCode.POLICY_VIOLATION, "message rate limit exceeded")
         waiter = self._waiter
         if waiter is not None and not self._queue:
             self._waiter = None
             waiter.set_result(event)
             return
         self._queue.append(event)
-        if kind is CloseReceived or kind is ProtocolFailure:
+        if isinstance(event, (CloseReceived, ProtocolFailure)):
             # The app has earlier messages to read first; give it ws_close_timeout.
             self._arm_close_timer(self._apply_queued_terminal)
         elif len(self._queue) >= self.config.ws_max_queue:
@@ -237,35 +247,33 @@ class WebSocketProtocol(asyncio.Protocol):
         return True
 
     def _to_asgi(self, event: Event) -> Message:
-        kind = type(event)
-        if kind is TextMessage:
+        if isinstance(event, TextMessage):
             return {"type": "websocket.receive", "text": event.data}
-        if kind is BinaryMessage:
+        if isinstance(event, BinaryMessage):
             return {"type": "websocket.receive", "bytes": event.data}
+        assert isinstance(event, (CloseReceived, ProtocolFailure))  # Pong never reaches the queue
         return self._apply_terminal(event)
 
-    def _apply_terminal(self, event: Event) -> Message:
+    def _apply_terminal(self, event: CloseReceived | ProtocolFailure) -> Message:
         """The app has reached a close or failure: answer it and end the connection."""
         conn = self.conn
         assert conn is not None
-        if type(event) is CloseReceived:
+        if isinstance(event, CloseReceived):
             # 5.5.1: the endpoint MUST send a Close frame in response, typically
-            # echoing the status code it received.
+            # echoing the status code it received (1005 means there was none).
             code = event.code if event.code != CloseCode.NO_STATUS_RCVD else CloseCode.NORMAL_CLOSURE
             conn.send_close(code, "")
             self._flush()
             if conn.handshake_complete:
                 # 7.1.1: the server closes the TCP connection first.
                 self.transport.close()
-            message: Message = {"type": "websocket.disconnect", "code": event.code, "reason": event.reason}
         else:
             logger.info("WebSocket protocol error from %s: %d %s", self._client_text(), event.code, event.reason)
             conn.send_close(event.code, event.reason)
             self._flush()
             self.transport.close()
-            message = {"type": "websocket.disconnect", "code": event.code, "reason": event.reason}
         if self._disconnect_message is None:
-            self._disconnect_message = message
+            self._disconnect_message = {"type": "websocket.disconnect", "code": event.code, "reason": event.reason}
         self._enter(State.CLOSED)
         return self._disconnect_message
 
@@ -295,9 +303,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self._waiter = waiter
         event = await waiter
         if event is None:  # connection lost while waiting
-            assert self._disconnect_message is not None
-            return self._disconnect_message
+            return self._disconnected()
         return self._to_asgi(event)
+
+    def _disconnected(self) -> Message:
+        """The message every receive() gets once the connection is over."""
+        return self._disconnect_message or {"type": "websocket.disconnect", "code": CloseCode.ABNORMAL_CLOSURE}
 
     async def send(self, message: Message) -> None:
         handler = self._send_handlers.get(message["type"])
@@ -525,12 +536,26 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- writing ------------------------------------------------------------------------------
 
+    def deliver_prepared(self, message: PreparedMessage) -> bool:
+        """Write a broadcast message framed once for many connections (no app task involved).
+
+        Returns False when the connection is not open (not accepted yet, or
+        closing); the send-queue bound applies as for the app's own sends.
+        """
+        conn = self.conn
+        if conn is None or conn.close_sent or self.transport.is_closing():
+            return False
+        self._write_chunks(message.chunks_for(conn.extensions))
+        return True
+
     def _flush(self) -> None:
         """Write what the codec produced, and enforce the send-queue bound."""
         assert self.conn is not None
         chunks = self.conn.data_to_send()
-        if not chunks:
-            return
+        if chunks:
+            self._write_chunks(chunks)
+
+    def _write_chunks(self, chunks: list[bytes]) -> None:
         # The bound is for bytes piled onto a backlog the client is not
         # draining; one large message written to a drained transport is
         # bounded by ws_max_size and the sender then waits for the drain.
