@@ -41,3 +41,12 @@ async def failing_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await receive()
         await send({"type": "lifespan.startup.failed", "message": "database unreachable at db:5432"})
+
+
+async def gated_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """`app`, except that start-up fails while the file $ASGIWS_TEST_BROKEN exists (a bad deploy)."""
+    if scope["type"] == "lifespan" and os.path.exists(os.environ["ASGIWS_TEST_BROKEN"]):
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "bad deploy: config missing"})
+        return
+    await app(scope, receive, send)

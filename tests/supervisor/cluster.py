@@ -49,11 +49,11 @@ class Cluster:
     """One `python -m asgiws ... --workers N` process tree; its log goes to a file."""
 
     def __init__(self, tmp_path: Path, app: str, *args: str, port: int | None = None,
-                 pass_fds: tuple[int, ...] = ()) -> None:
+                 pass_fds: tuple[int, ...] = (), env: dict[str, str] | None = None) -> None:
         self.port = free_port() if port is None else port
         self.log_path = tmp_path / f"asgiws-{self.port}.log"
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        env = dict(os.environ, **(env or {}), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
         command = [sys.executable, "-m", "asgiws", app, "--port", str(self.port), *args]
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, pass_fds=pass_fds,

@@ -207,6 +207,24 @@ def test_every_worker_failing_at_startup_exits_nonzero_with_the_apps_message(clu
     assert log.count("Started worker") <= 4
 
 
+def test_sighup_with_a_broken_deploy_keeps_old_workers_and_backs_off(cluster, tmp_path):
+    broken = tmp_path / "broken"
+    server = cluster("tests.supervisor.apps:gated_app", "--workers", "2",
+                     env={"ASGIWS_TEST_BROKEN": str(broken)})
+    server.wait_ready(2)
+    old = server.workers()
+    broken.touch()
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: "retrying in 1.0s" in server.log(), 10, "a second, later retry")
+    assert "bad deploy: config missing; retrying in 0.5s" in server.log()
+    assert get(server.port)[0] == 200  # the old generation goes on serving
+    assert set(old) <= set(server.workers())
+    broken.unlink()  # fixed: the next retry succeeds and the restart completes
+    wait_for(lambda: len(server.workers()) == 2 and not set(old) & set(server.workers()), 15, "new workers")
+    assert server.log().count("Started worker") <= 2 + 5 + 2  # no hot loop
+    assert server.stop() == 0
+
+
 def test_limit_max_requests_recycles_workers_without_failed_requests(cluster):
     server = cluster("tests.supervisor.apps:app", "--workers", "2", "--limit-max-requests", "10",
                      "--limit-max-requests-jitter", "5")
