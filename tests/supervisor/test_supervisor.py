@@ -73,6 +73,7 @@ def test_kill_9_worker_under_load_is_replaced_and_server_answers(cluster):
     assert len(after) == 2 and before[0] not in after and before[1] in after
     assert "died (killed by SIGKILL): replacing it" in server.log()
     assert get(server.port)[0] == 200
+    print(f"kill -9 under load: {load.sent} requests, {len(load.failures)} failed {load.failures}")
     # Only requests in flight on the killed worker may fail, never many.
     assert len(load.failures) <= 4, load.failures
     assert server.stop() == 0
