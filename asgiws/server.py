@@ -15,6 +15,7 @@ import sys
 import threading
 from typing import Any
 
+from asgiws import broadcast
 from asgiws.config import Config
 from asgiws.importer import ImportFromStringError, import_from_string
 from asgiws.lifespan import LifespanOn
@@ -120,6 +121,7 @@ class Server:
         self.servers: list[asyncio.AbstractServer] = []
         self.lifespan: LifespanOn | None = None
         self.app: ASGIApp | None = None
+        self.broker: broadcast.Broker | None = None
         # Signals serve() handles on the main thread; a supervisor's worker narrows this.
         self.handled_signals: tuple[int, ...] = HANDLED_SIGNALS
 
@@ -145,6 +147,7 @@ class Server:
                 self.exit_code = 1
                 logger.error("%s", exc)
                 await self._close_listeners()
+                await self._stop_broker()
                 return
             if self.should_exit:
                 return
@@ -158,6 +161,7 @@ class Server:
             self.server_state.default_headers = build_default_headers(config)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        await self._start_broker()
         if config.lifespan != "off":
             self.lifespan = LifespanOn(config, self.app, self.server_state.lifespan_state)
             await self.lifespan.startup()
@@ -187,6 +191,25 @@ class Server:
             else:
                 logger.info("Asgiws running on unix socket %s (Press CTRL+C to quit)", address)
         self.started = True
+
+    async def _start_broker(self) -> None:
+        """Start the --broadcast-url broker (in-process without one) and make it the loop's.
+
+        A Redis that is down does not stop start-up: the broker reconnects by itself.
+        """
+        try:
+            broker = broadcast.create_broker(self.config.broadcast_url)
+        except (ValueError, RuntimeError) as exc:
+            raise StartupError(str(exc)) from None
+        await broker.start()
+        self.broker = broker
+        broadcast.install(asyncio.get_running_loop(), broker)
+
+    async def _stop_broker(self) -> None:
+        if self.broker is not None:
+            broadcast.uninstall(asyncio.get_running_loop())
+            await self.broker.stop()
+            self.broker = None
 
     async def _main_loop(self) -> None:
         max_requests = self.config.limit_max_requests
@@ -228,6 +251,7 @@ class Server:
         await self._close_listeners()
         if self.lifespan is not None and not self.force_exit:
             await self.lifespan.shutdown()
+        await self._stop_broker()
 
     async def _wait_connections_closed(self) -> None:
         while self.server_state.connections and not self.force_exit:

@@ -1,0 +1,172 @@
+"""The broadcast API on one server (in-process broker), with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import zlib
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+from asgiws.broadcast import Broadcast, BroadcastNotAvailable
+from asgiws.broadcast.hub import Hub
+from asgiws.broadcast.prepared import PreparedMessage
+from asgiws.websocket.permessage_deflate import PerMessageDeflate
+from tests.broadcast.apps import app
+from tests.rawws import RawWebSocket, handshake_request
+
+
+def _deflate(no_takeover: bool) -> PerMessageDeflate:
+    return PerMessageDeflate(server_max_window_bits=12, client_max_window_bits=15,
+                             server_no_context_takeover=no_takeover, client_no_context_takeover=False,
+                             memory_level=5, min_size=64)
+
+
+def test_prepared_message_frames_text_and_binary_once() -> None:
+    text = PreparedMessage("héllo")
+    assert text.plain == [b"\x81\x06" + "héllo".encode()]
+    big = PreparedMessage(b"\x00" * 70_000)
+    assert big.plain[0] == b"\x82\x7f" + (70_000).to_bytes(8, "big") and big.plain[1] == b"\x00" * 70_000
+    assert big.chunks_for([]) is big.plain
+
+
+def test_prepared_message_shares_compressed_frame_only_without_context_takeover() -> None:
+    message = PreparedMessage("abc" * 100)
+    # Context takeover: per-connection window, so the shared uncompressed frame (RSV1 clear).
+    assert message.chunks_for([_deflate(False)]) is message.plain
+    shared = message.chunks_for([_deflate(True)])
+    assert shared is message.chunks_for([_deflate(True)])  # compressed once
+    frame = shared[0]
+    assert frame[0] == 0x80 | 0x40 | 0x1  # FIN, RSV1, TEXT
+    inflated = zlib.decompressobj(-15).decompress(frame[2:] + b"\x00\x00\xff\xff")
+    assert inflated == b"abc" * 100
+    # Under min_size: never compressed.
+    assert PreparedMessage("short").chunks_for([_deflate(True)]) == PreparedMessage("short").plain
+
+
+class FakeConnection:
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept
+        self.received: list[list[bytes]] = []
+        self.on_connection_lost = None
+
+    def deliver_prepared(self, message: PreparedMessage) -> bool:
+        self.received.append(message.plain)
+        return self.accept
+
+
+def test_hub_subscribe_unsubscribe_forget() -> None:
+    hub = Hub()
+    a, b = FakeConnection(), FakeConnection()
+    hub.subscribe(a, "x")
+    hub.subscribe(b, "x")
+    hub.subscribe(a, "y")
+    assert hub.deliver("x", "1") == 2
+    hub.unsubscribe(b, "x")
+    assert hub.deliver("x", "2") == 1 and len(b.received) == 1
+    assert a.on_connection_lost == hub.forget
+    hub.forget(a)
+    assert hub.channels == {} and hub.deliver("y", "3") == 0
+
+
+def test_broadcast_outside_asgiws_raises_clear_error() -> None:
+    async def main() -> None:
+        with pytest.raises(BroadcastNotAvailable, match="needs the asgiws server"):
+            Broadcast.from_scope({"type": "http", "extensions": {}})
+
+    asyncio.run(main())
+    with pytest.raises(BroadcastNotAvailable):
+        Broadcast.current()
+
+
+async def _join(url: str, **kwargs: object):
+    ws = await connect(url, **kwargs)
+    assert await ws.recv() == "subscribed"
+    return ws
+
+
+def test_publish_from_websocket_and_http_reaches_every_subscriber(run_server) -> None:
+    with run_server(app) as server:
+        async def main() -> None:
+            clients = [await _join(server.url("/ws/room", "ws")) for _ in range(20)]
+            other = await _join(server.url("/ws/elsewhere", "ws"))
+            await clients[0].send("from ws")
+            for ws in clients:
+                assert await asyncio.wait_for(ws.recv(), 5) == "from ws"
+            async with httpx.AsyncClient() as http:
+                r = await http.post(server.url("/publish/room"), content="from http")
+                assert r.status_code == 200
+                r = await http.post(server.url("/publish/room?binary=1"), content=b"\x00\xff")
+                assert (await http.get(server.url("/count/room"))).json() == {"subscribers": 20}
+            for ws in clients:
+                assert await asyncio.wait_for(ws.recv(), 5) == "from http"
+                assert await asyncio.wait_for(ws.recv(), 5) == b"\x00\xff"
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(other.recv(), 0.2)
+            for ws in clients + [other]:
+                await ws.close()
+
+        asyncio.run(main())
+
+
+def test_unsubscribe_and_disconnect_leave_the_channel(run_server) -> None:
+    with run_server(app) as server:
+        async def main() -> None:
+            a = await _join(server.url("/ws/c", "ws"))
+            b = await _join(server.url("/ws/c", "ws"))
+            await b.send("unsub")
+            assert await b.recv() == "unsubscribed"
+            await a.send("only a")
+            assert await a.recv() == "only a"
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(b.recv(), 0.2)
+            await a.close()
+            await b.close()
+            await asyncio.sleep(0.1)
+
+        asyncio.run(main())
+        hub = server.server.broker.hub
+        assert server.call(lambda: dict(hub.channels)) == {}
+
+
+@pytest.mark.parametrize("no_takeover", [False, True])
+def test_broadcast_to_deflate_clients_with_and_without_context_takeover(run_server, no_takeover: bool) -> None:
+    # Mixed session: the app's own compressed sends and shared broadcast frames interleave.
+    with run_server(app, ws_deflate_min_size=16) as server:
+        async def main() -> None:
+            factory = ClientPerMessageDeflateFactory(server_no_context_takeover=no_takeover)
+            clients = [await _join(server.url("/ws/z", "ws"), extensions=[factory], compression=None)
+                       for _ in range(3)]
+            for i in range(3):
+                await clients[i].send(f"message {i} " + "lorem ipsum " * 50)
+                for ws in clients:
+                    assert await asyncio.wait_for(ws.recv(), 5) == f"message {i} " + "lorem ipsum " * 50
+            for ws in clients:
+                assert ws.protocol.extensions and ws.protocol.extensions[0].name == "permessage-deflate"
+                await ws.close()
+
+        asyncio.run(main())
+
+
+def test_send_queue_bound_closes_a_subscriber_that_does_not_read(run_server) -> None:
+    # A subscriber that never reads is dropped once its backlog passes
+    # ws_max_send_queue; the one that reads keeps receiving.
+    with run_server(app, ws_max_send_queue=256 * 1024) as server:
+        stalled = RawWebSocket(server.port, request=handshake_request("/ws/big"))
+        stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        assert stalled.status == 101
+
+        async def main() -> None:
+            reader = await _join(server.url("/ws/big", "ws"), max_size=None)
+            async with httpx.AsyncClient() as http:
+                for i in range(40):
+                    await http.post(server.url("/publish/big?binary=1"), content=bytes([i]) * 200_000)
+                    assert (await asyncio.wait_for(reader.recv(), 5))[:1] == bytes([i])
+                assert (await http.get(server.url("/count/big"))).json() == {"subscribers": 1}
+            await reader.close()
+
+        asyncio.run(main())
+        stalled.sock.close()
