@@ -84,6 +84,13 @@ def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def configured_address(config: Config) -> str:
+    """Where `config` asks to listen, for error messages: "127.0.0.1:8000", a path, "fd 3"."""
+    if config.fd is not None:
+        return f"fd {config.fd}"
+    return config.uds or f"{config.host}:{config.port}"
+
+
 def describe(sock: socket.socket, *, tls: bool) -> str:
     """The URL a client uses to reach `sock`, for the start-up log line."""
     scheme = "https" if tls else "http"

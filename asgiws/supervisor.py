@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from asgiws.config import Config
-from asgiws.sockets import bind_sockets, describe
+from asgiws.sockets import bind_sockets, configured_address, describe
 from asgiws.workers import Channel, run_worker
 
 if TYPE_CHECKING:
@@ -467,8 +467,7 @@ def run_supervisor(config: Config, sockets: list[socket.socket] | None = None) -
         try:
             sockets = bind_sockets(config)
         except OSError as exc:
-            where = config.uds or (f"fd {config.fd}" if config.fd is not None else f"{config.host}:{config.port}")
-            logger.error("could not bind on %s: %s", where, exc.strerror or exc)
+            logger.error("could not bind on %s: %s", configured_address(config), exc.strerror or exc)
             return 1
     watcher = None
     if config.reload:
