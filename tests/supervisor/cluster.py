@@ -83,6 +83,11 @@ class Cluster:
                 live.append(child)
         return sorted(live)
 
+    def supervisor_threads(self) -> int:
+        """Threads in the supervisor process: it must stay at 1 for fork to be safe."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
     def ready_count(self) -> int:
         return self.log().count(" is ready")
 

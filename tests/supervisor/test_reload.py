@@ -105,6 +105,7 @@ def test_reload_restarts_on_change_with_1012_and_survives_a_broken_edit(cluster,
                      "--reload-delay", "0.05", "--lifespan", "off")
     server.wait_ready(1)
     assert get(server.port) == (200, "v1")
+    assert server.supervisor_threads() == 1  # watchfiles' thread lives in the watcher process
 
     async def edit_while_connected() -> int | None:
         async with connect(f"ws://127.0.0.1:{server.port}/") as ws:

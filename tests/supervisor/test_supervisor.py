@@ -193,6 +193,7 @@ def test_sigttin_and_sigttou_change_the_number_of_workers(cluster):
     server.signal(signal.SIGTTOU)
     wait_for(lambda: len(server.workers()) == 1, 10, "1 worker")
     assert "SIGTTOU: now 1 worker(s)" in server.log()
+    assert server.supervisor_threads() == 1  # no thread, no event loop: forking stays safe
     assert get(server.port)[0] == 200
     assert server.stop() == 0
 
