@@ -5,7 +5,7 @@ Usage (from the repo root)::
     python -m conformance.run                       # asgiws, whole suite
     python -m conformance.run --server uvicorn      # peer baseline
     python -m conformance.run --include '1.*' --include '5.*' --exclude '5.19'
-    python -m conformance.run --server-cmd 'python -m hypercorn conformance.echo_app:app -b 127.0.0.1:{port}'
+    python -m conformance.run --server-cmd 'python -m hypercorn examples.hello:app -b 127.0.0.1:{port}'
 
 Exit status: 0 only if every case's behavior (and behaviorClose) is OK or
 INFORMATIONAL (and the server stayed up); 1 if any case is NON-STRICT/UNIMPLEMENTED/FAILED/missing;
@@ -43,9 +43,9 @@ DEFAULT_REPORTS = REPO_ROOT / "conformance" / "reports"
 # be encoded before hashing": cases 12.*.1-2 and 13.*.1-2 end in ERROR. That
 # our default is fine with real clients is shown in tests/ws/test_deflate_interop.py.
 SERVER_CMDS = {
-    "asgiws": "{python} -m asgiws conformance.echo_app:app --port {port} "
+    "asgiws": "{python} -m asgiws examples.hello:app --port {port} "
     "--log-level warning --ws-max-size 16777216 --ws-ping-interval 0 --ws-deflate-min-size 0",
-    "uvicorn": "{python} -m uvicorn conformance.echo_app:app --port {port} "
+    "uvicorn": "{python} -m uvicorn examples.hello:app --port {port} "
     "--log-level warning --ws-ping-interval 0",
 }
 

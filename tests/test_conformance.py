@@ -1,7 +1,7 @@
 """Fast Autobahn TestSuite subset against asgiws, through conformance/run.py.
 
 Runs ``python -m conformance.run`` (which starts ``python -m asgiws`` serving
-``conformance.echo_app:app`` and drives kosoku's fuzzingclient) over a small,
+``examples.hello:app`` and drives kosoku's fuzzingclient) over a small,
 quick selection of cases and requires exit 0: every case OK or INFORMATIONAL.
 The whole suite is run by hand / in CI with ``python -m conformance.run``.
 

@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from examples.hello import websocket_echo
 from tests.rawws import RawWebSocket, close_payload, frame, handshake_request
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
@@ -20,17 +21,7 @@ TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 async def echo_app(scope, receive, send):
     assert scope["type"] == "websocket"
-    message = await receive()
-    assert message == {"type": "websocket.connect"}
-    await send({"type": "websocket.accept"})
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if message.get("text") is not None:
-            await send({"type": "websocket.send", "text": message["text"]})
-        else:
-            await send({"type": "websocket.send", "bytes": message["bytes"]})
+    await websocket_echo(receive, send)
 
 
 @pytest.fixture
