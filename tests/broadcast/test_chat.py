@@ -1,0 +1,140 @@
+"""examples/chat: rooms, private messages, notices and validation, with real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from examples.chat.app import MAX_TEXT_CHARS, app
+
+
+class Client:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    async def send(self, type_: str, payload: Any) -> None:
+        await self.ws.send(json.dumps({"type": type_, "payload": payload}))
+
+    async def recv(self) -> dict[str, Any]:
+        message = json.loads(await asyncio.wait_for(self.ws.recv(), 5))
+        assert set(message) == {"type", "payload", "timestamp"} and isinstance(message["timestamp"], float)
+        return message
+
+    async def expect(self, type_: str, **payload: Any) -> dict[str, Any]:
+        message = await self.recv()
+        assert message["type"] == type_, message
+        for key, value in payload.items():
+            assert message["payload"][key] == value, message
+        return message["payload"]
+
+    async def silent(self) -> None:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(self.ws.recv(), 0.2)
+
+
+async def login(server: Any, name: str) -> Client:
+    client = Client(await connect(server.url(f"/ws?name={name}", "ws")))
+    await client.expect("welcome", name=name)
+    return client
+
+
+async def join(client: Client, room: str, name: str) -> None:
+    await client.send("join", {"room": room})
+    await client.expect("joined", room=room)
+    await client.expect("notice", room=room, user=name, event="join")
+
+
+def test_chat_rooms_notices_and_private_messages(run_server) -> None:
+    with run_server(app) as server:
+        async def main() -> None:
+            async with httpx.AsyncClient() as http:
+                page = await http.get(server.url("/"))
+                assert page.status_code == 200 and "new WebSocket(url)" in page.text
+            alice, bob, carol = [await login(server, n) for n in ("alice", "bob", "carol")]
+            await join(alice, "lobby", "alice")
+            await join(bob, "lobby", "bob")
+            await alice.expect("notice", room="lobby", user="bob", event="join")
+            await join(carol, "other", "carol")
+
+            await bob.send("message", {"room": "lobby", "text": "hi all"})
+            for client in (alice, bob):
+                await client.expect("message", room="lobby", text="hi all", **{"from": "bob"})
+            await carol.silent()
+
+            await alice.send("private", {"to": "carol", "text": "psst"})
+            await carol.expect("private", to="carol", text="psst", **{"from": "alice"})
+            await alice.expect("private", to="carol", text="psst", **{"from": "alice"})
+            await bob.silent()
+
+            await bob.send("leave", {"room": "lobby"})
+            await bob.expect("left", room="lobby")
+            await alice.expect("notice", room="lobby", user="bob", event="leave")
+            await alice.send("message", {"room": "lobby", "text": "bob?"})
+            await alice.expect("message", text="bob?")
+            await bob.silent()
+
+            await alice.ws.close()  # leaving by disconnecting also tells the room
+            await join(bob, "lobby", "bob")
+            await carol.send("join", {"room": "lobby"})
+            await carol.expect("joined", room="lobby")
+            await carol.expect("notice", user="carol", event="join")
+            await bob.expect("notice", user="carol", event="join")
+            await bob.ws.close()
+            await carol.expect("notice", room="lobby", user="bob", event="leave")
+            await carol.ws.close()
+
+        asyncio.run(main())
+
+
+INVALID = [
+    ("not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({"type": "shout", "payload": {}}), "unknown type 'shout'"),
+    (json.dumps({"type": "join", "payload": "lobby"}), "'payload' must be an object"),
+    (json.dumps({"type": "join", "payload": {"room": "no spaces"}}), "'room' must be 1-24"),
+    (json.dumps({"type": "message", "payload": {"room": "lobby", "text": 42}}), "'text' must be a non-empty string"),
+    (json.dumps({"type": "message", "payload": {"room": "lobby", "text": "x" * (MAX_TEXT_CHARS + 1)}}),
+     f"longer than {MAX_TEXT_CHARS} characters"),
+    (json.dumps({"type": "message", "payload": {"room": "nowhere", "text": "hi"}}), "join room 'nowhere'"),
+    (json.dumps({"type": "private", "payload": {"to": "", "text": "hi"}}), "'to' must be 1-24"),
+    ("x" * 5000, "message longer than 4096"),
+    (b"\x00binary", "send JSON text frames, not binary"),
+]
+
+
+def test_chat_answers_invalid_input_with_an_error_to_the_sender_only(run_server) -> None:
+    with run_server(app) as server:
+        async def main() -> None:
+            dave, erin = await login(server, "dave"), await login(server, "erin")
+            await join(dave, "lobby", "dave")
+            await join(erin, "lobby", "erin")
+            await dave.expect("notice", user="erin")
+            for raw, error in INVALID:
+                await dave.ws.send(raw)
+                payload = await dave.expect("error")
+                assert error in payload["message"], (raw, payload)
+            await erin.silent()
+            await dave.send("join", {"room": "lobby"})
+            assert "already in room" in (await dave.expect("error"))["message"]
+            await dave.ws.close()
+            await erin.ws.close()
+
+        asyncio.run(main())
+
+
+def test_chat_refuses_a_bad_name_with_1008(run_server) -> None:
+    with run_server(app) as server:
+        async def main() -> None:
+            ws = await connect(server.url("/ws?name=no%20spaces", "ws"))
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+            assert "name must be" in closed.value.rcvd.reason
+
+        asyncio.run(main())
