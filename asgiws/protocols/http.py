@@ -38,6 +38,9 @@ logger = logging.getLogger("asgiws.error")
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # RFC 9110 5.5: CR, LF and NUL are never allowed in a field value.
 _BAD_VALUE = re.compile(rb"[\r\n\0]")
+# Bytes handed to httptools at a time when a read holds more: a request is at
+# least ~18 bytes, so one slice adds at most ~56 requests past the pipeline bound.
+_PARSE_SLICE = 1024
 _NO_BODY_STATUS = frozenset({204, 304}) | frozenset(range(100, 200))
 
 
@@ -128,9 +131,11 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
+        self._head_bytes = 0
         self._in_head = False
         self._ws_upgrade: tuple[Scope, str] | None = None
         self._abort: _Abort | None = None
+        self._backlog = b""  # received but not parsed: the pipeline was full
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -159,6 +164,7 @@ class HttpProtocol(asyncio.Protocol):
         self.server_state.remove_connection(self, self.client_ip)
         self._cancel_timer()
         self.pipeline.clear()
+        self._backlog = b""
         for cycle in (self.cycle, self._parsing):
             if cycle is not None:
                 cycle.on_disconnect()
@@ -168,31 +174,68 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing or self._upgraded:
             return
-        if self._in_head:
-            self._head_size += len(data)
-            if self._head_size > self.config.max_request_line_size + self.config.max_header_size:
-                self._fail(431, "Request header fields too large")
-                return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._on_upgrade(data[exc.args[0]:])
+        if self._backlog:
+            # A read that was already on its way when reading paused.
+            self._backlog += data
             return
+        self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        """Feed httptools slice by slice; stop and keep the rest once the pipeline is full.
+
+        One read can hold thousands of pipelined requests: parsing it whole would
+        queue them all. Between slices the queue is checked, so it holds at most
+        max_pipelined_requests plus what one slice can hold, and the rest of the
+        read waits (reading paused) until answers drain the queue.
+        """
+        offset = 0
+        size = len(data)
+        # Slicing costs copies (httptools rebuilds a field split across feeds): only
+        # when the read may hold more request heads than the queue has room for.
+        room = self.config.max_pipelined_requests - len(self.pipeline)
+        step = _PARSE_SLICE if size > _PARSE_SLICE and data.count(b"\r\n\r\n") > room else size
+        while offset < size and not self._closing and not self._upgraded:
+            if len(self.pipeline) >= self.config.max_pipelined_requests:
+                self._backlog = data[offset:]
+                self._update_reading()
+                return
+            end = min(size, offset + step)
+            if self._in_head:
+                # Raw bytes of an unfinished head (httptools buffers a partial field
+                # whole): bounded here, before the field ends, to the slice.
+                self._head_bytes += end - offset
+                if self._head_bytes > self.config.max_request_line_size + self.config.max_header_size:
+                    self._fail(431, "Request header fields too large")
+                    return
+            if not self._feed(data, offset, end):
+                return
+            offset = end
+
+    def _feed(self, data: bytes, start: int, end: int) -> bool:
+        """Parse data[start:end]; False when parsing stops (error, upgrade)."""
+        chunk = data if start == 0 and end == len(data) else data[start:end]
+        try:
+            self.parser.feed_data(chunk)
+        except httptools.HttpParserUpgrade as exc:
+            self._on_upgrade(chunk[exc.args[0]:] + data[end:])
+            return False
         except httptools.HttpParserCallbackError as exc:
             abort = self._abort or (exc.__context__ if isinstance(exc.__context__, _Abort) else None)
             if abort is None:
                 raise
             self._fail(abort.status, abort.reason)
-            return
+            return False
         except httptools.HttpParserError as exc:
             if self._abort is not None:
                 self._fail(self._abort.status, self._abort.reason)
             else:
                 self._fail(400, _parse_error_reason(exc))
-            return
+            return False
         if self._ws_upgrade is not None:
             # Upgrade: websocket without Connection: upgrade: the ws side answers it.
-            self._on_upgrade(b"")
+            self._on_upgrade(data[end:])
+            return False
+        return True
 
     def pause_writing(self) -> None:
         if self.cycle is not None:
@@ -208,6 +251,7 @@ class HttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._head_size = 0
+        self._head_bytes = 0
         self._in_head = True
         self._set_timer(self.config.timeout_handshake)
 
@@ -231,6 +275,11 @@ class HttpProtocol(asyncio.Protocol):
         scope = self._build_scope()
         if scope is None:
             raise self._set_abort(400, "Invalid request target")
+        # RFC 9112 3.2: a server MUST respond 400 to an HTTP/1.1 request without
+        # a Host field and to any request with more than one.
+        hosts = sum(1 for name, _ in self._headers if name == b"host")
+        if hosts > 1 or (hosts == 0 and scope["http_version"] == "1.1"):
+            raise self._set_abort(400, "Invalid HTTP request: missing or repeated Host header")
         method = self.parser.get_method().decode("ascii")
         if _wants_websocket(self._headers):
             scope["type"] = "websocket"
@@ -241,9 +290,6 @@ class HttpProtocol(asyncio.Protocol):
                 apply_proxy_headers(scope, self.trusted)
             self._ws_upgrade = (scope, method)
             return
-        if len(self.pipeline) >= self.config.max_pipelined_requests:
-            # One read held more requests than we queue: answer those, refuse the rest.
-            raise self._set_abort(503, "Too many pipelined requests")
         if self.config.proxy_headers:
             apply_proxy_headers(scope, self.trusted)
         self.server_state.total_requests += 1
@@ -327,6 +373,9 @@ class HttpProtocol(asyncio.Protocol):
             return
         if self.pipeline:
             self.pipeline.popleft()()
+        if self._backlog and len(self.pipeline) < self.config.max_pipelined_requests and not self._closing:
+            backlog, self._backlog = self._backlog, b""
+            self._parse(backlog)
         self._update_reading()
         if self.cycle is None and not self._in_head and self._parsing is None and not self._closing:
             self._set_timer(self.config.timeout_keep_alive)
@@ -334,7 +383,7 @@ class HttpProtocol(asyncio.Protocol):
     def _update_reading(self) -> None:
         """Pause while requests queue up or request body waits for the app."""
         buffered = self._parsing.buffered if self._parsing is not None else 0
-        pause = bool(self.pipeline) or buffered > self.config.http_read_high_water
+        pause = bool(self.pipeline) or bool(self._backlog) or buffered > self.config.http_read_high_water
         if pause and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()

@@ -1,0 +1,24 @@
+"""Small ASGI apps served by a subprocess server in the memory tests."""
+
+from __future__ import annotations
+
+
+async def hello(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["type"] == "websocket":
+        await ws_sink(scope, receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+async def ws_sink(scope, receive, send):
+    """Accept, then read everything; never send (the ping-flood and slow-reader target)."""
+    await receive()
+    await send({"type": "websocket.accept"})
+    while (await receive())["type"] != "websocket.disconnect":
+        pass
