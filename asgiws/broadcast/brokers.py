@@ -1,6 +1,6 @@
 """Brokers: how a published message reaches every worker's hub.
 
-`MemoryBroker` (the default) delivers to this worker's hub directly.
+`MemoryBroker` (the default) hands messages to this worker's hub directly.
 `RedisBroker` publishes through Redis pub/sub and delivers what it reads back,
 so every worker (and machine) subscribed to the same Redis sees every message.
 """

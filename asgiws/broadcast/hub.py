@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from typing import Protocol
 
 from asgiws.broadcast.prepared import PreparedMessage
-from asgiws.websocket.extensions import Extension
 
 __all__ = ["Hub", "Subscriber"]
-
-logger = logging.getLogger("asgiws.error")
 
 
 class Subscriber(Protocol):
@@ -18,10 +15,7 @@ class Subscriber(Protocol):
 
     on_connection_lost: object
 
-    def deliver_prepared(self, message: PreparedMessage) -> bool: ...
-
-    @property
-    def negotiated_extensions(self) -> list[Extension]: ...
+    def deliver_prepared(self, messages: list[PreparedMessage]) -> bool: ...
 
 
 class Hub:
@@ -31,6 +25,8 @@ class Hub:
         self.channels: dict[str, set[Subscriber]] = {}
         # The reverse map, so that a lost connection leaves every channel at once.
         self._subscriptions: dict[Subscriber, set[str]] = {}
+        # Messages delivered during this loop iteration, written at its end.
+        self._pending: dict[Subscriber, list[PreparedMessage]] = {}
 
     def subscribe(self, connection: Subscriber, channel: str) -> None:
         self.channels.setdefault(channel, set()).add(connection)
@@ -52,6 +48,7 @@ class Hub:
 
     def forget(self, connection: Subscriber) -> None:
         """Drop every subscription of `connection` (called when it is lost)."""
+        self._pending.pop(connection, None)
         for channel in self._subscriptions.pop(connection, ()):
             members = self.channels.get(channel)
             if members is not None:
@@ -63,19 +60,30 @@ class Hub:
         return len(self.channels.get(channel, ()))
 
     def deliver(self, channel: str, data: str | bytes) -> int:
-        """Write `data` to every local subscriber of `channel`; return how many got it.
+        """Queue `data` for every local subscriber of `channel`; return how many.
 
-        The frame is built once (see prepared.py for compression); each write
-        goes through the connection's send-queue bound.
+        Must run on the server's loop. The frame is built once (see prepared.py
+        for compression). What is queued during one loop iteration goes to each
+        connection in one write at the end of it (a burst costs one system call
+        per connection, not one per message), through the connection's
+        send-queue bound.
         """
         members = self.channels.get(channel)
         if not members:
             return 0
         message = PreparedMessage(data)
-        delivered = 0
-        # A write may abort a connection over its send-queue bound, which
-        # removes it from `members` through connection_lost: iterate a copy.
-        for connection in tuple(members):
-            if connection.deliver_prepared(message):
-                delivered += 1
-        return delivered
+        pending = self._pending
+        if not pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        for connection in members:
+            queued = pending.get(connection)
+            if queued is None:
+                pending[connection] = [message]
+            else:
+                queued.append(message)
+        return len(members)
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for connection, messages in pending.items():
+            connection.deliver_prepared(messages)

@@ -52,6 +52,11 @@ trace_logger = logging.getLogger("asgiws.trace")
 ASGI_VERSIONS = {"version": "3.0", "spec_version": "2.4"}
 
 
+# Broadcast frames queued in one loop iteration are joined into one write (one
+# system call) up to this many bytes; past it a copy costs more than it saves.
+_JOIN_WRITES_LIMIT = 64 * 1024
+
+
 class ClientDisconnected(OSError):
     """Raised by send() once the client is gone (ASGI spec: a subclass of OSError)."""
 
@@ -536,16 +541,24 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- writing ------------------------------------------------------------------------------
 
-    def deliver_prepared(self, message: PreparedMessage) -> bool:
-        """Write a broadcast message framed once for many connections (no app task involved).
+    def deliver_prepared(self, messages: list[PreparedMessage]) -> bool:
+        """Write broadcast messages, framed once for many connections, in one write.
 
-        Returns False when the connection is not open (not accepted yet, or
-        closing); the send-queue bound applies as for the app's own sends.
+        No app task is involved. Returns False when the connection is not open
+        (not accepted yet, or closing); the send-queue bound applies as for
+        the app's own sends.
         """
         conn = self.conn
         if conn is None or conn.close_sent or self.transport.is_closing():
             return False
-        self._write_chunks(message.chunks_for(conn.extensions))
+        extensions = conn.extensions
+        if len(messages) == 1:
+            self._write_chunks(messages[0].chunks_for(extensions))
+            return True
+        chunks = [chunk for message in messages for chunk in message.chunks_for(extensions)]
+        if sum(map(len, chunks)) <= _JOIN_WRITES_LIMIT:
+            chunks = [b"".join(chunks)]
+        self._write_chunks(chunks)
         return True
 
     def _flush(self) -> None:

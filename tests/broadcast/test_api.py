@@ -48,28 +48,50 @@ def test_prepared_message_shares_compressed_frame_only_without_context_takeover(
 
 
 class FakeConnection:
-    def __init__(self, accept: bool = True) -> None:
-        self.accept = accept
-        self.received: list[list[bytes]] = []
+    def __init__(self) -> None:
+        self.writes: list[list[bytes]] = []
         self.on_connection_lost = None
 
-    def deliver_prepared(self, message: PreparedMessage) -> bool:
-        self.received.append(message.plain)
-        return self.accept
+    def deliver_prepared(self, messages: list[PreparedMessage]) -> bool:
+        self.writes.append([chunk for message in messages for chunk in message.plain])
+        return True
 
 
 def test_hub_subscribe_unsubscribe_forget() -> None:
-    hub = Hub()
-    a, b = FakeConnection(), FakeConnection()
-    hub.subscribe(a, "x")
-    hub.subscribe(b, "x")
-    hub.subscribe(a, "y")
-    assert hub.deliver("x", "1") == 2
-    hub.unsubscribe(b, "x")
-    assert hub.deliver("x", "2") == 1 and len(b.received) == 1
-    assert a.on_connection_lost == hub.forget
-    hub.forget(a)
-    assert hub.channels == {} and hub.deliver("y", "3") == 0
+    async def main() -> None:
+        hub = Hub()
+        a, b = FakeConnection(), FakeConnection()
+        hub.subscribe(a, "x")
+        hub.subscribe(b, "x")
+        hub.subscribe(a, "y")
+        assert hub.deliver("x", "1") == 2
+        await asyncio.sleep(0)
+        hub.unsubscribe(b, "x")
+        assert hub.deliver("x", "2") == 1
+        await asyncio.sleep(0)
+        assert b.writes == [[b"\x81\x011"]]
+        assert a.on_connection_lost == hub.forget
+        hub.deliver("y", "lost before the flush")
+        hub.forget(a)
+        await asyncio.sleep(0)
+        assert len(a.writes) == 2
+        assert hub.channels == {} and hub.deliver("y", "3") == 0
+
+    asyncio.run(main())
+
+
+def test_hub_writes_a_burst_to_each_connection_in_one_write_in_order() -> None:
+    async def main() -> None:
+        hub = Hub()
+        a = FakeConnection()
+        hub.subscribe(a, "x")
+        hub.subscribe(a, "y")
+        for i in range(5):
+            hub.deliver("x" if i % 2 else "y", str(i))
+        await asyncio.sleep(0)
+        assert a.writes == [[b"\x81\x01" + str(i).encode() for i in range(5)]]
+
+    asyncio.run(main())
 
 
 def test_broadcast_outside_asgiws_raises_clear_error() -> None:

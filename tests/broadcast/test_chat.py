@@ -129,11 +129,13 @@ def test_chat_answers_invalid_input_with_an_error_to_the_sender_only(run_server)
 
 
 def test_chat_refuses_a_bad_name_with_1008(run_server) -> None:
-    with run_server(app) as server:
+    # The app returns right after its close; the server then drops TCP after
+    # ws_close_timeout at the latest (the client's recv() ends only then).
+    with run_server(app, ws_close_timeout=1.0) as server:
         async def main() -> None:
             ws = await connect(server.url("/ws?name=no%20spaces", "ws"))
             with pytest.raises(ConnectionClosed) as closed:
-                await asyncio.wait_for(ws.recv(), 5)
+                await asyncio.wait_for(ws.recv(), 10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
             assert "name must be" in closed.value.rcvd.reason
 
