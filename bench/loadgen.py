@@ -5,6 +5,10 @@ Sub-commands print one JSON object on stdout. Every run is bounded in time.
   fanout  --subs N --rounds R
   churn   --concurrency N --duration S
   memory  --conns N --pid PID [--deflate]     (websockets client: picows has no deflate)
+  stall   --probes N --interval-ms I --size B --duration S
+          one permessage-deflate client (own process, `bulk`, minimal client) echoes B-byte
+          compressible text in a loop while N picows connections each send a small message every
+          I ms; reports the probes' round-trip times (max, p99, p50)
 """
 import argparse
 import asyncio
@@ -223,7 +227,8 @@ async def run_memory(a):
     errors = [r for r in res if isinstance(r, BaseException)]
     if errors:
         return {"error": f"{len(errors)} of {a.conns} failed: {errors[0]!r}"}
-    negotiated = bool(conns[0].response.headers.get("Sec-WebSocket-Extensions"))
+    # the server's answer, per connection: a server that ignores the offer must show up as such
+    negotiated_n = sum(1 for c in conns if _deflate_accepted(c))
     # one small message on each so per-connection deflate contexts exist
     for c in conns:
         await c.send("hello")
@@ -233,12 +238,179 @@ async def run_memory(a):
     after = tree_rss(a.pid)
     await asyncio.wait_for(asyncio.gather(*[c.close() for c in conns], return_exceptions=True), 30)
     return {"kib_per_conn": (after - before) / a.conns / 1024, "rss_before_mib": before / 2**20,
-            "rss_after_mib": after / 2**20, "deflate_negotiated": negotiated}
+            "rss_after_mib": after / 2**20, "deflate_negotiated": negotiated_n == len(conns),
+            "deflate_conns": negotiated_n}
+
+
+def _deflate_accepted(ws):
+    ext = ws.response.headers.get_all("Sec-WebSocket-Extensions") if ws.response else []
+    return any(e.strip().lower().startswith("permessage-deflate") for h in ext for e in h.split(","))
+
+
+def stall_text(size):
+    line = '{"id": 1234567, "user": "alice", "event": "price", "symbol": "ACME", "value": 101.25}\n'
+    return (line * (size // len(line) + 1))[:size]
+
+
+async def run_bulk(a):
+    """Bulk side of `stall`, in its own process. A minimal permessage-deflate client on asyncio streams:
+    the message is compressed once up front and sent with a zero mask, and the echoes are not inflated
+    (only the first, to check it), so this client spends almost no CPU and cannot starve the probes,
+    which share its core."""
+    import base64
+    import zlib
+    msg = stall_text(a.size).encode()
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    body = c.compress(msg) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert body.endswith(b"\x00\x00\xff\xff")
+    body = body[:-4]  # RFC 7692: fresh compressor per message, so valid with or without context takeover
+    n = len(body)  # minimal length encoding (wsproto insists)
+    ln = bytes([0x80 | n]) if n < 126 else bytes([0xFE]) + n.to_bytes(2, "big") if n < 65536 else \
+        bytes([0xFF]) + n.to_bytes(8, "big")
+    frame = bytes([0xC1]) + ln + b"\x00" * 4 + body  # FIN, RSV1 (compressed), text; masked with key 0
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", a.port, limit=1 << 20), 10)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1:{a.port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                  "Sec-WebSocket-Extensions: permessage-deflate; client_no_context_takeover\r\n\r\n").encode())
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1").lower()
+    if not head.startswith("http/1.1 101"):
+        return {"error": "handshake: " + head.splitlines()[0]}
+    exts = [ln.split(":", 1)[1] for ln in head.split("\r\n") if ln.startswith("sec-websocket-extensions:")]
+    if not any(e.strip().startswith("permessage-deflate") for h in exts for e in h.split(",")):
+        print(json.dumps({"error": "deflate not negotiated"}), flush=True)
+        return {"error": "deflate not negotiated"}
+
+    async def read_message():
+        parts, compressed = [], False
+        while True:
+            h = await reader.readexactly(2)
+            op, n = h[0] & 0x0F, h[1] & 0x7F
+            if n == 126:
+                n = int.from_bytes(await reader.readexactly(2), "big")
+            elif n == 127:
+                n = int.from_bytes(await reader.readexactly(8), "big")
+            data = await reader.readexactly(n)
+            if op == 0x9:  # ping -> pong (zero mask)
+                writer.write(bytes([0x8A, 0x80 | n]) + b"\x00" * 4 + data)
+                continue
+            if op == 0x8:
+                raise ConnectionError("server closed: " + data[2:].decode(errors="replace"))
+            if op in (0x1, 0x2):
+                compressed = bool(h[0] & 0x40)
+            if op in (0x0, 0x1, 0x2):
+                parts.append(data)
+                if h[0] & 0x80:
+                    return compressed, parts
+
+    print(json.dumps({"ready": True}), flush=True)
+    t0 = time.perf_counter()
+    end = t0 + a.duration
+    n = wire = 0
+    while time.perf_counter() < end:
+        writer.write(frame)
+        await asyncio.wait_for(writer.drain(), 60)
+        compressed, parts = await asyncio.wait_for(read_message(), 60)
+        if n == 0:  # check the first echo in full
+            d = zlib.decompressobj(-15)
+            got = d.decompress(b"".join(parts) + b"\x00\x00\xff\xff") if compressed else b"".join(parts)
+            if got != msg:
+                return {"error": f"bulk echo of {len(got)} bytes differs from the {len(msg)} sent"}
+        wire += sum(len(p) for p in parts)
+        n += 1
+    el = time.perf_counter() - t0
+    writer.write(bytes([0x88, 0x82]) + b"\x00" * 4 + (1000).to_bytes(2, "big"))
+    writer.close()
+    return {"bulk_msgs": n, "bulk_mib_per_s": n * len(msg) / 2**20 / el, "echo_compressed": compressed,
+            "echo_wire_kib": wire / max(n, 1) / 1024, "sent_wire_kib": len(body) / 1024}
+
+
+class Probe(WSListener):
+    def __init__(self, st):
+        self.st = st
+
+    def on_ws_connected(self, transport):
+        self.transport = transport
+
+    def on_ws_frame(self, transport, frame):
+        if frame.msg_type == WSMsgType.TEXT:
+            now = time.perf_counter()
+            st = self.st
+            st["lat"].append(now - float(frame.get_payload_as_ascii_text()))
+            st["outstanding"] -= 1
+            if st["outstanding"] == 0 and not st["sending"] and not st["drained"].done():
+                st["drained"].set_result(None)
+        elif frame.msg_type == WSMsgType.CLOSE:
+            transport.disconnect()
+
+
+async def run_stall(a):
+    loop = asyncio.get_running_loop()
+    st = {"lat": [], "outstanding": 0, "sending": False, "drained": loop.create_future()}
+    url = URL.format(port=a.port, path="/echo")
+    probes = []
+    for _ in range(a.probes):
+        tr, _ = await asyncio.wait_for(ws_connect(lambda: Probe(st), url), 10)
+        probes.append(tr)
+    bulk = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.loadgen", "bulk", "--port", str(a.port), "--size", str(a.size),
+        "--duration", str(a.duration + 0.5), stdout=asyncio.subprocess.PIPE)
+    try:
+        first = json.loads(await asyncio.wait_for(bulk.stdout.readline(), 20) or b"{}")
+        if not first.get("ready"):
+            return {"error": "bulk client: " + str(first.get("error", "no answer"))}
+        await asyncio.sleep(0.3)  # let the first 16 MiB message reach the server
+        interval = a.interval_ms / 1e3
+
+        async def pinger(tr, k):
+            await asyncio.sleep(interval * k / len(probes))  # spread the probes over the interval
+            nxt = time.perf_counter()
+            while st["sending"]:
+                st["outstanding"] += 1
+                tr.send(WSMsgType.TEXT, repr(time.perf_counter()).encode())
+                nxt += interval
+                await asyncio.sleep(max(0.0, nxt - time.perf_counter()))
+
+        async def lag_monitor():
+            # the probes' own event loop: a late 1 ms tick means the client, not the server, was slow
+            while st["sending"]:
+                t = time.perf_counter()
+                await asyncio.sleep(0.001)
+                st["client_lag"] = max(st["client_lag"], time.perf_counter() - t - 0.001)
+
+        st["sending"] = True
+        st["client_lag"] = 0.0
+        tasks = [asyncio.ensure_future(pinger(tr, k)) for k, tr in enumerate(probes)]
+        tasks.append(asyncio.ensure_future(lag_monitor()))
+        await asyncio.sleep(a.duration)
+        st["sending"] = False
+        await asyncio.gather(*tasks)
+        if st["outstanding"] > 0:
+            # a stall still going on at the end of the window is counted in full
+            try:
+                await asyncio.wait_for(st["drained"], 30)
+            except asyncio.TimeoutError:
+                return {"error": f"{st['outstanding']} probe messages unanswered after 30 s"}
+        out = await asyncio.wait_for(bulk.stdout.read(), 90)
+        res = json.loads(out.strip().splitlines()[-1])
+        if res.get("error"):
+            return {"error": "bulk client: " + res["error"]}
+        if not res.get("bulk_msgs"):
+            return {"error": "no 16 MiB message echoed within the window"}
+    finally:
+        if bulk.returncode is None:
+            bulk.kill()
+        await bulk.wait()
+    for tr in probes:
+        tr.disconnect()
+    lat = sorted(st["lat"])
+    return {"max_ms": lat[-1] * 1e3, "p99_ms": pct(lat, 99) * 1e3, "p50_ms": pct(lat, 50) * 1e3,
+            "probe_msgs": len(lat), "client_lag_max_ms": st["client_lag"] * 1e3, **res}
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["echo", "fanout", "churn", "memory"])
+    p.add_argument("mode", choices=["echo", "fanout", "churn", "memory", "stall", "bulk"])
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--conns", type=int, default=50)
     p.add_argument("--size", type=int, default=64)
@@ -252,8 +424,11 @@ def main():
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--pid", type=int)
     p.add_argument("--deflate", action="store_true")
+    p.add_argument("--probes", type=int, default=20)
+    p.add_argument("--interval-ms", type=float, default=10)
     a = p.parse_args()
-    fn = {"echo": run_echo, "fanout": run_fanout, "churn": run_churn, "memory": run_memory}[a.mode]
+    fn = {"echo": run_echo, "fanout": run_fanout, "churn": run_churn, "memory": run_memory,
+          "stall": run_stall, "bulk": run_bulk}[a.mode]
     try:
         out = uvloop.run(fn(a))
     except Exception as e:  # reported, not raised: the harness records it

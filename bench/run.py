@@ -1,8 +1,11 @@
 """Benchmark harness: python -m bench.run [--quick] [--only SCENARIO] [--servers a,b]
 
-Starts each server in turn on bench/app.py (picows: bench/picows_server.py), one
-worker, uvloop, logging off, 127.0.0.1, server pinned to CPU 0 and the load to
-CPU 1 (taskset, when present), runs each scenario, writes bench/RESULTS.md.
+For each scenario, in rounds: each round runs every server once (fresh process),
+in an order rotated by one per round, so background load drifting over time hits
+every server alike; the median over rounds is reported. Servers run bench/app.py
+(picows: bench/picows_server.py), one worker, uvloop, logging off, 127.0.0.1,
+server pinned to CPU 0 and the load to CPU 1 (taskset, when present). Writes
+bench/RESULTS.md.
 """
 import argparse
 import json
@@ -48,13 +51,24 @@ SCENARIOS = {
     "echo64": ("WS echo 64 B text, 50 conns", "msgs_per_s", "msg/s", True, True),
     "echo1m": ("WS echo 1 MiB binary, 4 conns", "msgs_per_s", "msg/s", True, True),
     "fanout": ("Fan-out to 5,000 subscribers (median of rounds)", "median_ms", "ms", False, True),
-    "memory": ("RSS per idle WS conn, 2,000 conns, no deflate", "kib_per_conn", "KiB", False, True),
-    "memory_deflate": ("RSS per idle WS conn, 2,000 conns, permessage-deflate offered", "kib_per_conn", "KiB", False, True),
+    "memory": ("RSS per idle WS conn, 1,000 conns, no deflate", "kib_per_conn", "KiB", False, True),
+    "memory_deflate": ("RSS per idle WS conn, 1,000 conns, permessage-deflate", "kib_per_conn", "KiB", False, True),
     "churn": ("Churn: connect+echo+close, 16 at a time", "handshakes_per_s", "hs/s", True, True),
     "http_get": ("HTTP GET hello world, wrk 64 conns", "req_per_s", "req/s", True, False),
     "http_post": ("HTTP POST 1 MiB echo, wrk 8 conns", "req_per_s", "req/s", True, False),
+    "stall": ("Stall: worst RTT of 20 pinging conns while 1 conn echoes 16 MiB deflate text", "max_ms", "ms",
+              False, True),
 }
-EXTRA = {"echo64": [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")]}
+EXTRA = {"echo64": [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")], "stall": [("p99_ms", "p99 ms")]}
+# scenarios that only some servers can run (others: n/a); stall needs permessage-deflate
+ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-wsproto", "hypercorn"}}
+# per-run loads, seconds unless said otherwise: full / --quick
+DUR = {
+    False: {"echo": 2, "churn": 2, "http_get": 4, "http_post": 2.5, "fanout_rounds": 5, "mem_conns": 1000,
+            "stall": 3},
+    True: {"echo": 1, "churn": 1, "http_get": 2, "http_post": 1.5, "fanout_rounds": 3, "mem_conns": 1000,
+           "stall": 2},
+}
 
 _procs = []
 
@@ -173,25 +187,42 @@ def wrk(port, conns, dur, script=None, path="/"):
 
 
 def scenario(name, port, pid, q):
-    d = 2 if q else 4
+    D = DUR[q]
+    d = D["echo"]
     if name == "echo64":
         return loadgen(["echo", "--port", str(port), "--conns", "50", "--size", "64", "--duration", str(d)], d + 30)
     if name == "echo1m":
         return loadgen(["echo", "--port", str(port), "--conns", "4", "--size", str(1 << 20), "--binary",
                         "--duration", str(d)], d + 30)
     if name == "fanout":
-        return loadgen(["fanout", "--port", str(port), "--subs", "5000", "--rounds", "10",
+        return loadgen(["fanout", "--port", str(port), "--subs", "5000", "--rounds", str(D["fanout_rounds"]),
                         "--connect-timeout", "60"], 150)
     if name in ("memory", "memory_deflate"):
-        a = ["memory", "--port", str(port), "--conns", "2000", "--pid", str(pid), "--connect-timeout", "60"]
+        a = ["memory", "--port", str(port), "--conns", str(D["mem_conns"]), "--pid", str(pid),
+             "--connect-timeout", "60"]
         return loadgen(a + (["--deflate"] if name == "memory_deflate" else []), 120)
     if name == "churn":
-        return loadgen(["churn", "--port", str(port), "--concurrency", "16", "--duration", str(d)], d + 40)
+        return loadgen(["churn", "--port", str(port), "--concurrency", "16", "--duration", str(D["churn"])],
+                       D["churn"] + 40)
+    if name == "stall":
+        return loadgen(["stall", "--port", str(port), "--probes", "20", "--interval-ms", "10",
+                        "--size", str(16 << 20), "--duration", str(D["stall"])], D["stall"] + 180)
     if name == "http_get":
-        return wrk(port, 64, 5 if q else 10)
+        return wrk(port, 64, D["http_get"])
     if name == "http_post":
-        return wrk(port, 8, d, script="post.lua", path="/echo")
+        return wrk(port, 8, D["http_post"], script="post.lua", path="/echo")
     raise ValueError(name)
+
+
+def applies(server, name):
+    if server in WS_ONLY and not SCENARIOS[name][4]:
+        return False
+    return server in ONLY_ON.get(name, (server,))
+
+
+def rotated(seq, k):
+    k %= len(seq) or 1
+    return seq[k:] + seq[:k]
 
 
 def median(vals):
@@ -236,18 +267,25 @@ def fmt(v):
     return f"{v:.2f}"
 
 
-def write_results(path, results, servers, scen, info, mode, elapsed):
+def not_negotiated(n, r):
+    return n == "memory_deflate" and not all(x.get("deflate_negotiated") for x in r.get("runs", []))
+
+
+def write_results(path, results, servers, scen, info, mode, elapsed, runs):
     L = ["# asgiws benchmark results", "",
          f"Generated by `python -m bench.run{' --quick' if mode == 'quick' else ''}` on "
          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; mode **{mode}** "
-         f"({'1 run' if mode == 'quick' else '3 runs'} per scenario, median reported); total {elapsed:.0f} s.",
+         f"({runs} round{'s' if runs != 1 else ''} per scenario, each round runs every server once in a rotated "
+         f"order; median over rounds reported); total {elapsed:.0f} s.",
          "", "## Machine", "",
          f"- CPU: {info['cpu']} — {info['cores']} cores", f"- Kernel: {info['kernel']}",
          f"- Python: {info['python']}", f"- Pinning: {info['pinning']}", "", "## Versions", ""]
     L += [f"- {k}: {v}" for k, v in info["versions"].items()]
     L += ["", "## Absolute figures", "",
-          "Median over runs. `failed: …` = the server did not start, crashed, hung, or the load reported errors; "
-          "`n/a` = scenario does not apply (picows is WebSocket-only).", ""]
+          "Median over rounds. `failed: …` = the server did not start, crashed, hung, or the load reported errors; "
+          "`n/a` = scenario does not apply (picows is WebSocket-only; the stall scenario needs permessage-deflate, "
+          "which granian and picows do not offer); `not negotiated` = permessage-deflate was offered and the "
+          "server declined it (the figure in brackets is then an uncompressed connection's).", ""]
     L.append("| scenario | unit | " + " | ".join(servers) + " |")
     L.append("|---|---|" + "---|" * len(servers))
 
@@ -258,9 +296,8 @@ def write_results(path, results, servers, scen, info, mode, elapsed):
         if r.get("failed"):
             return "failed: " + r["failed"][:60].replace("|", "/")
         txt = fmt(r.get(key))
-        if n == "memory_deflate" and key == "kib_per_conn" and not all(
-                x.get("deflate_negotiated") for x in r.get("runs", [])):
-            txt += " (deflate not negotiated)"
+        if not_negotiated(n, r):
+            txt = f"not negotiated ({txt})"
         return txt
 
     for n in scen:
@@ -280,7 +317,8 @@ def write_results(path, results, servers, scen, info, mode, elapsed):
         for p in peers:
             a = results.get(BASELINE, {}).get(n)
             b = results.get(p, {}).get(n)
-            if not a or not b or a.get("failed") or b.get("failed") or not b.get(key) or a.get(key) is None:
+            if (not a or not b or a.get("failed") or b.get("failed") or not b.get(key) or a.get(key) is None
+                    or not_negotiated(n, a) or not_negotiated(n, b)):
                 row.append("—")
             else:
                 row.append(f"{a[key] / b[key]:.2f}")
@@ -298,10 +336,10 @@ def write_results(path, results, servers, scen, info, mode, elapsed):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="1 run per scenario, short durations")
+    ap.add_argument("--quick", action="store_true", help="1 round per scenario, short durations")
     ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     ap.add_argument("--servers", help="comma-separated servers: " + ",".join(SERVERS))
-    ap.add_argument("--runs", type=int, help="override the number of runs")
+    ap.add_argument("--runs", type=int, help="override the number of rounds (full: 3, quick: 1)")
     ap.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
     a = ap.parse_args()
     servers = a.servers.split(",") if a.servers else list(SERVERS)
@@ -330,52 +368,51 @@ def main():
 
     signal.signal(signal.SIGTERM, onsig)
     try:
-        for s in servers:
-            results[s] = {}
-            dead = None
-            for n in scen:
-                if s in WS_ONLY and not SCENARIOS[n][4]:
-                    continue
-                if dead:
-                    results[s][n] = {"failed": dead}
-                    continue
-                vals = []
-                err = None
-                for i in range(runs):
+        dead = {}  # server -> reason, once it failed to start: its later runs are skipped
+        for n in scen:
+            cand = [s for s in servers if applies(s, n)]
+            vals = {s: [] for s in cand}
+            failed = {}
+            for i in range(runs):
+                # round i: every server once, order rotated by i so no server always runs first/last
+                for s in rotated(cand, i):
+                    if s in dead or s in failed:
+                        continue
                     port = free_port()
+                    t0 = time.time()
                     with open(os.path.join(logdir, f"{s}.{n}.{i}.log"), "w") as logf:
                         proc = start_server(s, port, logf)
                         if proc is None:
-                            err = "failed to start"
-                            break
-                        try:
-                            r = scenario(n, port, proc.pid, a.quick)
-                        finally:
-                            alive = proc.poll() is None
-                            stop_server(proc)
-                    if not alive:
-                        err = "server crashed"
-                        break
-                    if r.get("error"):
-                        err = r["error"]
-                        break
-                    vals.append(r)
-                    print(f"{s:16} {n:15} run {i + 1}/{runs}: {json.dumps(r)}", flush=True)
-                if err:
-                    print(f"{s:16} {n:15} FAILED: {err}", flush=True)
-                    results[s][n] = {"failed": err}
-                    if err == "failed to start":
-                        dead = err
+                            r, alive = {"error": "failed to start"}, True
+                            dead[s] = "failed to start"
+                        else:
+                            try:
+                                r = scenario(n, port, proc.pid, a.quick)
+                            finally:
+                                alive = proc.poll() is None
+                                stop_server(proc)
+                    err = "server crashed" if not alive else r.get("error")
+                    if err:
+                        failed[s] = err
+                        print(f"{s:16} {n:15} round {i + 1}/{runs}: FAILED: {err}", flush=True)
+                        continue
+                    vals[s].append(r)
+                    print(f"{s:16} {n:15} round {i + 1}/{runs} ({time.time() - t0:.1f} s): {json.dumps(r)}",
+                          flush=True)
+            for s in cand:
+                results.setdefault(s, {})
+                if s in failed or s in dead:
+                    results[s][n] = {"failed": failed.get(s) or dead[s]}
                     continue
-                key = SCENARIOS[n][1]
-                agg = {k: median([v[k] for v in vals]) for k in vals[0] if isinstance(vals[0][k], (int, float))
-                       and not isinstance(vals[0][k], bool)}
-                agg["runs"] = vals
+                v = vals[s]
+                agg = {k: median([x[k] for x in v]) for k in v[0] if isinstance(v[0][k], (int, float))
+                       and not isinstance(v[0][k], bool)}
+                agg["runs"] = v
                 results[s][n] = agg
     finally:
         kill_all()
     elapsed = time.time() - t_start
-    write_results(a.output, results, servers, scen, info, "quick" if a.quick else "full", elapsed)
+    write_results(a.output, results, servers, scen, info, "quick" if a.quick else "full", elapsed, runs)
     print(f"wrote {a.output} in {elapsed:.0f} s")
 
 
