@@ -228,6 +228,11 @@ class WebSocketProtocol(asyncio.Protocol):
         if (self.config.ws_max_message_rate is not None and isinstance(event, (TextMessage, BinaryMessage))
                 and not self._take_token()):
             event = ProtocolFailure(CloseCode.POLICY_VIOLATION, "message rate limit exceeded")
+        if isinstance(event, CloseReceived) and self.conn is not None and self.conn.close_sent:
+            # Our close has been answered. 7.1.1: the server closes the TCP
+            # connection first; the app already has its disconnect message.
+            self.transport.close()
+            return
         waiter = self._waiter
         if waiter is not None and not self._queue:
             self._waiter = None

@@ -472,3 +472,17 @@ def test_no_websocket_task_or_socket_left_after_many_cycles(run_server):
             ws.close()
         probe = socket.create_connection(("127.0.0.1", server.port))
         probe.close()
+
+
+def test_server_closes_tcp_as_soon_as_its_close_is_answered(run_server):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 4000})
+
+    with run_server(app, ws_close_timeout=30) as server:
+        ws = open_raw(server)
+        assert ws.read_close()[0] == 4000
+        ws.send(frame(CLOSE, close_payload(4000)))
+        # 7.1.1: the server closes TCP once the handshake is done, not after the 30 s timeout.
+        assert ws.at_eof(timeout=2)
