@@ -22,6 +22,7 @@ from asgiws.lifespan import LifespanOn
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.http import HttpProtocol, build_default_headers
 from asgiws.protocols.utils import TrustedProxies
+from asgiws.sockets import bind_sockets, configured_address, create_ssl_context
 from asgiws.types import ASGIApp
 
 logger = logging.getLogger("asgiws.error")
@@ -51,48 +52,24 @@ def load_app(config: Config) -> ASGIApp:
     return app  # type: ignore[no-any-return]
 
 
-def create_ssl_context(config: Config) -> ssl.SSLContext | None:
-    if not config.use_ssl:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    assert config.ssl_certfile is not None
-    context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile, config.ssl_keyfile_password)
-    context.verify_mode = ssl.VerifyMode(config.ssl_cert_reqs)
-    if config.ssl_ca_certs:
-        context.load_verify_locations(config.ssl_ca_certs)
-    if config.ssl_ciphers:
-        context.set_ciphers(config.ssl_ciphers)
-    return context
+def load_ssl_context(config: Config) -> ssl.SSLContext | None:
+    """The TLS context from the ssl_* settings (asgiws.sockets); None without a certificate.
+
+    Raises StartupError when a file is unreadable, the key does not match or
+    its password is wrong.
+    """
+    try:
+        return create_ssl_context(config)
+    except OSError as exc:  # ssl.SSLError included
+        raise StartupError(f"could not load the TLS certificate or key: {exc}") from None
 
 
 def bind_socket(config: Config) -> socket.socket:
-    """A listening socket for host:port or --uds. Raises StartupError (e.g. port in use)."""
-    if config.fd is not None:
-        sock = socket.fromfd(config.fd, socket.AF_UNIX if config.uds else socket.AF_INET, socket.SOCK_STREAM)
-        return sock
-    if config.uds:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(config.uds)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(config.uds)
-        except OSError as exc:
-            sock.close()
-            raise StartupError(f"could not bind to {config.uds}: {exc.strerror}") from None
-        os.chmod(config.uds, 0o666)
-    else:
-        family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((config.host, config.port))
-        except OSError as exc:
-            sock.close()
-            raise StartupError(
-                f"could not bind on {config.host}:{config.port}: {exc.strerror or exc}"
-            ) from None
-    sock.listen(config.backlog)
-    sock.set_inheritable(True)
+    """A listening socket for host:port, --uds or --fd (asgiws.sockets). Raises StartupError (e.g. port in use)."""
+    try:
+        [sock] = bind_sockets(config)
+    except OSError as exc:
+        raise StartupError(f"could not bind on {configured_address(config)}: {exc.strerror or exc}") from None
     return sock
 
 
@@ -173,7 +150,7 @@ class Server:
             HttpProtocol, config=config, server_state=self.server_state, app=self.app, loop=loop,
             trusted_proxies=trusted,
         )
-        ssl_context = create_ssl_context(config)
+        ssl_context = load_ssl_context(config)
         owned = sockets is None
         listen = sockets if sockets is not None else [bind_socket(config)]
         for sock in listen:

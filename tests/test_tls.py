@@ -132,3 +132,18 @@ def test_https_and_wss_through_the_supervisor(ca, certs, tmp_path):
         asyncio.run(asyncio.wait_for(main(), 10))
     finally:
         assert server.stop() == 0
+
+
+def test_unreadable_key_is_a_one_line_startup_error(run_server, certs, tmp_path):
+    missing = str(tmp_path / "missing-key.pem")
+    with pytest.raises(RuntimeError, match="could not load the TLS certificate or key"):
+        with run_server(echo_app, ssl_certfile=certs["ssl_certfile"], ssl_keyfile=missing):
+            pass
+    server = Cluster(tmp_path, "tests.supervisor.apps:app", "--workers", "2",
+                     "--ssl-certfile", certs["ssl_certfile"], "--ssl-keyfile", missing)
+    try:
+        assert server.process.wait(15) == 1
+    finally:
+        server.stop()
+    assert "Worker failed to start: could not load the TLS certificate or key" in server.log()
+    assert "Every worker failed to start" in server.log()
