@@ -29,6 +29,6 @@ def test_readme_opens_with_the_run_and_test_commands_ci_uses():
     assert test_command in (ROOT / ".ci" / "run").read_text()
 
 
-def test_readme_example_app_exists():
-    module = re.search(r"asgiws (examples\.[\w.]+):(\w+)", README).group(1)
-    assert (ROOT / (module.replace(".", "/") + ".py")).exists()
+def test_readme_example_apps_exist():
+    for module in re.findall(r"asgiws (examples\.[\w.]+):\w+", README):
+        assert (ROOT / (module.replace(".", "/") + ".py")).exists(), module
