@@ -429,9 +429,8 @@ class Supervisor:
         ready.sort(key=lambda w: (not self._outdated(w), w.started_at))
         while surplus > 0 and len(ready) > self.target:
             worker = ready.pop(0)
-            code = CLOSE_SERVICE_RESTART
             logger.info("Draining worker %d", worker.pid)
-            self._drain(worker, code)
+            self._drain(worker, CLOSE_SERVICE_RESTART)
             surplus -= 1
 
     # -- the end -----------------------------------------------------------------
