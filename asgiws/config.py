@@ -23,6 +23,12 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 KiB = 1024
 MiB = 1024 * KiB
 
+# Outgoing WebSocket messages longer than this (bytes, or characters of text)
+# are sent as frames of this size, one per event-loop step: deflating 1 MiB
+# takes ~10 ms, where one 16 MiB message in one zlib call stalled every other
+# connection for 150-250 ms (issue 4). Smaller messages go out in one frame.
+WS_FRAGMENT_SIZE = 1 * MiB
+
 
 def option(
     default: Any,

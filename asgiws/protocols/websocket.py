@@ -25,7 +25,7 @@ from typing import Any
 
 from asgiws.broadcast import SCOPE_EXTENSION, broker_for
 from asgiws.broadcast.prepared import PreparedMessage
-from asgiws.config import Config
+from asgiws.config import WS_FRAGMENT_SIZE, Config
 from asgiws.logging import TRACE_LOG_LEVEL, log_access
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.origins import origin_allowed
@@ -34,6 +34,7 @@ from asgiws.websocket import (
     BinaryMessage,
     CloseCode,
     CloseReceived,
+    ConnectionClosedError,
     Event,
     HandshakeError,
     PerMessageDeflateFactory,
@@ -111,6 +112,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
+        # Broadcasts that arrive while a fragmented message is being sent (else None).
+        self._held_broadcasts: list[PreparedMessage] | None = None
 
         self._connect_delivered = False
         self._disconnect_message: Message | None = None  # set once the connection is over
@@ -402,15 +405,41 @@ class WebSocketProtocol(asyncio.Protocol):
             raise ClientDisconnected("WebSocket is closing; cannot send 'websocket.send'")
         text = message.get("text")
         if text is not None:
+            if len(text) > WS_FRAGMENT_SIZE:
+                await self._send_fragmented(text)
+                return
             conn.send_text(text)
         else:
             data = message.get("bytes")
             if data is None:
                 raise RuntimeError("Expected 'bytes' or 'text' in 'websocket.send', got neither")
+            if len(data) > WS_FRAGMENT_SIZE:
+                await self._send_fragmented(data)
+                return
             conn.send_binary(data)
         self._flush()
         if self._writing_paused:
             await self._drain()
+
+    async def _send_fragmented(self, data: str | bytes) -> None:
+        """A large message one frame per loop step, so its encoding never stalls other connections."""
+        assert self.conn is not None
+        self._held_broadcasts = []
+        try:
+            for _ in self.conn.send_fragments(data, WS_FRAGMENT_SIZE):
+                if self.transport.is_closing():
+                    raise ClientDisconnected("WebSocket closed while sending 'websocket.send'")
+                self._flush()
+                if self._writing_paused:
+                    await self._drain()
+                else:
+                    await asyncio.sleep(0)
+        except ConnectionClosedError:
+            raise ClientDisconnected("WebSocket closed while sending 'websocket.send'") from None
+        finally:
+            held, self._held_broadcasts = self._held_broadcasts, None
+            if held:
+                self.deliver_prepared(held)
 
     async def _send_close(self, message: Message) -> None:
         code = message.get("code", CloseCode.NORMAL_CLOSURE)
@@ -556,6 +585,11 @@ class WebSocketProtocol(asyncio.Protocol):
         conn = self.conn
         if conn is None or conn.close_sent or self.transport.is_closing():
             return False
+        if self._held_broadcasts is not None:
+            # 5.4: no other data frame may come between the frames of the
+            # fragmented message being sent; these follow it.
+            self._held_broadcasts.extend(messages)
+            return True
         extensions = conn.extensions
         if len(messages) == 1:
             self._write_chunks(messages[0].chunks_for(extensions))

@@ -10,7 +10,7 @@ messages that came before the error).
 from __future__ import annotations
 
 import codecs
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from asgiws.websocket.events import BinaryMessage, CloseReceived, Event, Pong, ProtocolFailure, TextMessage
@@ -304,6 +304,33 @@ class ServerConnection:
         """Queue a binary message. Raises ConnectionClosedError after our close frame."""
         self._send_message(Opcode.BINARY, bytes(data))
 
+    def send_fragments(self, data: str | bytes, fragment_size: int) -> Iterator[None]:
+        """Queue a text (str) or binary message as frames of `fragment_size` characters or bytes.
+
+        A generator: each step encodes, compresses and queues one frame, so
+        the caller can write it and let others run between steps (5.4
+        fragmentation; RFC 7692 7.2.1: one deflate stream across the frames).
+        Send nothing else until it is exhausted; a step after our close frame
+        raises ConnectionClosedError.
+        """
+        text = isinstance(data, str)
+        opcode = Opcode.TEXT if text else Opcode.BINARY
+        total = len(data)
+        for start in range(0, total or 1, fragment_size):
+            if self.close_sent:
+                raise ConnectionClosedError("cannot send a message after the close frame")
+            chunk = data[start : start + fragment_size]
+            # Slicing a str never splits a code point, so each slice encodes alone.
+            payload = chunk.encode("utf-8") if isinstance(chunk, str) else bytes(chunk)
+            fin = start + fragment_size >= total
+            rsv = 0
+            for extension in self.extensions:
+                bits, payload = extension.encode_fragment(payload, first=opcode != Opcode.CONTINUATION, end=fin)
+                rsv |= bits
+            self._write(opcode, payload, rsv, fin)
+            opcode = Opcode.CONTINUATION
+            yield
+
     def send_ping(self, payload: bytes = b"") -> None:
         """Queue a ping (payload up to 125 bytes, else ValueError; ConnectionClosedError after close)."""
         self._send_control(Opcode.PING, payload)
@@ -354,14 +381,14 @@ class ServerConnection:
             raise ValueError("control frame payload must be 125 bytes or less")
         self._write(opcode, bytes(payload))
 
-    def _write(self, opcode: Opcode, payload: bytes, rsv: int = 0) -> None:
+    def _write(self, opcode: Opcode, payload: bytes, rsv: int = 0, fin: bool = True) -> None:
         # 5.1: "A server MUST NOT mask any frames that it sends to the client."
         length = len(payload)
-        header = frame_header(opcode, length, True, rsv)
+        header = frame_header(opcode, length, fin, rsv)
         if length <= _JOIN_LIMIT:
             self._out.append(header + payload)
         else:
             self._out.append(header)
             self._out.append(payload)
         if self.trace is not None:
-            self.trace(">", opcode, True, rsv, False, length)
+            self.trace(">", opcode, fin, rsv, False, length)

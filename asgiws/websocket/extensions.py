@@ -4,7 +4,7 @@ An `Extension` is one negotiated extension on one connection. The codec asks
 it, per data message, whether it applies (`begin_message`, from the RSV bits
 of the first frame), then feeds it the payload as it arrives (`decode`, with
 a bound on how much it may produce) and gives it whole outgoing messages
-(`encode`). Only message-level extensions fit (permessage-*, RFC 7692): RSV
+(`encode`), or a large one frame by frame (`encode_fragment`). Only message-level extensions fit (permessage-*, RFC 7692): RSV
 bits on control and continuation frames are always a protocol error.
 """
 
@@ -38,6 +38,14 @@ class Extension:
 
     def encode(self, opcode: int, data: bytes) -> tuple[int, bytes]:
         """Encode a whole outgoing message: (RSV bits for its first frame, payload)."""
+        raise NotImplementedError
+
+    def encode_fragment(self, data: bytes, *, first: bool, end: bool) -> tuple[int, bytes]:
+        """Encode one frame's part of a fragmented outgoing message: (RSV bits for this frame, payload).
+
+        `first`: the message's first frame (the only one that may carry RSV
+        bits); `end`: its last.
+        """
         raise NotImplementedError
 
 

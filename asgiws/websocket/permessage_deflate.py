@@ -89,6 +89,25 @@ class PerMessageDeflate(Extension):
             self._compressor = None
         return RSV1, out
 
+    def encode_fragment(self, data: bytes, *, first: bool, end: bool) -> tuple[int, bytes]:
+        # 7.2.1: the message is one deflate stream cut across its frames; it
+        # is flushed, and its 00 00 ff ff removed, only at the message's end.
+        # Fragmented messages are large, so min_size does not apply.
+        compressor = self._compressor
+        if compressor is None:
+            compressor = self._compressor = zlib.compressobj(
+                wbits=-_zlib_bits(self.server_max_window_bits), memLevel=self.memory_level
+            )
+        out = compressor.compress(data)
+        if end:
+            out += compressor.flush(zlib.Z_SYNC_FLUSH)
+            if out.endswith(_TAIL):
+                out = out[:-4]
+            if self.server_no_context_takeover:
+                self._compressor = None
+        # 6.1: RSV1 on the first frame only.
+        return (RSV1 if first else 0), out
+
 
 def _parse_offer(params: Params) -> dict[str, int | bool | None] | None:
     """The offer's parameters checked (7.1), or None when it must be declined."""
