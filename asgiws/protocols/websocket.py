@@ -172,6 +172,13 @@ class WebSocketProtocol(asyncio.Protocol):
         self.task = self.loop.create_task(self._run_app())
         self.server_state.tasks.add(self.task)
         self.task.add_done_callback(self.server_state.tasks.discard)
+        self.task.add_done_callback(self._release_scope)
+
+    def _release_scope(self, task: asyncio.Task[None]) -> None:
+        # The scope's broadcast entry points back at this protocol: a reference
+        # cycle that only the cyclic GC would free, late, with the codec's zlib
+        # state (tens of KiB per connection) held until then. The app is done.
+        self.scope.get("extensions", {}).pop(SCOPE_EXTENSION, None)
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
