@@ -1,0 +1,162 @@
+"""Soak: N WebSocket clients exchanging sequence-numbered messages against a
+server subprocess, dropping and reconnecting at random; bounded in time.
+
+    python -m soak.run --duration 60 --clients 1000
+
+Checks: no message lost or reordered on a live connection; afterwards the
+server's RSS within --rss-tolerance of the baseline (taken after a warm-up
+round with the same number of connections), no leftover tasks, fds or
+WebSockets (counts from GET /debug of soak/app.py). Exit status 1 on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.sent = self.received = self.lost = self.reordered = 0
+        self.connects = self.graceful_drops = self.aborts = self.errors = 0
+
+
+def debug(port: int) -> dict[str, int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/debug", timeout=10) as response:
+        return json.loads(response.read())
+
+
+COMPRESSION: str | None = "deflate"
+
+
+async def client(port: int, n: int, deadline: float, stats: Stats, rng: random.Random, drop_rate: float) -> None:
+    url = f"ws://127.0.0.1:{port}/ws/{n}"
+    while time.monotonic() < deadline:
+        try:
+            async with connect(url, ping_interval=None, max_queue=None, open_timeout=20,
+                               close_timeout=5, compression=COMPRESSION) as ws:
+                stats.connects += 1
+                seq = 0
+                while time.monotonic() < deadline:
+                    burst = rng.randint(1, 8)
+                    for k in range(burst):
+                        await ws.send(json.dumps({"c": n, "seq": seq + k, "pad": "x" * rng.randint(0, 512)}))
+                    stats.sent += burst
+                    for k in range(burst):
+                        got = json.loads(await ws.recv())
+                        stats.received += 1
+                        if got["seq"] != seq + k:
+                            if got["seq"] > seq + k:
+                                stats.lost += got["seq"] - (seq + k)
+                            else:
+                                stats.reordered += 1
+                    seq += burst
+                    if rng.random() < drop_rate:
+                        if rng.random() < 0.5:
+                            stats.aborts += 1
+                            ws.transport.abort()  # TCP gone without a close frame
+                        else:
+                            stats.graceful_drops += 1
+                        break
+                    await asyncio.sleep(rng.random() * 0.2)
+        except (ConnectionClosed, OSError, asyncio.TimeoutError):
+            stats.errors += 1
+            await asyncio.sleep(0.1)
+
+
+async def round_of(port: int, clients: int, seconds: float, drop_rate: float, seed: int) -> Stats:
+    stats = Stats()
+    deadline = time.monotonic() + seconds
+    rng = random.Random(seed)
+    tasks = [asyncio.ensure_future(client(port, n, deadline, stats, random.Random(rng.random()), drop_rate))
+             for n in range(clients)]
+    await asyncio.wait_for(asyncio.gather(*tasks), seconds + 60)
+    return stats
+
+
+def wait_quiet(port: int, seconds: float = 15.0, settle: float = 1.0) -> dict[str, int]:
+    """Counts once no WebSocket is left open (close timeouts run out), or after `seconds`."""
+    end = time.monotonic() + seconds
+    counts = debug(port)
+    while counts["websockets"] and time.monotonic() < end:
+        time.sleep(0.5)
+        counts = debug(port)
+    time.sleep(settle)
+    return debug(port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of soak (default 60)")
+    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--drop-rate", type=float, default=0.02, help="chance to drop after each burst")
+    parser.add_argument("--rss-tolerance", type=float, default=0.05, help="allowed RSS growth over baseline")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-deflate", action="store_true", help="clients do not offer permessage-deflate")
+    parser.add_argument("--settle", type=float, default=1.0, help="seconds to wait after the last close")
+    args = parser.parse_args(argv)
+    global COMPRESSION
+    if args.no_deflate:
+        COMPRESSION = None
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "asgiws", "soak.app:app", "--port", str(port), "--no-access-log",
+         "--log-level", "warning", "--ws-close-timeout", "2", "--backlog", "4096"],
+        cwd=ROOT,
+    )
+    try:
+        for _ in range(100):
+            try:
+                debug(port)
+                break
+            except OSError:
+                time.sleep(0.1)
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
+        warm_seconds = min(10.0, args.duration / 4)
+        warm = asyncio.run(round_of(port, args.clients, warm_seconds, args.drop_rate, args.seed + 1))
+        baseline = wait_quiet(port, settle=args.settle)
+        started = time.monotonic()
+        stats = asyncio.run(round_of(port, args.clients, args.duration, args.drop_rate, args.seed))
+        elapsed = time.monotonic() - started
+        after = wait_quiet(port, settle=args.settle)
+    finally:
+        server.terminate()
+        server.wait(15)
+
+    growth = (after["rss"] - baseline["rss"]) / baseline["rss"]
+    print(f"warm-up: {warm_seconds:.0f} s, {warm.connects} connections, {warm.received} messages")
+    print(f"soak: {elapsed:.1f} s, {args.clients} clients, {stats.connects} connections "
+          f"({stats.graceful_drops} closed, {stats.aborts} aborted, {stats.errors} errors), "
+          f"{stats.sent} sent, {stats.received} echoed, {stats.lost} lost, {stats.reordered} reordered")
+    print(f"server baseline: {baseline}")
+    print(f"server after:    {after}")
+    print(f"RSS growth: {growth * 100:+.2f}% (tolerance {args.rss_tolerance * 100:.0f}%)")
+    ok = (stats.lost == 0 and stats.reordered == 0 and stats.received > 0
+          and growth <= args.rss_tolerance and after["websockets"] == 0
+          and after["tasks"] <= baseline["tasks"] and after["fds"] <= baseline["fds"])
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
