@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 
 __all__ = ["HandshakeError", "UpgradeRequest", "accept_key", "accept_response", "validate_upgrade_request"]
 
@@ -37,6 +38,9 @@ class UpgradeRequest:
         self.subprotocols = subprotocols
         self.extension_header_values = extension_header_values
         self.origin = origin
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _tokens(values: list[bytes]) -> set[bytes]:
@@ -81,6 +85,11 @@ def validate_upgrade_request(method: str, http_version: str, headers: list[tuple
     except UnicodeDecodeError:
         raise HandshakeError(400, "non-ASCII Sec-WebSocket-Protocol/Extensions header") from None
     subprotocols = [item.strip() for value in protocol_text for item in value.split(",") if item.strip()]
+    # 4.1: each subprotocol is a token (RFC 2616 2.2 / RFC 9110 5.6.2), so
+    # "a b" or "chat;v=1" is not an offer the app could ever accept.
+    for subprotocol in subprotocols:
+        if not _TOKEN.fullmatch(subprotocol):
+            raise HandshakeError(400, f"invalid subprotocol {subprotocol!r} in Sec-WebSocket-Protocol")
     origins = by_name.get(b"origin")
     origin = origins[0].decode("latin-1") if origins else None
     return UpgradeRequest(key, subprotocols, extensions, origin)

@@ -116,3 +116,16 @@ def test_accept_response_rejects_header_injection(bad: bytes) -> None:
         accept_response(request, subprotocol=None, extensions_header=None, headers=[(b"x-test", bad)])
     with pytest.raises(ValueError):
         accept_response(request, subprotocol=None, extensions_header=None, headers=[(bad, b"v")])
+
+
+@pytest.mark.parametrize("offer", [b"a b", b"chat;v=1", b"chat, x y", b'"quoted"'])
+def test_subprotocol_that_is_not_a_token_is_rejected_400(offer: bytes) -> None:
+    with pytest.raises(HandshakeError) as info:
+        validate_upgrade_request("GET", "1.1", headers(**{"Sec_WebSocket_Protocol": offer}))
+    assert info.value.status == 400
+    assert "invalid subprotocol" in info.value.reason
+
+
+def test_subprotocol_tokens_are_accepted() -> None:
+    request = validate_upgrade_request("GET", "1.1", headers(**{"Sec_WebSocket_Protocol": b"graphql-ws, v2.chat"}))
+    assert request.subprotocols == ["graphql-ws", "v2.chat"]
