@@ -114,6 +114,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         # Broadcasts that arrive while a fragmented message is being sent (else None).
         self._held_broadcasts: list[PreparedMessage] | None = None
+        # Set while a large message goes out in fragments; other sends wait for it.
+        self._fragmented_send: asyncio.Future[None] | None = None
 
         self._connect_delivered = False
         self._disconnect_message: Message | None = None  # set once the connection is over
@@ -408,6 +410,10 @@ class WebSocketProtocol(asyncio.Protocol):
     async def _send_data(self, message: Message) -> None:
         conn = self.conn
         assert conn is not None
+        while self._fragmented_send is not None:
+            # 5.4: another task's fragmented message is going out; no data
+            # frame may come between its frames.
+            await self._fragmented_send
         if conn.close_sent:
             raise ClientDisconnected("WebSocket is closing; cannot send 'websocket.send'")
         text = message.get("text")
@@ -432,6 +438,7 @@ class WebSocketProtocol(asyncio.Protocol):
         """A large message one frame per loop step, so its encoding never stalls other connections."""
         assert self.conn is not None
         self._held_broadcasts = []
+        done = self._fragmented_send = self.loop.create_future()
         try:
             for _ in self.conn.send_fragments(data, WS_FRAGMENT_SIZE):
                 if self.transport.is_closing():
@@ -444,6 +451,8 @@ class WebSocketProtocol(asyncio.Protocol):
         except ConnectionClosedError:
             raise ClientDisconnected("WebSocket closed while sending 'websocket.send'") from None
         finally:
+            self._fragmented_send = None
+            done.set_result(None)
             held, self._held_broadcasts = self._held_broadcasts, None
             if held:
                 self.deliver_prepared(held)

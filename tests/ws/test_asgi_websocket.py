@@ -486,3 +486,32 @@ def test_server_closes_tcp_as_soon_as_its_close_is_answered(run_server):
         ws.send(frame(CLOSE, close_payload(4000)))
         # 7.1.1: the server closes TCP once the handshake is done, not after the 30 s timeout.
         assert ws.at_eof(timeout=2)
+
+
+def test_concurrent_sends_never_interleave_with_a_fragmented_message(run_server):
+    big = b"z" * (3 * 1024 * 1024)  # over the fragment size: goes out in several frames
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.gather(
+            send({"type": "websocket.send", "bytes": big}),
+            *(send({"type": "websocket.send", "text": f"small {i}"}) for i in range(5)),
+        )
+        await send({"type": "websocket.close"})
+
+    with run_server(app) as server:
+        ws = open_raw(server)
+        messages, fragments = [], []
+        while True:
+            opcode, fin, payload = ws.read_frame()
+            if opcode == CLOSE:
+                break
+            if fragments and opcode != 0x0:
+                raise AssertionError(f"opcode {opcode} inside a fragmented message")
+            fragments.append(payload)
+            if fin:
+                messages.append(b"".join(fragments))
+                fragments = []
+    assert big in messages
+    assert sorted(m for m in messages if m != big) == [f"small {i}".encode() for i in range(5)]
