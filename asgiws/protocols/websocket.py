@@ -114,6 +114,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         # Broadcasts that arrive while a fragmented message is being sent (else None).
         self._held_broadcasts: list[PreparedMessage] | None = None
+        self._held_bytes = 0
         # Set while a large message goes out in fragments; other sends wait for it.
         self._fragmented_send: asyncio.Future[None] | None = None
 
@@ -438,6 +439,7 @@ class WebSocketProtocol(asyncio.Protocol):
         """A large message one frame per loop step, so its encoding never stalls other connections."""
         assert self.conn is not None
         self._held_broadcasts = []
+        self._held_bytes = 0
         done = self._fragmented_send = self.loop.create_future()
         try:
             for _ in self.conn.send_fragments(data, WS_FRAGMENT_SIZE):
@@ -603,8 +605,12 @@ class WebSocketProtocol(asyncio.Protocol):
             return False
         if self._held_broadcasts is not None:
             # 5.4: no other data frame may come between the frames of the
-            # fragmented message being sent; these follow it.
+            # fragmented message being sent; these follow it, and count
+            # against the same send-queue bound as bytes already written.
             self._held_broadcasts.extend(messages)
+            self._held_bytes += sum(len(message.payload) for message in messages)
+            if self._held_bytes + self.transport.get_write_buffer_size() > self.config.ws_max_send_queue:
+                self._drop_slow_client()
             return True
         extensions = conn.extensions
         if len(messages) == 1:
@@ -633,11 +639,19 @@ class WebSocketProtocol(asyncio.Protocol):
         else:
             self.transport.writelines(chunks)
         if backlogged and self.transport.get_write_buffer_size() > self.config.ws_max_send_queue:
-            logger.warning("WebSocket client %s is not reading; send queue over %d bytes, closing",
-                           self._client_text(), self.config.ws_max_send_queue)
-            self._disconnect_message = {"type": "websocket.disconnect", "code": CloseCode.POLICY_VIOLATION,
-                                        "reason": "send queue full"}
-            self.transport.abort()
+            self._drop_slow_client()
+
+    def _drop_slow_client(self) -> None:
+        """Past --ws-max-send-queue: drop the client instead of buffering without bound.
+
+        No close frame: it would queue behind the backlog the client is not
+        reading. The app sees 1008 (policy violation).
+        """
+        logger.warning("WebSocket client %s is not reading; send queue over %d bytes, closing",
+                       self._client_text(), self.config.ws_max_send_queue)
+        self._disconnect_message = {"type": "websocket.disconnect", "code": CloseCode.POLICY_VIOLATION,
+                                    "reason": "send queue full"}
+        self.transport.abort()
 
     async def _drain(self) -> None:
         if self.transport.is_closing():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 import zlib
 
 import httpx
@@ -192,3 +193,39 @@ def test_send_queue_bound_closes_a_subscriber_that_does_not_read(run_server) -> 
 
         asyncio.run(main())
         stalled.sock.close()
+
+
+def test_broadcasts_held_behind_a_fragmented_send_are_bounded_by_the_send_queue(run_server):
+    """A client that stops reading mid-way through a large message cannot make
+    the server hold broadcasts for it without bound: past ws_max_send_queue it is dropped."""
+    from asgiws.broadcast import Broadcast
+
+    disconnects: list[dict] = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        hub = Broadcast.from_scope(scope)
+        await hub.subscribe(scope, "news")
+
+        async def flood():
+            for _ in range(400):
+                await hub.publish("news", b"n" * 10_000)
+                await asyncio.sleep(0)
+
+        flooding = asyncio.ensure_future(flood())
+        try:
+            await send({"type": "websocket.send", "bytes": b"x" * (8 * 1024 * 1024)})
+        except OSError:
+            pass
+        await flooding
+        disconnects.append(await receive())
+
+    with run_server(app, ws_max_send_queue=1024 * 1024) as server:
+        sock = RawWebSocket(server.port)  # never reads past the handshake
+        assert sock.status == 101
+        deadline = time.monotonic() + 10
+        while not disconnects and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sock.close()
+    assert disconnects and disconnects[0]["code"] == 1008
