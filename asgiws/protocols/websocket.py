@@ -415,7 +415,7 @@ class WebSocketProtocol(asyncio.Protocol):
             # 5.4: another task's fragmented message is going out; no data
             # frame may come between its frames.
             await self._fragmented_send
-        if conn.close_sent:
+        if conn.close_sent or self.transport.is_closing():
             raise ClientDisconnected("WebSocket is closing; cannot send 'websocket.send'")
         text = message.get("text")
         if text is not None:
@@ -647,6 +647,8 @@ class WebSocketProtocol(asyncio.Protocol):
         No close frame: it would queue behind the backlog the client is not
         reading. The app sees 1008 (policy violation).
         """
+        if self.transport.is_closing():
+            return
         logger.warning("WebSocket client %s is not reading; send queue over %d bytes, closing",
                        self._client_text(), self.config.ws_max_send_queue)
         self._disconnect_message = {"type": "websocket.disconnect", "code": CloseCode.POLICY_VIOLATION,
@@ -654,10 +656,12 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport.abort()
 
     async def _drain(self) -> None:
+        """Wait until the client reads again. Every concurrent sender waits on one future."""
         if self.transport.is_closing():
             return
-        waiter = self.loop.create_future()
-        self._drain_waiter = waiter
+        waiter = self._drain_waiter
+        if waiter is None or waiter.done():
+            waiter = self._drain_waiter = self.loop.create_future()
         await waiter
 
     def _wake_drain_waiter(self) -> None:
