@@ -185,9 +185,6 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover - set_protocol path
-        raise RuntimeError("WebSocketProtocol is only reached through take_over()")
-
     def data_received(self, data: bytes) -> None:
         conn = self.conn
         if conn is None:

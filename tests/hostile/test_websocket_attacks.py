@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from examples.hello import websocket_echo
 from tests.hostile.memory import ServerProcess, open_fds
 from tests.rawws import RawWebSocket, close_payload, frame, handshake_request
 
@@ -24,13 +25,7 @@ TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 
 
 async def echo_app(scope, receive, send):
-    await receive()
-    await send({"type": "websocket.accept"})
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        await send({"type": "websocket.send", "text": message.get("text"), "bytes": message.get("bytes")})
+    await websocket_echo(receive, send)
 
 
 @pytest.fixture
