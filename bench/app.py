@@ -1,22 +1,37 @@
 """The one ASGI app every server in the benchmark runs.
 
 Routes
-  WS   /echo     echo every message back (text as text, bytes as bytes)
-  WS   /fanout   subscriber: receives every message published
-  WS   /publish  control socket: each message received is sent to every /fanout subscriber
-  GET  /         "Hello, world!"
-  POST /echo     the request body back
-  POST /publish  the body is published to every /fanout subscriber (HTTP alternative)
+  WS   /echo          echo every message back (text as text, bytes as bytes)
+  WS   /fanout        subscriber; the publisher's task sends to it directly
+  WS   /fanout_queue  subscriber with its own task, fed by an asyncio.Queue
+  WS   /publish       control socket: each message received is sent to every subscriber
+  GET  /              "Hello, world!"
+  POST /echo          the request body back
+  POST /publish       the body is published to every subscriber (HTTP alternative)
 """
 import asyncio
 
-_subscribers = set()  # one asyncio.Queue per /fanout connection
+# Two subscriber shapes, both common in real apps; a publish reaches both sets.
+# /fanout: the publisher's own task loops over the subscribers' send callables
+#   (FastAPI's documented ConnectionManager.broadcast does this).
+# /fanout_queue: every subscriber has its own task waiting on an asyncio.Queue.
+_direct_sends = set()  # the ASGI send callable of each /fanout connection
+_queues = set()  # one asyncio.Queue per /fanout_queue connection
 
 
 def _publish(message):
-    for q in _subscribers:
+    for q in _queues:
         q.put_nowait(message)
-    return len(_subscribers)
+    return len(_queues) + len(_direct_sends)
+
+
+async def _publish_direct(message):
+    key = "bytes" if isinstance(message, bytes) else "text"
+    for send in list(_direct_sends):
+        try:
+            await send({"type": "websocket.send", key: message})
+        except Exception:  # that subscriber is gone; the others still get it
+            _direct_sends.discard(send)
 
 
 async def _ws_echo(receive, send):
@@ -39,8 +54,21 @@ async def _ws_fanout(receive, send):
     msg = await receive()
     if msg["type"] != "websocket.connect":
         return
+    await send({"type": "websocket.accept"})
+    _direct_sends.add(send)
+    try:
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+    finally:
+        _direct_sends.discard(send)
+
+
+async def _ws_fanout_queue(receive, send):
+    msg = await receive()
+    if msg["type"] != "websocket.connect":
+        return
     q = asyncio.Queue()
-    _subscribers.add(q)  # registered before the handshake completes
+    _queues.add(q)  # registered before the handshake completes
     try:
         await send({"type": "websocket.accept"})
 
@@ -64,7 +92,7 @@ async def _ws_fanout(receive, send):
         finally:
             watcher.cancel()
     finally:
-        _subscribers.discard(q)
+        _queues.discard(q)
 
 
 async def _ws_publish(receive, send):
@@ -76,7 +104,9 @@ async def _ws_publish(receive, send):
         msg = await receive()
         if msg["type"] == "websocket.receive":
             data = msg.get("bytes")
-            _publish(data if data is not None else msg.get("text"))
+            message = data if data is not None else msg.get("text")
+            _publish(message)
+            await _publish_direct(message)
         elif msg["type"] == "websocket.disconnect":
             return
 
@@ -108,6 +138,8 @@ async def app(scope, receive, send):
     if kind == "websocket":
         if path == "/fanout":
             return await _ws_fanout(receive, send)
+        if path == "/fanout_queue":
+            return await _ws_fanout_queue(receive, send)
         if path == "/publish":
             return await _ws_publish(receive, send)
         return await _ws_echo(receive, send)
@@ -121,6 +153,7 @@ async def app(scope, receive, send):
                 return
             if path == "/publish":
                 n = _publish(body)
+                await _publish_direct(body)
                 return await _respond(send, 200, str(n).encode())
             return await _respond(send, 200, body, b"application/octet-stream")
         return await _respond(send, 405, b"")

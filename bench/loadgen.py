@@ -108,7 +108,7 @@ class Sub(WSListener):
 async def run_fanout(a):
     loop = asyncio.get_running_loop()
     st = {"n": 0, "target": a.subs, "done": loop.create_future()}
-    url = URL.format(port=a.port, path="/fanout")
+    url = URL.format(port=a.port, path=a.path)
     subs = []
     sem = asyncio.Semaphore(64)
     t_conn = time.perf_counter()
@@ -418,6 +418,7 @@ def main():
     p.add_argument("--duration", type=float, default=5)
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--subs", type=int, default=5000)
+    p.add_argument("--path", default="/fanout", help="fanout: the subscribers' path (/fanout or /fanout_queue)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--round-timeout", type=float, default=10)
     p.add_argument("--connect-timeout", type=float, default=60)

@@ -1,6 +1,7 @@
 """Bare picows server (no ASGI): the ceiling for the WebSocket scenarios.
 
-Same WebSocket routes as bench/app.py: /echo (default), /fanout, /publish.
+Same WebSocket routes as bench/app.py: /echo (default), /fanout and /fanout_queue
+(both plain subscribers here), /publish.
 """
 import argparse
 import asyncio
@@ -50,7 +51,7 @@ class Pub(WSListener):
 
 
 def factory(request):
-    if request.path == b"/fanout" or request.path == "/fanout":
+    if request.path in (b"/fanout", "/fanout", b"/fanout_queue", "/fanout_queue"):
         return Sub()
     if request.path == b"/publish" or request.path == "/publish":
         return Pub()

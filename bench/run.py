@@ -50,9 +50,10 @@ WS_ONLY = {"picows"}  # ceiling: WebSocket scenarios only
 SCENARIOS = {
     "echo64": ("WS echo 64 B text, 50 conns", "msgs_per_s", "msg/s", True, True),
     "echo1m": ("WS echo 1 MiB binary, 4 conns", "msgs_per_s", "msg/s", True, True),
-    "fanout": ("Fan-out to 5,000 subscribers (median of rounds)", "median_ms", "ms", False, True),
-    "memory": ("RSS per idle WS conn, 1,000 conns, no deflate", "kib_per_conn", "KiB", False, True),
-    "memory_deflate": ("RSS per idle WS conn, 1,000 conns, permessage-deflate", "kib_per_conn", "KiB", False, True),
+    "fanout": ("Fan-out to 5,000 subscribers, publisher loops over send", "median_ms", "ms", False, True),
+    "fanout_queue": ("Fan-out to 5,000 subscribers, a task + queue each", "median_ms", "ms", False, True),
+    "memory": ("RSS per idle WS conn, 2,000 conns, no deflate", "kib_per_conn", "KiB", False, True),
+    "memory_deflate": ("RSS per idle WS conn, 2,000 conns, permessage-deflate", "kib_per_conn", "KiB", False, True),
     "churn": ("Churn: connect+echo+close, 16 at a time", "handshakes_per_s", "hs/s", True, True),
     "http_get": ("HTTP GET hello world, wrk 64 conns", "req_per_s", "req/s", True, False),
     "http_post": ("HTTP POST 1 MiB echo, wrk 8 conns", "req_per_s", "req/s", True, False),
@@ -65,9 +66,9 @@ ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-wsproto", "hypercorn"}}
 # per-run loads, seconds unless said otherwise: full / --quick
 # wrk takes whole seconds only ("2.5s" is rejected with its usage text).
 DUR = {
-    False: {"echo": 2, "churn": 2, "http_get": 4, "http_post": 3, "fanout_rounds": 5, "mem_conns": 1000,
+    False: {"echo": 2, "churn": 2, "http_get": 4, "http_post": 3, "fanout_rounds": 10, "mem_conns": 2000,
             "stall": 3},
-    True: {"echo": 1, "churn": 1, "http_get": 2, "http_post": 2, "fanout_rounds": 3, "mem_conns": 1000,
+    True: {"echo": 1, "churn": 1, "http_get": 2, "http_post": 2, "fanout_rounds": 3, "mem_conns": 2000,
            "stall": 2},
 }
 
@@ -195,9 +196,9 @@ def scenario(name, port, pid, q):
     if name == "echo1m":
         return loadgen(["echo", "--port", str(port), "--conns", "4", "--size", str(1 << 20), "--binary",
                         "--duration", str(d)], d + 30)
-    if name == "fanout":
+    if name in ("fanout", "fanout_queue"):
         return loadgen(["fanout", "--port", str(port), "--subs", "5000", "--rounds", str(D["fanout_rounds"]),
-                        "--connect-timeout", "60"], 150)
+                        "--path", "/" + name, "--connect-timeout", "60"], 150)
     if name in ("memory", "memory_deflate"):
         a = ["memory", "--port", str(port), "--conns", str(D["mem_conns"]), "--pid", str(pid),
              "--connect-timeout", "60"]
