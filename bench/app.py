@@ -25,36 +25,43 @@ def _publish(message):
     return len(_queues) + len(_direct_sends)
 
 
-async def _publish_direct(message):
+def _send_event(message):
+    """The websocket.send event for a str (text frame) or bytes (binary frame)."""
     key = "bytes" if isinstance(message, bytes) else "text"
+    return {"type": "websocket.send", key: message}
+
+
+async def _publish_direct(message):
     for send in list(_direct_sends):
         try:
-            await send({"type": "websocket.send", key: message})
+            await send(_send_event(message))
         except Exception:  # that subscriber is gone; the others still get it
             _direct_sends.discard(send)
 
 
-async def _ws_echo(receive, send):
-    msg = await receive()
-    if msg["type"] != "websocket.connect":
-        return
+async def _accept(receive, send):
+    """Complete the handshake; False if the client left first."""
+    if (await receive())["type"] != "websocket.connect":
+        return False
     await send({"type": "websocket.accept"})
+    return True
+
+
+async def _ws_echo(receive, send):
+    if not await _accept(receive, send):
+        return
     while True:
         msg = await receive()
         if msg["type"] == "websocket.receive":
-            if msg.get("bytes") is not None:
-                await send({"type": "websocket.send", "bytes": msg["bytes"]})
-            else:
-                await send({"type": "websocket.send", "text": msg.get("text")})
+            data = msg.get("bytes")
+            await send(_send_event(data if data is not None else msg.get("text")))
         elif msg["type"] == "websocket.disconnect":
             return
 
 
 async def _ws_fanout(receive, send):
-    msg = await receive()
-    if msg["type"] != "websocket.connect":
+    if not await _accept(receive, send):
         return
-    await send({"type": "websocket.accept"})
     _direct_sends.add(send)
     try:
         while (await receive())["type"] != "websocket.disconnect":
@@ -64,42 +71,28 @@ async def _ws_fanout(receive, send):
 
 
 async def _ws_fanout_queue(receive, send):
-    msg = await receive()
-    if msg["type"] != "websocket.connect":
+    if not await _accept(receive, send):
         return
     q = asyncio.Queue()
-    _queues.add(q)  # registered before the handshake completes
+    _queues.add(q)
+
+    async def watch():
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        q.put_nowait(None)
+
+    watcher = asyncio.ensure_future(watch())
     try:
-        await send({"type": "websocket.accept"})
-
-        async def watch():
-            while True:
-                m = await receive()
-                if m["type"] == "websocket.disconnect":
-                    q.put_nowait(None)
-                    return
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            while True:
-                item = await q.get()
-                if item is None:
-                    return
-                if isinstance(item, bytes):
-                    await send({"type": "websocket.send", "bytes": item})
-                else:
-                    await send({"type": "websocket.send", "text": item})
-        finally:
-            watcher.cancel()
+        while (item := await q.get()) is not None:
+            await send(_send_event(item))
     finally:
+        watcher.cancel()
         _queues.discard(q)
 
 
 async def _ws_publish(receive, send):
-    msg = await receive()
-    if msg["type"] != "websocket.connect":
+    if not await _accept(receive, send):
         return
-    await send({"type": "websocket.accept"})
     while True:
         msg = await receive()
         if msg["type"] == "websocket.receive":
