@@ -60,7 +60,11 @@ SCENARIOS = {
     "stall": ("Stall: worst RTT of 20 pinging conns while 1 conn echoes 16 MiB deflate text", "max_ms", "ms",
               False, True),
 }
-EXTRA = {"echo64": [("p50_ms", "p50 ms"), ("p99_ms", "p99 ms")], "stall": [("p99_ms", "p99 ms")]}
+# more figures per scenario: (metric key, label, unit, higher is better); each gets its own rows
+_FANOUT_CPU = [("deliveries_per_cpu_s", "deliveries per server CPU second", "1/s", True)]
+EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", False)],
+         "stall": [("p99_ms", "p99", "ms", False)],
+         "fanout": _FANOUT_CPU, "fanout_queue": _FANOUT_CPU}
 # scenarios that only some servers can run (others: n/a); stall needs permessage-deflate
 ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-wsproto", "hypercorn"}}
 # per-run loads, seconds unless said otherwise: full / --quick
@@ -198,7 +202,7 @@ def scenario(name, port, pid, q):
                         "--duration", str(d)], d + 30)
     if name in ("fanout", "fanout_queue"):
         return loadgen(["fanout", "--port", str(port), "--subs", "5000", "--rounds", str(D["fanout_rounds"]),
-                        "--path", "/" + name, "--connect-timeout", "60"], 150)
+                        "--path", "/" + name, "--pid", str(pid), "--connect-timeout", "60"], 150)
     if name in ("memory", "memory_deflate"):
         a = ["memory", "--port", str(port), "--conns", str(D["mem_conns"]), "--pid", str(pid),
              "--connect-timeout", "60"]
@@ -302,11 +306,15 @@ def write_results(path, results, servers, scen, info, mode, elapsed, runs):
             txt = f"not negotiated ({txt})"
         return txt
 
-    for n in scen:
+    def rows(n):
+        """(title, metric key, unit, higher is better) of every figure scenario n reports."""
         title, key, unit, hib, _ = SCENARIOS[n]
-        L.append(f"| {title} | {unit} {'↑' if hib else '↓'} | " + " | ".join(cell(s, n, key) for s in servers) + " |")
-        for k, lab in EXTRA.get(n, []):
-            L.append(f"| {title}: {lab} | ms ↓ | " + " | ".join(cell(s, n, k) for s in servers) + " |")
+        return [(title, key, unit, hib)] + [(f"{title}: {lab}", k, u, h) for k, lab, u, h in EXTRA.get(n, [])]
+
+    for n in scen:
+        for title, key, unit, hib in rows(n):
+            L.append(f"| {title} | {unit} {'↑' if hib else '↓'} | " + " | ".join(cell(s, n, key) for s in servers)
+                     + " |")
     peers = [s for s in servers if s != BASELINE]
     L += ["", f"## Ratio {BASELINE}/peer", "",
           "asgiws figure divided by the peer's figure, same unit. For ↑ metrics (throughput) >1 means asgiws is "
@@ -314,17 +322,17 @@ def write_results(path, results, servers, scen, info, mode, elapsed, runs):
     L.append("| scenario | " + " | ".join(peers) + " |")
     L.append("|---|" + "---|" * len(peers))
     for n in scen:
-        title, key, unit, hib, _ = SCENARIOS[n]
-        row = []
-        for p in peers:
-            a = results.get(BASELINE, {}).get(n)
-            b = results.get(p, {}).get(n)
-            if (not a or not b or a.get("failed") or b.get("failed") or not b.get(key) or a.get(key) is None
-                    or not_negotiated(n, a) or not_negotiated(n, b)):
-                row.append("—")
-            else:
-                row.append(f"{a[key] / b[key]:.2f}")
-        L.append(f"| {title} ({'↑' if hib else '↓'}) | " + " | ".join(row) + " |")
+        for title, key, _unit, hib in rows(n):
+            row = []
+            for p in peers:
+                a = results.get(BASELINE, {}).get(n)
+                b = results.get(p, {}).get(n)
+                if (not a or not b or a.get("failed") or b.get("failed") or not b.get(key) or a.get(key) is None
+                        or not_negotiated(n, a) or not_negotiated(n, b)):
+                    row.append("—")
+                else:
+                    row.append(f"{a[key] / b[key]:.2f}")
+            L.append(f"| {title} ({'↑' if hib else '↓'}) | " + " | ".join(row) + " |")
     L += ["", "## Raw per-run results", "", "```"]
     for s in servers:
         for n in scen:
