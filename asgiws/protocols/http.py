@@ -127,6 +127,7 @@ class HttpProtocol(asyncio.Protocol):
         self._upgraded = False
         self._reading_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # loop time the idle/head timeout ends
         # Per-request head accounting (limits checked before httptools finishes).
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -162,7 +163,7 @@ class HttpProtocol(asyncio.Protocol):
             return
         self._closing = True
         self.server_state.remove_connection(self, self.client_ip)
-        self._cancel_timer()
+        self._stop_timer()
         self.pipeline.clear()
         self._backlog = b""
         for cycle in (self.cycle, self._parsing):
@@ -426,7 +427,7 @@ class HttpProtocol(asyncio.Protocol):
             logger.warning("WebSocket upgrade requested but WebSocket support is unavailable")
             self._send_error(501, "WebSocket support is not available")
             return
-        self._cancel_timer()
+        self._stop_timer()
         self._upgraded = True
         if self._reading_paused:
             self._reading_paused = False
@@ -492,7 +493,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         self._closing = True
-        self._cancel_timer()
+        self._stop_timer()
         if not self.transport.is_closing():
             self.transport.close()
 
@@ -507,16 +508,42 @@ class HttpProtocol(asyncio.Protocol):
     # -- timers ------------------------------------------------------------------------
 
     def _set_timer(self, seconds: float) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(seconds, self._on_timeout)
+        """Drop the connection `seconds` from now unless a request is being served.
+
+        Called twice per request (head expected, keep-alive): moving a deadline
+        is one float store, and the one TimerHandle is replaced only when the
+        new deadline is earlier than the pending one (call_later per request
+        showed up in the profile).
+        """
+        deadline = self.loop.time() + seconds
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or deadline < timer.when():
+            if timer is not None:
+                timer.cancel()
+            self._timer = self.loop.call_at(deadline, self._on_timeout)
 
     def _cancel_timer(self) -> None:
+        # The handle stays pending; _on_timeout finds no deadline and stops.
+        self._deadline = None
+
+    def _stop_timer(self) -> None:
+        """Cancel the handle itself: the connection is done with HTTP."""
+        self._deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
     def _on_timeout(self) -> None:
         self._timer = None
+        deadline = self._deadline
+        if deadline is None or self._closing:
+            return
+        if deadline > self.loop.time():
+            # Moved by later activity: wait for the new deadline.
+            self._timer = self.loop.call_at(deadline, self._on_timeout)
+            return
+        self._deadline = None
         if self.cycle is None and not self.pipeline:
             if logger.isEnabledFor(TRACE_LOG_LEVEL):
                 logger.log(TRACE_LOG_LEVEL, "%s - idle or slow client dropped", self._client_text())
