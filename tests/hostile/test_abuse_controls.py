@@ -1,0 +1,133 @@
+"""The abuse controls of issue 7 that go beyond the happy path in tests/ws:
+cross-site WebSocket hijacking (--ws-allowed-origins), one address holding
+too many connections (--limit-connections-per-ip), a client flooding messages
+(--ws-max-message-rate), and what each of them logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pytest
+
+from asgiws.protocols.origins import origin_allowed
+from examples.hello import websocket_echo
+from tests.rawws import RawWebSocket, frame, handshake_request
+
+TEXT = 0x1
+
+
+async def echo_app(scope, receive, send):
+    await websocket_echo(receive, send)
+
+
+@pytest.fixture
+def run_server(run_server):
+    def start(app, **overrides):
+        overrides.setdefault("ws_close_timeout", 0.5)
+        overrides.setdefault("ws_ping_interval", None)
+        return run_server(app, **overrides)
+    return start
+
+
+def upgrade(server, origin: str | None = None) -> RawWebSocket:
+    extra = f"Origin: {origin}\r\n" if origin is not None else ""
+    return RawWebSocket(server.port, request=handshake_request(extra=extra))
+
+
+# -- cross-site WebSocket hijacking ---------------------------------------------------------
+
+ALLOWED = ("https://app.example.com", "https://*.example.org")
+
+
+@pytest.mark.parametrize("origin", [
+    "https://app.example.com",
+    "HTTPS://APP.EXAMPLE.COM",  # RFC 6454 origins compare case-insensitively
+    "https://a.example.org",
+    "https://deep.sub.example.org",
+])
+def test_origin_on_the_list_or_matching_a_wildcard_is_allowed(origin):
+    assert origin_allowed(origin, ALLOWED)
+
+
+@pytest.mark.parametrize("origin", [
+    None,                                   # not a browser: a list is a promise about who may connect
+    "null",                                 # sandboxed iframe or file:// page
+    "http://app.example.com",               # same host, other scheme
+    "https://app.example.com:8443",         # same host, other port
+    "https://app.example.com.evil.test",    # the allowed host as a prefix of an attacker's
+    "https://evilapp.example.com",          # exact entries are not suffix matches
+    "https://example.org",                  # a wildcard needs a subdomain
+    "https://evilexample.org",              # ... and a dot before the suffix
+    "https://evil.test/.example.org",       # a path smuggled in front of the suffix
+    "http://a.example.org",                 # the wildcard keeps its scheme
+])
+def test_origin_off_the_list_is_refused(origin):
+    assert not origin_allowed(origin, ALLOWED)
+
+
+def test_no_list_allows_any_origin_and_none():
+    assert origin_allowed("https://anything.test", ())
+    assert origin_allowed(None, ())
+
+
+def test_cross_site_upgrade_gets_403_before_the_app_runs_and_is_logged(run_server, caplog):
+    scopes = []
+
+    async def app(scope, receive, send):
+        scopes.append(scope)
+        await echo_app(scope, receive, send)
+
+    with caplog.at_level(logging.WARNING, logger="asgiws.error"):
+        with run_server(app, ws_allowed_origins=ALLOWED) as server:
+            for origin in (None, "https://evil.test"):
+                ws = upgrade(server, origin)
+                assert ws.status == 403
+                assert ws.at_eof()
+            good = upgrade(server, "https://app.example.com")
+            assert good.status == 101
+            good.send(frame(TEXT, b"hi"))
+            assert good.read_frame() == (TEXT, True, b"hi")
+            good.close()
+    assert len(scopes) == 1
+    assert any("https://evil.test" in r.getMessage() and "not allowed" in r.getMessage() for r in caplog.records)
+
+
+# -- one address holding too many connections --------------------------------------------------
+
+
+def test_upgrade_over_the_per_ip_limit_gets_503_and_is_logged(run_server, caplog):
+    with caplog.at_level(logging.WARNING, logger="asgiws.error"):
+        with run_server(echo_app, limit_connections_per_ip=2) as server:
+            held = [upgrade(server), upgrade(server)]
+            assert [ws.status for ws in held] == [101, 101]
+            refused = upgrade(server)
+            assert refused.status == 503
+            assert refused.at_eof()
+            # The held sockets are untouched by the refusal.
+            held[0].send(frame(TEXT, b"still here"))
+            assert held[0].read_frame() == (TEXT, True, b"still here")
+            for ws in held:
+                ws.close()
+            # Their slots come back once the server has seen them go.
+            deadline = time.monotonic() + 5
+            while server.call(lambda: dict(server.server_state.connections_per_ip)) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert upgrade(server).status == 101
+    assert any("Too many connections from 127.0.0.1" in r.getMessage() for r in caplog.records)
+
+
+# -- a client flooding messages ---------------------------------------------------------------
+
+
+def test_burst_within_the_allowance_is_echoed_then_a_flood_closes_1008(run_server, caplog):
+    with caplog.at_level(logging.INFO, logger="asgiws.error"):
+        with run_server(echo_app, ws_max_message_rate=5, ws_max_message_burst=4) as server:
+            ws = upgrade(server)
+            ws.send(b"".join(frame(TEXT, b"%d" % i) for i in range(4)))
+            assert [ws.read_frame()[2] for _ in range(4)] == [b"0", b"1", b"2", b"3"]
+            ws.send(b"".join(frame(TEXT, b"flood") for _ in range(20)))
+            assert ws.read_close()[0] == 1008
+            assert ws.at_eof()
+    assert any("rate" in r.getMessage().lower() for r in caplog.records)
