@@ -1,6 +1,8 @@
-"""Small ASGI apps served by a subprocess server in the memory tests."""
+"""Small ASGI apps for the hostile tests (subprocess servers load them by import string)."""
 
 from __future__ import annotations
+
+from examples.hello import websocket_echo
 
 
 async def hello(scope, receive, send):
@@ -22,3 +24,8 @@ async def ws_sink(scope, receive, send):
     await send({"type": "websocket.accept"})
     while (await receive())["type"] != "websocket.disconnect":
         pass
+
+
+async def ws_echo(scope, receive, send):
+    """The echo loop of examples/hello.py, for in-thread servers."""
+    await websocket_echo(receive, send)

@@ -12,23 +12,10 @@ import time
 import pytest
 
 from asgiws.protocols.origins import origin_allowed
-from examples.hello import websocket_echo
+from tests.hostile.apps import ws_echo as echo_app
 from tests.rawws import RawWebSocket, frame, handshake_request
 
 TEXT = 0x1
-
-
-async def echo_app(scope, receive, send):
-    await websocket_echo(receive, send)
-
-
-@pytest.fixture
-def run_server(run_server):
-    def start(app, **overrides):
-        overrides.setdefault("ws_close_timeout", 0.5)
-        overrides.setdefault("ws_ping_interval", None)
-        return run_server(app, **overrides)
-    return start
 
 
 def upgrade(server, origin: str | None = None) -> RawWebSocket:

@@ -17,24 +17,11 @@ import time
 
 import pytest
 
-from examples.hello import websocket_echo
+from tests.hostile.apps import ws_echo as echo_app
 from tests.hostile.memory import ServerProcess, open_fds
 from tests.rawws import RawWebSocket, close_payload, frame, handshake_request
 
 TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
-
-
-async def echo_app(scope, receive, send):
-    await websocket_echo(receive, send)
-
-
-@pytest.fixture
-def run_server(run_server):
-    def start(app, **overrides):
-        overrides.setdefault("ws_close_timeout", 0.5)
-        overrides.setdefault("ws_ping_interval", None)
-        return run_server(app, **overrides)
-    return start
 
 
 def open_raw(server, extra: str = "") -> RawWebSocket:
