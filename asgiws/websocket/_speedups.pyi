@@ -1,1 +1,6 @@
+from collections.abc import Sequence
+
 def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray | memoryview) -> bytes: ...
+def apply_mask_chunks(
+    chunks: Sequence[bytes | bytearray | memoryview], mask: bytes | bytearray | memoryview
+) -> bytes: ...

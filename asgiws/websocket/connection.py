@@ -25,7 +25,7 @@ from asgiws.websocket.frames import (
     frame_header,
     is_valid_close_code,
 )
-from asgiws.websocket.mask import apply_mask
+from asgiws.websocket.mask import apply_mask, apply_mask_chunks
 
 __all__ = ["ServerConnection", "Trace"]
 
@@ -85,6 +85,8 @@ class ServerConnection:
         self._frame_mask = b""
         self._frame_offset = 0  # bytes of this frame's payload already unmasked
         self._frame_fin = False
+        self._frame_deferred = False  # payload kept masked until the frame ends
+        self._frame_chunks: list[bytes | memoryview] = []  # that payload, as it arrived
         # The data message being assembled (None: between messages).
         self._message_opcode: Opcode | None = None
         self._message_parts: list[Any] = []
@@ -101,43 +103,57 @@ class ServerConnection:
             return []
         events: list[Event] = []
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            # A header (or control frame) cut by the previous read: at most
+            # 131 bytes wait here, since data payloads are taken as they come.
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         try:
-            consumed = self._parse(buffer, events)
+            consumed = self._parse(data, events)
         except ProtocolError as exc:
             self._done = True
-            buffer.clear()
+            self._frame_chunks = []
             events.append(ProtocolFailure(exc.code, exc.reason))
             return events
-        if consumed:
-            del buffer[:consumed]
+        if consumed < len(data) and not self._done:
+            buffer += memoryview(data)[consumed:]
         return events
 
     def receive_eof(self) -> list[Event]:
         """The peer closed TCP; nothing more is parsed. The caller reports 1006 if no close came."""
         self._done = True
         self._buffer.clear()
+        self._frame_chunks = []
         return []
 
-    def _parse(self, buffer: bytearray, events: list[Event]) -> int:
-        """Parse whole frames and partial data payloads from `buffer`; return bytes consumed.
+    def _parse(self, data: bytes, events: list[Event]) -> int:
+        """Parse whole frames and partial data payloads from `data`; return bytes consumed.
 
         One loop for the hot path (a whole small masked frame), hence the length.
         """
         pos = 0
-        end = len(buffer)
+        end = len(data)
         while not self._done:
             if self._frame_remaining:
                 take = min(self._frame_remaining, end - pos)
                 if not take:
                     break
-                self._payload(buffer[pos : pos + take], events)
+                if take == end:
+                    chunk: bytes | memoryview = data  # the whole read is payload: no copy
+                elif take > _JOIN_LIMIT:
+                    chunk = memoryview(data)[pos : pos + take]
+                else:
+                    chunk = data[pos : pos + take]
                 pos += take
+                self._payload(chunk, events)
                 continue
             if end - pos < 2:
                 break
-            b0 = buffer[pos]
-            b1 = buffer[pos + 1]
+            b0 = data[pos]
+            b1 = data[pos + 1]
             fin = b0 & 0x80 != 0
             rsv = b0 & 0x70
             opcode = b0 & 0x0F
@@ -154,12 +170,12 @@ class ServerConnection:
                 header_size = 8
                 if end - pos < header_size:
                     break
-                length = (buffer[pos + 2] << 8) | buffer[pos + 3]
+                length = (data[pos + 2] << 8) | data[pos + 3]
             elif length == 127:
                 header_size = 14
                 if end - pos < header_size:
                     break
-                length = int.from_bytes(buffer[pos + 2 : pos + 10], "big")
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
                 if length >> 63:
                     raise ProtocolError(CloseCode.PROTOCOL_ERROR, "64-bit length with the top bit set")
             elif end - pos < header_size:
@@ -167,21 +183,24 @@ class ServerConnection:
             if opcode >= 0x8:
                 if end - pos < header_size + length:
                     break  # control frames are at most 131 bytes: wait for all of it
-                mask = bytes(buffer[pos + header_size - 4 : pos + header_size])
+                mask = data[pos + header_size - 4 : pos + header_size]
                 start = pos + header_size
                 pos = start + length
                 if self.trace is not None:
                     self.trace("<", _OPCODES[opcode], fin, rsv, True, length)
-                self._control(opcode, apply_mask(buffer[start:pos], mask), events)
+                self._control(opcode, apply_mask(data[start:pos], mask), events)
                 continue
             self._start_data_frame(opcode, fin, rsv, length)
-            mask = bytes(buffer[pos + header_size - 4 : pos + header_size])
+            mask = data[pos + header_size - 4 : pos + header_size]
             pos += header_size
             if self.trace is not None:
                 self.trace("<", _OPCODES[opcode], fin, rsv, True, length)
             if fin and opcode and not self._message_extensions and end - pos >= length:
-                # Fast path: a whole unfragmented, undecoded message in the buffer.
-                payload = apply_mask(buffer[pos : pos + length], mask)
+                # Fast path: a whole unfragmented, undecoded message in this read.
+                if length > _JOIN_LIMIT:
+                    payload = apply_mask(memoryview(data)[pos : pos + length], mask)
+                else:
+                    payload = apply_mask(data[pos : pos + length], mask)
                 pos += length
                 self._message_opcode = None
                 if opcode == Opcode.TEXT:
@@ -196,6 +215,11 @@ class ServerConnection:
             self._frame_mask = mask
             self._frame_offset = 0
             self._frame_fin = fin
+            # Undecoded binary payloads are kept as they arrive (views of the
+            # reads, no copy) and unmasked once, whole, when the frame ends.
+            # Text is unmasked as it comes, for its UTF-8 check; decoded
+            # (compressed) data too, to bound its decompression.
+            self._frame_deferred = self._utf8 is None and not self._message_extensions
             if not length:
                 self._payload(b"", events)
         return pos
@@ -224,15 +248,27 @@ class ServerConnection:
         if already + length > self.max_size:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over {self.max_size} bytes")
 
-    def _payload(self, chunk: bytes | bytearray, events: list[Event]) -> None:
-        """Unmask and take in part (or all) of the current data frame's payload."""
-        offset = self._frame_offset & 3
-        mask = self._frame_mask
-        if offset:
-            mask = mask[offset:] + mask[:offset]
-        data = apply_mask(chunk, mask)
-        self._frame_offset += len(data)
-        self._frame_remaining -= len(data)
+    def _payload(self, chunk: bytes | memoryview, events: list[Event]) -> None:
+        """Take in part (or all) of the current data frame's payload, still masked."""
+        length = len(chunk)
+        self._frame_remaining -= length
+        if self._frame_deferred:
+            if length:
+                self._frame_chunks.append(chunk)
+            if self._frame_remaining:
+                return
+            chunks, self._frame_chunks = self._frame_chunks, []
+            if len(chunks) == 1:
+                data = apply_mask(chunks[0], self._frame_mask)
+            else:
+                data = apply_mask_chunks(chunks, self._frame_mask)
+        else:
+            offset = self._frame_offset & 3
+            mask = self._frame_mask
+            if offset:
+                mask = mask[offset:] + mask[:offset]
+            data = apply_mask(chunk, mask)
+            self._frame_offset += length
         message_end = self._frame_fin and not self._frame_remaining
         self._message_wire_size += len(data)
         for extension in self._message_extensions:

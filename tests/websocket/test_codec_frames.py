@@ -21,12 +21,15 @@ from asgiws.websocket import (
 from asgiws.websocket import mask as mask_module
 
 IMPLEMENTATIONS = [pytest.param(mask_module.py_apply_mask, id="python")]
+CHUNK_IMPLEMENTATIONS = [pytest.param(mask_module.py_apply_mask_chunks, id="python")]
 try:
     from asgiws.websocket._speedups import apply_mask as c_apply_mask
+    from asgiws.websocket._speedups import apply_mask_chunks as c_apply_mask_chunks
 
     IMPLEMENTATIONS.append(pytest.param(c_apply_mask, id="c"))
+    CHUNK_IMPLEMENTATIONS.append(pytest.param(c_apply_mask_chunks, id="c"))
 except ImportError:  # the test env must build it: fail loudly below
-    c_apply_mask = None
+    c_apply_mask = c_apply_mask_chunks = None
 
 
 # -- masking -------------------------------------------------------------------
@@ -35,6 +38,7 @@ except ImportError:  # the test env must build it: fail loudly below
 def test_c_speedups_are_built_and_used() -> None:
     assert c_apply_mask is not None, "build with `pip install -e .`"
     assert mask_module.apply_mask is c_apply_mask
+    assert mask_module.apply_mask_chunks is c_apply_mask_chunks
 
 
 @pytest.mark.parametrize("apply_mask", IMPLEMENTATIONS)
@@ -55,6 +59,29 @@ def test_mask_of_wrong_length_is_rejected(apply_mask) -> None:
         apply_mask(b"abc", b"abc")
 
 
+@pytest.mark.parametrize("apply_mask_chunks", CHUNK_IMPLEMENTATIONS)
+@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 17, 64, 1000])
+def test_chunked_mask_agrees_with_masking_the_joined_payload(apply_mask_chunks, length: int) -> None:
+    # The mask phase carries across chunk boundaries at every offset.
+    data = os.urandom(length)
+    mask = os.urandom(4)
+    expected = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    assert apply_mask_chunks([], mask) == b""
+    assert apply_mask_chunks([data], mask) == expected
+    for cut in range(length + 1):
+        for cut2 in range(cut, min(length, cut + 9) + 1):
+            chunks = [data[:cut], memoryview(data)[cut:cut2], bytearray(data[cut2:])]
+            assert apply_mask_chunks(chunks, mask) == expected, (cut, cut2)
+
+
+@pytest.mark.parametrize("apply_mask_chunks", CHUNK_IMPLEMENTATIONS)
+def test_chunked_mask_rejects_a_bad_mask_and_non_buffers(apply_mask_chunks) -> None:
+    with pytest.raises(ValueError):
+        apply_mask_chunks([b"abc"], b"abc")
+    with pytest.raises(TypeError):
+        apply_mask_chunks([b"abc", "text"], b"abcd")
+
+
 # -- parsing valid frames, whole and split at every offset ------------------------
 
 
@@ -69,6 +96,45 @@ def test_binary_frame_of_each_length_encoding(length: int) -> None:
     else:
         for split in (1, 2, 3, 4, 5, 8, 9, 14, 15, len(data) // 2, len(data) - 1):
             assert feed(data, split)[1] == [BinaryMessage(payload)]
+
+
+@pytest.fixture(params=["c", "python"])
+def mask_twins(request, monkeypatch):
+    """Run a codec test with the C helpers, then with their pure-Python twins."""
+    if request.param == "python":
+        from asgiws.websocket import connection
+
+        monkeypatch.setattr(connection, "apply_mask", mask_module.py_apply_mask)
+        monkeypatch.setattr(connection, "apply_mask_chunks", mask_module.py_apply_mask_chunks)
+    return request.param
+
+
+@pytest.mark.usefixtures("mask_twins")
+def test_large_binary_frame_in_many_reads_is_unmasked_whole() -> None:
+    # Binary payloads are kept as they arrive and unmasked once at the end of
+    # the frame; reads of odd sizes move the mask phase at every boundary.
+    payload = os.urandom(300_000)
+    data = client_frame(Opcode.BINARY, payload) + client_frame(Opcode.TEXT, b"after")
+    for read_size in (1000, 4097, 65536, 100_003):
+        conn = ServerConnection()
+        events = []
+        for start in range(0, len(data), read_size):
+            events += conn.receive_data(data[start : start + read_size])
+        assert events == [BinaryMessage(payload), TextMessage("after")], read_size
+
+
+@pytest.mark.usefixtures("mask_twins")
+def test_fragmented_binary_message_with_frames_split_across_reads() -> None:
+    parts = [os.urandom(n) for n in (5000, 0, 3, 70_000)]
+    data = client_frame(Opcode.BINARY, parts[0], fin=False)
+    data += client_frame(Opcode.PING, b"between")
+    for part in parts[1:-1]:
+        data += client_frame(Opcode.CONTINUATION, part, fin=False)
+    data += client_frame(Opcode.CONTINUATION, parts[-1])
+    for split in (1, 7, 5003, 5010, 5020, len(data) // 2, len(data) - 1):
+        conn, events = feed(data, split)
+        assert events == [BinaryMessage(b"".join(parts))], split
+        assert parse_server_frames(conn.data_to_send()) == [(Opcode.PONG, True, 0, b"between")]
 
 
 def test_text_frame_split_at_every_offset() -> None:
