@@ -121,7 +121,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._connect_delivered = False
         self._disconnect_message: Message | None = None  # set once the connection is over
         self.state = State.HANDSHAKE
-        self._send_handlers: dict[str, Callable[[Message], Awaitable[None]]] = {}
+        # A handler returns None when it is done, else what to await (see send()).
+        self._send_handlers: dict[str, Callable[[Message], Awaitable[None] | None]] = {}
         self._enter(State.HANDSHAKE)
         self._close_timer: asyncio.TimerHandle | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -131,6 +132,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self._response_status = 0
         self._response_chunked = False
         self._shutdown_code: int | None = None
+        # Read on every message: kept here rather than looked up on config.
+        self._max_queue = config.ws_max_queue
+        self._message_rate = config.ws_max_message_rate
         # --ws-max-message-rate token bucket.
         self._tokens = float(config.ws_max_message_burst)
         self._tokens_time = 0.0
@@ -191,7 +195,9 @@ class WebSocketProtocol(asyncio.Protocol):
             self._early_input += data
             return
         events = conn.receive_data(data)
-        self._flush()  # pongs the codec queued
+        chunks = conn.data_to_send()  # pongs the codec queued
+        if chunks:
+            self._write_chunks(chunks)
         for event in events:
             self._on_event(event)
 
@@ -226,37 +232,42 @@ class WebSocketProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._wake_drain_waiter()
-        if len(self._queue) < self.config.ws_max_queue:
+        if len(self._queue) < self._max_queue:
             self._resume_reading()
 
     # -- codec events → ASGI -----------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, Pong):
+        # Exact type checks: the event classes are final, and this runs per message.
+        kind = type(event)
+        if kind is Pong:
+            assert isinstance(event, Pong)
             self._on_pong(event)
             return
-        if (self.config.ws_max_message_rate is not None and isinstance(event, (TextMessage, BinaryMessage))
+        if (self._message_rate is not None and (kind is TextMessage or kind is BinaryMessage)
                 and not self._take_token()):
             event = ProtocolFailure(CloseCode.POLICY_VIOLATION, "message rate limit exceeded")
-        if isinstance(event, CloseReceived) and self.conn is not None and self.conn.close_sent:
+            kind = ProtocolFailure
+        if kind is CloseReceived and self.conn is not None and self.conn.close_sent:
             # Our close has been answered. 7.1.1: the server closes the TCP
             # connection first; the app already has its disconnect message.
             self.transport.close()
             return
+        queue = self._queue
         waiter = self._waiter
-        if waiter is not None and not self._queue:
+        if waiter is not None and not queue:
             self._waiter = None
             waiter.set_result(event)
             return
-        self._queue.append(event)
-        if isinstance(event, (CloseReceived, ProtocolFailure)):
+        queue.append(event)
+        if kind is CloseReceived or kind is ProtocolFailure:
             # The app has earlier messages to read first; give it ws_close_timeout.
             self._arm_close_timer(self._apply_queued_terminal)
-        elif len(self._queue) >= self.config.ws_max_queue:
+        elif len(queue) >= self._max_queue:
             self._pause_reading()
 
     def _take_token(self) -> bool:
-        rate = self.config.ws_max_message_rate
+        rate = self._message_rate
         assert rate is not None
         now = self.loop.time()
         self._tokens = min(float(self.config.ws_max_message_burst), self._tokens + (now - self._tokens_time) * rate)
@@ -267,9 +278,9 @@ class WebSocketProtocol(asyncio.Protocol):
         return True
 
     def _to_asgi(self, event: Event) -> Message:
-        if isinstance(event, TextMessage):
+        if type(event) is TextMessage:
             return {"type": "websocket.receive", "text": event.data}
-        if isinstance(event, BinaryMessage):
+        if type(event) is BinaryMessage:
             return {"type": "websocket.receive", "bytes": event.data}
         assert isinstance(event, (CloseReceived, ProtocolFailure))  # Pong never reaches the queue
         return self._apply_terminal(event)
@@ -312,9 +323,10 @@ class WebSocketProtocol(asyncio.Protocol):
         if not self._connect_delivered:
             self._connect_delivered = True
             return {"type": "websocket.connect"}
-        if self._queue:
-            event = self._queue.popleft()
-            if self._reading_paused and not self._writing_paused and len(self._queue) < self.config.ws_max_queue:
+        queue = self._queue
+        if queue:
+            event = queue.popleft()
+            if self._reading_paused and not self._writing_paused and len(queue) < self._max_queue:
                 self._resume_reading()
             return self._to_asgi(event)
         if self._disconnect_message is not None:
@@ -337,7 +349,11 @@ class WebSocketProtocol(asyncio.Protocol):
                 raise ClientDisconnected(f"WebSocket is closed; cannot send {message['type']!r}")
             expected = " or ".join(repr(name) for name in SEND_TABLE[self.state])
             raise RuntimeError(f"Expected ASGI message {expected} but got {message['type']!r}")
-        await handler(message)
+        # websocket.send returns None once its frame is written (no coroutine
+        # per message); the other handlers are coroutines, awaited here.
+        waiting = handler(message)
+        if waiting is not None:
+            await waiting
 
     def _enter(self, state: State) -> None:
         self.state = state
@@ -405,32 +421,44 @@ class WebSocketProtocol(asyncio.Protocol):
             self._log_access(self._response_status)
             self._finish_rejected()
 
-    async def _send_data(self, message: Message) -> None:
+    def _send_data(self, message: Message) -> Awaitable[None] | None:
+        """Write one message's frame now; None, or what to await (drain, fragments, a send in progress).
+
+        Not a coroutine: the common case (the frame goes to a transport that
+        is not backed up) needs no coroutine object of its own.
+        Raises ClientDisconnected once our close frame is sent or the transport closes.
+        """
         conn = self.conn
         assert conn is not None
-        while self._fragmented_send is not None:
-            # 5.4: another task's fragmented message is going out; no data
-            # frame may come between its frames.
-            await self._fragmented_send
+        if self._fragmented_send is not None:
+            return self._send_data_after_fragments(message)
         if conn.close_sent or self.transport.is_closing():
             raise ClientDisconnected("WebSocket is closing; cannot send 'websocket.send'")
         text = message.get("text")
         if text is not None:
             if len(text) > WS_FRAGMENT_SIZE:
-                await self._send_fragmented(text)
-                return
+                return self._send_fragmented(text)
             conn.send_text(text)
         else:
             data = message.get("bytes")
             if data is None:
                 raise RuntimeError("Expected 'bytes' or 'text' in 'websocket.send', got neither")
             if len(data) > WS_FRAGMENT_SIZE:
-                await self._send_fragmented(data)
-                return
+                return self._send_fragmented(data)
             conn.send_binary(data)
-        self._flush()
+        self._write_chunks(conn.data_to_send())
         if self._writing_paused:
-            await self._drain()
+            return self._drain()
+        return None
+
+    async def _send_data_after_fragments(self, message: Message) -> None:
+        while self._fragmented_send is not None:
+            # 5.4: another task's fragmented message is going out; no data
+            # frame may come between its frames.
+            await self._fragmented_send
+        waiting = self._send_data(message)
+        if waiting is not None:
+            await waiting
 
     async def _send_fragmented(self, data: str | bytes) -> None:
         """A large message one frame per loop step, so its encoding never stalls other connections."""

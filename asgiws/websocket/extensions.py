@@ -24,7 +24,12 @@ class Extension:
     rsv_mask: int = 0
 
     def begin_message(self, opcode: int, rsv: int) -> bool:
-        """Whether this extension decodes the message whose first frame has these RSV bits."""
+        """Whether this extension decodes the message whose first frame has these RSV bits.
+
+        An extension with a nonzero `rsv_mask` decodes only messages that have
+        one of its bits set (RFC 6455 5.2: the bits signal the extension), so
+        the codec does not ask it about messages whose RSV bits are all clear.
+        """
         raise NotImplementedError
 
     def decode(self, data: bytes, *, end: bool, max_length: int) -> bytes:
