@@ -30,6 +30,12 @@ MiB = 1024 * KiB
 WS_FRAGMENT_SIZE = 1 * MiB
 
 
+# Bytes one socket read takes for HTTP (one buffer shared by a worker's HTTP
+# connections): uvloop's own read size, so a 1 MiB upload is 4-5 reads, and
+# the largest body piece the server holds past http_read_high_water.
+HTTP_READ_SIZE = 256 * KiB
+
+
 def option(
     default: Any,
     help: str,

@@ -10,6 +10,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from asgiws.config import HTTP_READ_SIZE
+
 
 class Connection(Protocol):
     """What the server needs from every open connection to shut down gracefully."""
@@ -42,6 +44,10 @@ class ServerState:
     default_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # Lifespan state; each connection's scope gets a shallow copy.
     lifespan_state: dict[str, Any] = field(default_factory=dict)
+    # The buffer every HTTP connection of this worker reads into (one event loop
+    # parses one read at a time); per loop, never per process, since loops in
+    # other threads read while the GIL is released.
+    read_buffer: bytearray = field(default_factory=lambda: bytearray(HTTP_READ_SIZE))
 
     def over_connection_limit(self, client_ip: str | None, limit_per_ip: int | None) -> bool:
         """True when `client_ip` already holds `limit_per_ip` connections."""

@@ -99,7 +99,7 @@ class _Abort(Exception):
         self.reason = reason
 
 
-class HttpProtocol(asyncio.Protocol):
+class HttpProtocol(asyncio.BufferedProtocol):
     """One client connection speaking HTTP/1.x."""
 
     def __init__(
@@ -175,17 +175,28 @@ class HttpProtocol(asyncio.Protocol):
         if logger.isEnabledFor(TRACE_LOG_LEVEL):
             logger.log(TRACE_LOG_LEVEL, "%s - HTTP connection lost", self._client_text())
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> bytearray:
+        # Every HTTP connection of the worker reads into the one buffer: each read
+        # is parsed before the loop makes the next, and what outlives the parse
+        # (body pieces, header fields) httptools copies out. A bytes object per
+        # read was one more copy of every upload, allocated and freed per read.
+        return self.server_state.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._receive(self.server_state.read_buffer, nbytes)
+
+    def _receive(self, data: bytes | bytearray, size: int) -> None:
+        """Parse data[:size], just read (or given back after an h2c upgrade)."""
         if self._closing or self._upgraded:
             return
         if self._backlog:
             # A read that was already on its way when reading paused.
-            self._backlog += data
+            self._backlog += data[:size]
             return
-        self._parse(data)
+        self._parse(data, size)
 
-    def _parse(self, data: bytes) -> None:
-        """Feed httptools piece by piece; stop and keep the rest once the pipeline is full.
+    def _parse(self, data: bytes | bytearray, size: int) -> None:
+        """Feed httptools data[:size] piece by piece; stop and keep the rest once the pipeline is full.
 
         One read can hold thousands of pipelined requests: parsing it whole would
         queue them all. Between pieces (`_piece_end`) the queue is checked, so it
@@ -193,14 +204,13 @@ class HttpProtocol(asyncio.Protocol):
         the rest of the read waits (reading paused) until answers drain the queue.
         """
         offset = 0
-        size = len(data)
-        view = memoryview(data)  # pieces are fed as views: a 256 KiB read is not copied
+        view = memoryview(data)[:size]  # pieces are fed as views, not copied
         while offset < size and not self._closing and not self._upgraded:
             if len(self.pipeline) >= self.config.max_pipelined_requests:
-                self._backlog = data[offset:]
+                self._backlog = bytes(view[offset:])
                 self._update_reading()
                 return
-            end = self._piece_end(data, offset)
+            end = self._piece_end(data, offset, size)
             if self._in_head:
                 # Raw bytes of an unfinished head (httptools buffers a partial field
                 # whole): bounded here, before the field ends, to the piece.
@@ -212,8 +222,8 @@ class HttpProtocol(asyncio.Protocol):
                 return
             offset = end
 
-    def _piece_end(self, data: bytes, offset: int) -> int:
-        """Where the next piece of `data` to parse ends: it completes few request heads.
+    def _piece_end(self, data: bytes | bytearray, offset: int, size: int) -> int:
+        """Where the next piece of data[:size] to parse ends: it completes few request heads.
 
         Body still owed under Content-Length holds no head, so it goes whole and
         unscanned (scanning a 1 MiB upload for heads took a third of the server's
@@ -223,17 +233,16 @@ class HttpProtocol(asyncio.Protocol):
         or a flood of them would cost one feed per 4 bytes. A chunked body's
         bytes may hold CRLF CRLF anywhere: its pieces are at least a slice long.
         """
-        size = len(data)
         if size - offset <= _PARSE_SLICE:
             return size
         cycle = self._parsing
         if cycle is None:
-            head_end = data.find(b"\r\n\r\n", _skip_empty_lines(data, offset))
+            head_end = data.find(b"\r\n\r\n", _skip_empty_lines(data, offset, size), size)
             return size if head_end < 0 else head_end + 4
         owed = cycle.body_owed()
         if owed > 0:
             return min(size, offset + owed)
-        head_end = data.find(b"\r\n\r\n", offset)
+        head_end = data.find(b"\r\n\r\n", offset, size)
         return size if head_end < 0 else min(size, max(head_end + 4, offset + _PARSE_SLICE))
 
     def _feed(self, view: memoryview, start: int, end: int) -> bool:
@@ -401,7 +410,7 @@ class HttpProtocol(asyncio.Protocol):
             self.pipeline.popleft()()
         if self._backlog and len(self.pipeline) < self.config.max_pipelined_requests and not self._closing:
             backlog, self._backlog = self._backlog, b""
-            self._parse(backlog)
+            self._parse(backlog, len(backlog))
         self._update_reading()
         if self.cycle is None and not self._in_head and self._parsing is None and not self._closing:
             self._set_timer(self.config.timeout_keep_alive)
@@ -432,7 +441,7 @@ class HttpProtocol(asyncio.Protocol):
             # h2c and friends are not supported: keep speaking HTTP/1.1.
             self.parser = httptools.HttpRequestParser(self)
             if trailing:
-                self.data_received(trailing)
+                self._receive(trailing, len(trailing))
             return
         scope, method = upgrade
         # Nothing after an upgrade request is HTTP any more: read again only after the hand-off.
@@ -578,9 +587,9 @@ class HttpProtocol(asyncio.Protocol):
         return f"{self.client[0]}:{self.client[1]}" if self.client else "-"
 
 
-def _skip_empty_lines(data: bytes, offset: int) -> int:
-    """The offset past the CR and LF bytes that start at `offset`."""
-    match = _EMPTY_LINES.match(data, offset)
+def _skip_empty_lines(data: bytes | bytearray, offset: int, size: int) -> int:
+    """The offset past the CR and LF bytes that start at `offset` (before `size`)."""
+    match = _EMPTY_LINES.match(data, offset, size)
     return match.end() if match else offset
 
 
