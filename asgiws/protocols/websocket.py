@@ -56,6 +56,9 @@ ASGI_VERSIONS = {"version": "3.0", "spec_version": "2.4"}
 # Broadcast frames queued in one loop iteration are joined into one write (one
 # system call) up to this many bytes; past it a copy costs more than it saves.
 _JOIN_WRITES_LIMIT = 64 * 1024
+# Frames the codec produced in one go are joined when each is at most this
+# big (a frame's header and payload are already one chunk up to 4 KiB).
+_JOIN_CHUNK_LIMIT = 4096
 
 
 class ClientDisconnected(OSError):
@@ -661,6 +664,11 @@ class WebSocketProtocol(asyncio.Protocol):
         backlogged = self._writing_paused
         if len(chunks) == 1:
             self.transport.write(chunks[0])
+        elif len(chunks) > 2 and max(map(len, chunks)) <= _JOIN_CHUNK_LIMIT:
+            # Many small frames from one read (pongs to a burst of pings):
+            # one buffer instead of thousands of small objects held by the
+            # transport while the client is not reading.
+            self.transport.write(b"".join(chunks))
         else:
             self.transport.writelines(chunks)
         if backlogged and self.transport.get_write_buffer_size() > self.config.ws_max_send_queue:

@@ -128,9 +128,9 @@ class ServerConnection:
         buffer = self._buffer
         if buffer:
             # A header (or control frame) cut by the previous read: at most
-            # 131 bytes wait here, since data payloads are taken as they come.
-            buffer += data
-            data = bytes(buffer)
+            # 131 bytes wait here, since data payloads are taken as they come;
+            # one copy of the read, and the bytearray itself never grows.
+            data = bytes(buffer) + data
             buffer.clear()
         elif type(data) is not bytes:
             data = bytes(data)
