@@ -25,7 +25,7 @@ from asgiws.logging import TRACE_LOG_LEVEL, log_access
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.utils import (
     TrustedProxies,
-    apply_proxy_headers,
+    rewrite_from_forwarded,
     get_local_addr,
     get_remote_addr,
     is_ssl,
@@ -116,6 +116,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self.app = app
         self.loop = loop or asyncio.get_event_loop()
         self.trusted = trusted_proxies or TrustedProxies(config.forwarded_allow_ips)
+        self._raw_root_path = config.root_path.encode("utf-8")
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
@@ -135,6 +136,13 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
+        # What the head's fields say, noted as they arrive (_HEAD_NOTES), so the
+        # head is not searched again field by field for each question.
+        self._hosts = 0
+        self._content_length: int | None = None
+        self._expect_100 = False
+        self._wants_websocket = False
+        self._forwarded = False  # an X-Forwarded-* field is present
         self._head_bytes = 0
         self._in_head = False
         self._ws_upgrade: tuple[Scope, str] | None = None
@@ -148,6 +156,8 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self.client = get_remote_addr(transport)
         self.server = get_local_addr(transport)
         self.client_ip = self.client[0] if self.client else None
+        # The peer does not change: whether its X-Forwarded-* fields count is decided once.
+        self._proxy_trusted = self.config.proxy_headers and self.client_ip in self.trusted
         self.scheme = "https" if is_ssl(transport) else "http"
         over_limit = self.server_state.over_connection_limit(
             self.client_ip, self.config.limit_connections_per_ip
@@ -285,6 +295,11 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._url = b""
         self._headers = []
         self._head_size = 0
+        self._hosts = 0
+        self._content_length = None
+        self._expect_100 = False
+        self._wants_websocket = False
+        self._forwarded = False
         self._head_bytes = 0
         self._in_head = True
         self._set_timer(self.config.timeout_handshake)
@@ -301,7 +316,11 @@ class HttpProtocol(asyncio.BufferedProtocol):
             raise self._set_abort(431, "Request header fields too large")
         if len(self._headers) >= self.config.max_header_count:
             raise self._set_abort(431, "Too many request header fields")
-        self._headers.append((name.lower(), value))
+        name = name.lower()
+        self._headers.append((name, value))
+        note = _HEAD_NOTES.get(name)
+        if note is not None:
+            note(self, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -311,31 +330,26 @@ class HttpProtocol(asyncio.BufferedProtocol):
             raise self._set_abort(400, "Invalid request target")
         # RFC 9112 3.2: a server MUST respond 400 to an HTTP/1.1 request without
         # a Host field and to any request with more than one.
-        hosts = sum(1 for name, _ in self._headers if name == b"host")
+        hosts = self._hosts
         if hosts > 1 or (hosts == 0 and scope["http_version"] == "1.1"):
             raise self._set_abort(400, "Invalid HTTP request: missing or repeated Host header")
-        method = self.parser.get_method().decode("ascii")
-        if _wants_websocket(self._headers):
+        if self._forwarded and self._proxy_trusted:
+            rewrite_from_forwarded(scope, self.trusted)
+        if self._wants_websocket:
+            method = scope.pop("method")
             scope["type"] = "websocket"
             scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
             scope["subprotocols"] = []
-            del scope["method"]
-            if self.trusted is not None and self.config.proxy_headers:
-                apply_proxy_headers(scope, self.trusted)
             self._ws_upgrade = (scope, method)
             return
-        if self.config.proxy_headers:
-            apply_proxy_headers(scope, self.trusted)
         self.server_state.total_requests += 1
         cycle = RequestCycle(self, scope, keep_alive=self.parser.should_keep_alive())
-        content_length = _content_length(self._headers)
+        content_length = self._content_length
         limit = self.config.limit_request_body
         if limit is not None and content_length is not None and content_length > limit:
             raise self._set_abort(413, "Request body too large")
         cycle.content_length = content_length
-        cycle.expect_100 = scope["http_version"] == "1.1" and any(
-            name == b"expect" and value.lower() == b"100-continue" for name, value in self._headers
-        )
+        cycle.expect_100 = self._expect_100 and scope["http_version"] == "1.1"
         self._parsing = cycle
         self._enqueue(cycle.start)
 
@@ -371,7 +385,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
             raw_path = parsed.path or b"/"
             query = parsed.query or b""
         root_path = self.config.root_path
-        path = unquote(raw_path.decode("latin-1"), encoding="utf-8", errors="replace")
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path, encoding="utf-8", errors="replace")
         return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
@@ -379,7 +395,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
             "method": self.parser.get_method().decode("ascii"),
             "scheme": self.scheme,
             "path": root_path + path,
-            "raw_path": root_path.encode("utf-8") + raw_path,
+            "raw_path": self._raw_root_path + raw_path if self._raw_root_path else raw_path,
             "query_string": query,
             "root_path": root_path,
             "headers": self._headers,
@@ -593,21 +609,42 @@ def _skip_empty_lines(data: bytes | bytearray, offset: int, size: int) -> int:
     return match.end() if match else offset
 
 
-def _wants_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, value in headers:
-        if name == b"upgrade" and b"websocket" in [t.strip().lower() for t in value.split(b",")]:
-            return True
-    return False
+def _note_host(protocol: HttpProtocol, value: bytes) -> None:
+    protocol._hosts += 1
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+def _note_content_length(protocol: HttpProtocol, value: bytes) -> None:
+    if protocol._content_length is None:
+        try:
+            protocol._content_length = int(value)
+        except ValueError:
+            pass  # httptools refuses the head as well: not a length
+
+
+def _note_expect(protocol: HttpProtocol, value: bytes) -> None:
+    if value.lower() == b"100-continue":
+        protocol._expect_100 = True
+
+
+def _note_upgrade(protocol: HttpProtocol, value: bytes) -> None:
+    if b"websocket" in [token.strip().lower() for token in value.split(b",")]:
+        protocol._wants_websocket = True
+
+
+def _note_forwarded(protocol: HttpProtocol, value: bytes) -> None:
+    protocol._forwarded = True
+
+
+# Request fields the server acts on, by lowercased name: noted once as each arrives.
+_HEAD_NOTES: dict[bytes, Callable[[HttpProtocol, bytes], None]] = {
+    b"host": _note_host,
+    b"content-length": _note_content_length,
+    b"expect": _note_expect,
+    b"upgrade": _note_upgrade,
+    b"x-forwarded-proto": _note_forwarded,
+    b"x-forwarded-for": _note_forwarded,
+    b"x-forwarded-host": _note_forwarded,
+}
 
 
 def _parse_error_reason(exc: Exception) -> str:
@@ -856,7 +893,9 @@ class RequestCycle:
             raise RuntimeError("response body sent before http.response.start")
         if self.response_complete:
             raise RuntimeError("response already complete")
-        body = bytes(message.get("body", b""))
+        body = message.get("body", b"")
+        if type(body) is not bytes:
+            body = bytes(body)
         more_body = bool(message.get("more_body", False))
         head = b""
         if self._lines is not None:

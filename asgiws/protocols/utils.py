@@ -62,25 +62,27 @@ class TrustedProxies:
         return any(address in network for network in self.networks)
 
 
-def _last_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    value = None
+_FORWARDED = (b"x-forwarded-proto", b"x-forwarded-for", b"x-forwarded-host")
+
+
+def _last_forwarded(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """The last value of each X-Forwarded-* field present, in one pass over the head."""
+    found: dict[bytes, bytes] = {}
     for key, val in headers:
-        if key == name:
-            value = val
-    return value
+        if key in _FORWARDED:
+            found[key] = val
+    return found
 
 
-def apply_proxy_headers(scope: dict[str, Any] | Any, trusted: TrustedProxies) -> None:
-    """Rewrite scheme, client and server from X-Forwarded-* when the peer is trusted.
+def rewrite_from_forwarded(scope: dict[str, Any] | Any, trusted: TrustedProxies) -> None:
+    """Rewrite scheme, client and server from X-Forwarded-*; the caller has checked
+    that the TCP peer is in `trusted` (once per connection: the peer does not change).
 
     X-Forwarded-For: the client is the right-most address not itself trusted
     (each proxy appends; only trusted ones can be believed).
     """
-    client = scope.get("client")
-    if (client[0] if client else None) not in trusted:
-        return
-    headers = scope["headers"]
-    proto = _last_header(headers, b"x-forwarded-proto")
+    forwarded = _last_forwarded(scope["headers"])
+    proto = forwarded.get(b"x-forwarded-proto")
     if proto is not None:
         value = proto.decode("latin-1").split(",")[-1].strip().lower()
         if value in ("http", "https", "ws", "wss"):
@@ -89,7 +91,7 @@ def apply_proxy_headers(scope: dict[str, Any] | Any, trusted: TrustedProxies) ->
                 scope["scheme"] = "wss" if secure else "ws"
             else:
                 scope["scheme"] = "https" if secure else "http"
-    forwarded_for = _last_header(headers, b"x-forwarded-for")
+    forwarded_for = forwarded.get(b"x-forwarded-for")
     if forwarded_for is not None:
         hosts = [h.strip() for h in forwarded_for.decode("latin-1").split(",") if h.strip()]
         chosen = None
@@ -99,7 +101,7 @@ def apply_proxy_headers(scope: dict[str, Any] | Any, trusted: TrustedProxies) ->
                 break
         if chosen is not None:
             scope["client"] = (chosen, 0)
-    forwarded_host = _last_header(headers, b"x-forwarded-host")
+    forwarded_host = forwarded.get(b"x-forwarded-host")
     if forwarded_host is not None:
         host_text = forwarded_host.decode("latin-1").split(",")[-1].strip()
         name, sep, port = host_text.rpartition(":")

@@ -86,6 +86,19 @@ def test_upgrade_handed_off_with_scope_and_trailing_bytes(run_server, fake_ws):
     assert (b"upgrade", b"WebSocket") in scope["headers"]
 
 
+def test_upgrade_from_trusted_proxy_gets_wss_scheme_and_forwarded_client(run_server, fake_ws):
+    forwarded = UPGRADE.replace(
+        b"Host: x\r\n", b"Host: x\r\nX-Forwarded-Proto: https\r\nX-Forwarded-For: 203.0.113.7\r\n"
+    )
+    with run_server(http_app) as server:
+        client = RawClient(server.port)
+        client.send(forwarded)
+        assert recv_until(client, b"TAKEN:") == b"TAKEN:"
+    scope = fake_ws.taken[0]["scope"]
+    assert scope["scheme"] == "wss"
+    assert scope["client"] == ("203.0.113.7", 0)
+
+
 def test_upgrade_behind_pipelined_request_waits_its_turn(run_server, fake_ws):
     with run_server(http_app) as server:
         client = RawClient(server.port)
