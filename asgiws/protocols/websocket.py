@@ -92,6 +92,44 @@ def _encode_header(name: bytes | str, value: bytes | str) -> tuple[bytes, bytes]
     )
 
 
+class _PayloadReader(asyncio.BufferedProtocol):
+    """On the transport while a large binary frame's payload is read.
+
+    Reads go straight into the bytes object the app will receive
+    (`ServerConnection.payload_buffer`): no copy of the payload in Python,
+    no read-sized bytes objects. Everything else is the WebSocketProtocol's,
+    which is put back on the transport when the frame is complete.
+    """
+
+    __slots__ = ("ws",)
+
+    def __init__(self, ws: WebSocketProtocol) -> None:
+        self.ws = ws
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        conn = self.ws.conn
+        assert conn is not None
+        view = conn.payload_buffer()
+        # Never None while installed: it is taken off when no longer pending.
+        assert view is not None
+        return view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.ws.payload_received(nbytes)
+
+    def eof_received(self) -> bool | None:
+        return self.ws.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ws.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.ws.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.ws.resume_writing()
+
+
 class WebSocketProtocol(asyncio.Protocol):
     """One WebSocket connection, from the upgrade request to the closed transport."""
 
@@ -203,6 +241,17 @@ class WebSocketProtocol(asyncio.Protocol):
             self._write_chunks(chunks)
         for event in events:
             self._on_event(event)
+        if conn.payload_pending and not self.transport.is_closing():
+            # A large binary frame began: read the rest of it in place.
+            self.transport.set_protocol(_PayloadReader(self))
+
+    def payload_received(self, nbytes: int) -> None:
+        """`nbytes` of a large frame's payload were read in place (see _PayloadReader)."""
+        conn = self.conn
+        assert conn is not None
+        conn.payload_received(nbytes)  # never completes a message: its end comes to data_received
+        if not conn.payload_pending:
+            self.transport.set_protocol(self)
 
     def eof_received(self) -> bool | None:
         if self.conn is not None:

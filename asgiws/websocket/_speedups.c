@@ -102,6 +102,149 @@ done:
     return result;
 }
 
+
+/* PayloadBuffer: a bytes object filled in place, for a large frame payload.
+ *
+ * The reads of a large frame go straight into the storage of the bytes
+ * object that the app will receive (through the buffer protocol, as
+ * socket.recv_into would), and are unmasked there: no intermediate copies.
+ * The bytes object is not reachable from Python until finish(); finish()
+ * publishes it only when no writable view of it is still exported, else it
+ * returns a copy, so a published bytes object is never written again.
+ * The storage is not zeroed: the codec writes every byte before finish(). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *bytes;      /* the bytes object being filled; NULL after finish() */
+    Py_ssize_t exports;   /* writable views handed out and not yet released */
+} PayloadBuffer;
+
+static PyObject *
+PayloadBuffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    Py_ssize_t size;
+    static char *kwlist[] = {"size", NULL};
+    PayloadBuffer *self;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n:PayloadBuffer", kwlist, &size))
+        return NULL;
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must not be negative");
+        return NULL;
+    }
+    self = (PayloadBuffer *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->bytes = PyBytes_FromStringAndSize(NULL, size);
+    if (self->bytes == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    self->exports = 0;
+    return (PyObject *)self;
+}
+
+static void
+PayloadBuffer_dealloc(PayloadBuffer *self)
+{
+    Py_XDECREF(self->bytes);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+PayloadBuffer_getbuffer(PayloadBuffer *self, Py_buffer *view, int flags)
+{
+    if (self->bytes == NULL) {
+        PyErr_SetString(PyExc_BufferError, "PayloadBuffer already finished");
+        view->obj = NULL;
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, (PyObject *)self, PyBytes_AS_STRING(self->bytes), PyBytes_GET_SIZE(self->bytes),
+                          0, flags) < 0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void
+PayloadBuffer_releasebuffer(PayloadBuffer *self, Py_buffer *view)
+{
+    self->exports--;
+}
+
+static PyBufferProcs PayloadBuffer_as_buffer = {
+    (getbufferproc)PayloadBuffer_getbuffer,
+    (releasebufferproc)PayloadBuffer_releasebuffer,
+};
+
+static PyObject *
+PayloadBuffer_view(PayloadBuffer *self, PyObject *unused)
+{
+    return PyMemoryView_FromObject((PyObject *)self);
+}
+
+static PyObject *
+PayloadBuffer_unmask(PayloadBuffer *self, PyObject *args)
+{
+    Py_ssize_t start, end;
+    Py_buffer mask;
+    unsigned char *buf;
+
+    if (!PyArg_ParseTuple(args, "nny*:unmask", &start, &end, &mask))
+        return NULL;
+    if (mask.len != 4) {
+        PyErr_SetString(PyExc_ValueError, "mask must contain 4 bytes");
+        PyBuffer_Release(&mask);
+        return NULL;
+    }
+    if (self->bytes == NULL || start < 0 || end < start || end > PyBytes_GET_SIZE(self->bytes)) {
+        PyErr_SetString(PyExc_ValueError, "unmask range outside the buffer");
+        PyBuffer_Release(&mask);
+        return NULL;
+    }
+    buf = (unsigned char *)PyBytes_AS_STRING(self->bytes) + start;
+    xor_mask(buf, buf, end - start, (const unsigned char *)mask.buf, start & 3);
+    PyBuffer_Release(&mask);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+PayloadBuffer_finish(PayloadBuffer *self, PyObject *unused)
+{
+    PyObject *result;
+
+    if (self->bytes == NULL) {
+        PyErr_SetString(PyExc_ValueError, "PayloadBuffer already finished");
+        return NULL;
+    }
+    if (self->exports) {
+        /* Someone may still write through a view: publish a copy. */
+        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(self->bytes), PyBytes_GET_SIZE(self->bytes));
+    }
+    result = self->bytes;
+    self->bytes = NULL;
+    return result;
+}
+
+static PyMethodDef PayloadBuffer_methods[] = {
+    {"view", (PyCFunction)PayloadBuffer_view, METH_NOARGS, "A writable memoryview of the whole payload."},
+    {"unmask", (PyCFunction)PayloadBuffer_unmask, METH_VARARGS,
+     "unmask(start, end, mask): XOR [start:end) in place with the mask, phase start % 4."},
+    {"finish", (PyCFunction)PayloadBuffer_finish, METH_NOARGS, "The payload as bytes; the buffer is then spent."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PayloadBuffer_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "asgiws.websocket._speedups.PayloadBuffer",
+    .tp_basicsize = sizeof(PayloadBuffer),
+    .tp_dealloc = (destructor)PayloadBuffer_dealloc,
+    .tp_as_buffer = &PayloadBuffer_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "PayloadBuffer(size): a frame payload read and unmasked in place, then finished into bytes.",
+    .tp_methods = PayloadBuffer_methods,
+    .tp_new = PayloadBuffer_new,
+};
+
 static PyMethodDef methods[] = {
     {"apply_mask", apply_mask, METH_VARARGS, "XOR data with a 4-byte mask repeated; returns bytes."},
     {"apply_mask_chunks", apply_mask_chunks, METH_VARARGS,
@@ -116,5 +259,18 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m;
+
+    if (PyType_Ready(&PayloadBuffer_Type) < 0)
+        return NULL;
+    m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    Py_INCREF(&PayloadBuffer_Type);
+    if (PyModule_AddObject(m, "PayloadBuffer", (PyObject *)&PayloadBuffer_Type) < 0) {
+        Py_DECREF(&PayloadBuffer_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -27,7 +27,7 @@ from asgiws.websocket.frames import (
     frame_header,
     is_valid_close_code,
 )
-from asgiws.websocket.mask import apply_mask, apply_mask_chunks
+from asgiws.websocket.mask import PayloadBuffer, PayloadBufferLike, apply_mask, apply_mask_chunks
 
 __all__ = ["ServerConnection", "Trace"]
 
@@ -37,6 +37,15 @@ Trace = Callable[[str, Opcode, bool, int, bool, int], None]
 # Payloads up to this size are joined to their header in one chunk; larger
 # ones are returned as a separate chunk rather than copied.
 _JOIN_LIMIT = 4096
+
+# Undecoded binary frames from this size on are read straight into the bytes
+# object the app will get (payload_buffer). Below it, the reads are kept and
+# unmasked together at the end of the frame: a few reads at most.
+_DIRECT_READ_MIN = 64 * 1024
+# The last bytes of such a frame come through receive_data, copied: by then
+# no reader holds a view of the payload, so its bytes object can be handed
+# out as it is (PayloadBuffer.finish copies while a view is exported).
+_DIRECT_TAIL = 4096
 
 _OPCODES: dict[int, Opcode] = {int(op): op for op in Opcode}
 # Enum members as module globals: Opcode.TEXT is a class attribute lookup
@@ -110,6 +119,12 @@ class ServerConnection:
         self._frame_fin = False
         self._frame_deferred = False  # payload kept masked until the frame ends
         self._frame_chunks: list[bytes | memoryview] = []  # that payload, as it arrived
+        # A large binary frame read in place (see payload_buffer), and how much of it arrived.
+        self._direct: PayloadBufferLike | None = None
+        self._direct_view: memoryview | None = None
+        self._direct_filled = 0
+        # True while the next bytes read can go to payload_buffer().
+        self.payload_pending = False
         # The data message being assembled (None: between messages).
         self._message_opcode: Opcode | None = None
         self._message_parts: list[Any] = []
@@ -137,19 +152,67 @@ class ServerConnection:
         try:
             consumed = self._parse(data, events)
         except ProtocolError as exc:
-            self._done = True
-            self._frame_chunks = []
-            events.append(ProtocolFailure(exc.code, exc.reason))
+            self._fail(exc, events)
             return events
         if consumed < len(data) and not self._done:
             buffer += memoryview(data)[consumed:]
         return events
+
+    def payload_buffer(self) -> memoryview | None:
+        """Where the next read should go while `payload_pending`, else None.
+
+        A writable view of payload bytes the current (large, binary) frame
+        still expects, inside the bytes object the message will be: the caller
+        reads into it (e.g. asyncio.BufferedProtocol.get_buffer), reports with
+        `payload_received`, and drops the view. The frame's last few KiB and
+        anything after it go to `receive_data` (`payload_pending` turns
+        False), so no message is completed while a view is in use.
+        """
+        if not self.payload_pending:
+            return None
+        assert self._direct_view is not None
+        start = self._direct_filled
+        return self._direct_view[start : start + self._frame_remaining - _DIRECT_TAIL]
+
+    def payload_received(self, nbytes: int) -> None:
+        """`nbytes` (at most the length of the view) were read into `payload_buffer()`."""
+        if not self.payload_pending:
+            return
+        direct = self._direct
+        assert direct is not None
+        if not 0 <= nbytes <= self._frame_remaining - _DIRECT_TAIL:
+            raise ValueError(f"{nbytes} bytes cannot have been read into the payload buffer")
+        start = self._direct_filled
+        end = self._direct_filled = start + nbytes
+        direct.unmask(start, end, self._frame_mask)
+        self._frame_remaining -= nbytes
+        self.payload_pending = self._frame_remaining > _DIRECT_TAIL
+
+    def _fail(self, exc: ProtocolError, events: list[Event]) -> None:
+        self._done = True
+        self._buffer.clear()
+        self._frame_chunks = []
+        self._drop_direct()
+        events.append(ProtocolFailure(exc.code, exc.reason))
+
+    def _drop_direct(self) -> None:
+        if self._direct_view is not None:
+            self._direct_view.release()
+        self._direct = self._direct_view = None
+        self.payload_pending = False
+
+    def _finish_direct(self) -> bytes:
+        direct = self._direct
+        assert direct is not None
+        self._drop_direct()
+        return direct.finish()
 
     def receive_eof(self) -> list[Event]:
         """The peer closed TCP; nothing more is parsed. The caller reports 1006 if no close came."""
         self._done = True
         self._buffer.clear()
         self._frame_chunks = []
+        self._drop_direct()
         return []
 
     def _parse(self, data: bytes, events: list[Event]) -> int:
@@ -252,6 +315,10 @@ class ServerConnection:
             # Text is unmasked as it comes, for its UTF-8 check; decoded
             # (compressed) data too, to bound its decompression.
             self._frame_deferred = self._utf8 is None and not self._message_extensions
+            if self._frame_deferred and length >= _DIRECT_READ_MIN:
+                direct = self._direct = PayloadBuffer(length)
+                self._direct_view = direct.view()
+                self._direct_filled = 0
             if not length:
                 self._payload(b"", events)
         return pos
@@ -284,7 +351,20 @@ class ServerConnection:
         """Take in part (or all) of the current data frame's payload, still masked."""
         length = len(chunk)
         self._frame_remaining -= length
-        if self._frame_deferred:
+        direct = self._direct
+        if direct is not None:
+            # The part of a large frame that came with its header (or before
+            # the caller switched to payload_buffer): copied to its place.
+            assert self._direct_view is not None
+            start = self._direct_filled
+            end = self._direct_filled = start + length
+            self._direct_view[start:end] = chunk
+            direct.unmask(start, end, self._frame_mask)
+            self.payload_pending = self._frame_remaining > _DIRECT_TAIL
+            if self._frame_remaining:
+                return
+            data = self._finish_direct()
+        elif self._frame_deferred:
             if length:
                 self._frame_chunks.append(chunk)
             if self._frame_remaining:
@@ -301,6 +381,10 @@ class ServerConnection:
                 mask = mask[offset:] + mask[:offset]
             data = apply_mask(chunk, mask)
             self._frame_offset += length
+        self._take(data, events)
+
+    def _take(self, data: bytes, events: list[Event]) -> None:
+        """Add unmasked payload to the message; complete it at the end of its last frame."""
         message_end = self._frame_fin and not self._frame_remaining
         self._message_wire_size += len(data)
         for extension in self._message_extensions:

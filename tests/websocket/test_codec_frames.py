@@ -22,14 +22,17 @@ from asgiws.websocket import mask as mask_module
 
 IMPLEMENTATIONS = [pytest.param(mask_module.py_apply_mask, id="python")]
 CHUNK_IMPLEMENTATIONS = [pytest.param(mask_module.py_apply_mask_chunks, id="python")]
+BUFFER_IMPLEMENTATIONS = [pytest.param(mask_module.PyPayloadBuffer, id="python")]
 try:
+    from asgiws.websocket._speedups import PayloadBuffer as CPayloadBuffer
     from asgiws.websocket._speedups import apply_mask as c_apply_mask
     from asgiws.websocket._speedups import apply_mask_chunks as c_apply_mask_chunks
 
     IMPLEMENTATIONS.append(pytest.param(c_apply_mask, id="c"))
     CHUNK_IMPLEMENTATIONS.append(pytest.param(c_apply_mask_chunks, id="c"))
+    BUFFER_IMPLEMENTATIONS.append(pytest.param(CPayloadBuffer, id="c"))
 except ImportError:  # the test env must build it: fail loudly below
-    c_apply_mask = c_apply_mask_chunks = None
+    c_apply_mask = c_apply_mask_chunks = CPayloadBuffer = None
 
 
 # -- masking -------------------------------------------------------------------
@@ -39,6 +42,7 @@ def test_c_speedups_are_built_and_used() -> None:
     assert c_apply_mask is not None, "build with `pip install -e .`"
     assert mask_module.apply_mask is c_apply_mask
     assert mask_module.apply_mask_chunks is c_apply_mask_chunks
+    assert mask_module.PayloadBuffer is CPayloadBuffer
 
 
 @pytest.mark.parametrize("apply_mask", IMPLEMENTATIONS)
@@ -82,6 +86,53 @@ def test_chunked_mask_rejects_a_bad_mask_and_non_buffers(apply_mask_chunks) -> N
         apply_mask_chunks([b"abc", "text"], b"abcd")
 
 
+@pytest.mark.parametrize("payload_buffer", BUFFER_IMPLEMENTATIONS)
+def test_payload_buffer_filled_and_unmasked_in_pieces_at_every_phase(payload_buffer) -> None:
+    data = os.urandom(203)
+    mask = os.urandom(4)
+    expected = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+    buffer = payload_buffer(len(data))
+    view = buffer.view()
+    cuts = [0, 1, 2, 3, 4, 9, 17, 18, 100, 150, 203]
+    for start, end in zip(cuts, cuts[1:]):
+        view[start:end] = data[start:end]
+        buffer.unmask(start, end, mask)
+    view.release()
+    result = buffer.finish()
+    assert type(result) is bytes
+    assert result == expected
+
+
+@pytest.mark.parametrize("payload_buffer", BUFFER_IMPLEMENTATIONS)
+def test_payload_buffer_never_publishes_bytes_still_writable_through_a_view(payload_buffer) -> None:
+    buffer = payload_buffer(4)
+    view = buffer.view()
+    view[:] = b"abcd"
+    kept = view[1:]  # a reader still holds part of the buffer
+    view.release()
+    result = buffer.finish()
+    kept[0] = ord("X")
+    assert result == b"abcd"
+
+
+@pytest.mark.parametrize("payload_buffer", BUFFER_IMPLEMENTATIONS)
+def test_payload_buffer_rejects_misuse(payload_buffer) -> None:
+    with pytest.raises(ValueError):
+        payload_buffer(-1)
+    buffer = payload_buffer(8)
+    with pytest.raises(ValueError):
+        buffer.unmask(0, 4, b"abc")
+    with pytest.raises(ValueError):
+        buffer.unmask(4, 9, b"abcd")
+    with pytest.raises(ValueError):
+        buffer.unmask(5, 4, b"abcd")
+    assert len(buffer.finish()) == 8  # bytes never written are unspecified (C: not zeroed)
+    with pytest.raises(ValueError):
+        buffer.finish()
+    with pytest.raises(BufferError):
+        buffer.view()
+
+
 # -- parsing valid frames, whole and split at every offset ------------------------
 
 
@@ -106,6 +157,7 @@ def mask_twins(request, monkeypatch):
 
         monkeypatch.setattr(connection, "apply_mask", mask_module.py_apply_mask)
         monkeypatch.setattr(connection, "apply_mask_chunks", mask_module.py_apply_mask_chunks)
+        monkeypatch.setattr(connection, "PayloadBuffer", mask_module.PyPayloadBuffer)
     return request.param
 
 
@@ -121,6 +173,50 @@ def test_large_binary_frame_in_many_reads_is_unmasked_whole() -> None:
         for start in range(0, len(data), read_size):
             events += conn.receive_data(data[start : start + read_size])
         assert events == [BinaryMessage(payload), TextMessage("after")], read_size
+
+
+@pytest.mark.usefixtures("mask_twins")
+@pytest.mark.parametrize("read_size", [1, 1000, 65536, 10**6])
+def test_large_binary_frame_read_in_place_through_payload_buffer(read_size: int) -> None:
+    # What an asyncio.BufferedProtocol does: read into payload_buffer() while
+    # payload_pending, everything else through receive_data.
+    payloads = [os.urandom(200_000), os.urandom(70_000)]
+    data = b"".join(client_frame(Opcode.BINARY, payload) for payload in payloads)
+    data += client_frame(Opcode.TEXT, b"after")
+    conn = ServerConnection()
+    events = []
+    pos = 0
+    in_place = 0
+    while pos < len(data):
+        view = conn.payload_buffer()
+        if conn.payload_pending:
+            assert view is not None and len(view) > 0
+            n = min(len(view), read_size, len(data) - pos)
+            view[:n] = data[pos : pos + n]
+            del view
+            conn.payload_received(n)
+            in_place += n
+        else:
+            assert view is None
+            n = min(300, len(data) - pos)  # reads that cut headers and payloads
+            events += conn.receive_data(data[pos : pos + n])
+        pos += n
+    assert events == [BinaryMessage(payloads[0]), BinaryMessage(payloads[1]), TextMessage("after")]
+    assert in_place > 200_000
+
+
+def test_payload_buffer_is_only_for_large_undecoded_binary_frames() -> None:
+    conn = ServerConnection()
+    conn.receive_data(client_frame(Opcode.TEXT, b"x" * 100_000)[:100])
+    assert not conn.payload_pending and conn.payload_buffer() is None
+    conn = ServerConnection()
+    conn.receive_data(client_frame(Opcode.BINARY, b"x" * 60_000)[:100])
+    assert not conn.payload_pending
+    conn = ServerConnection()
+    conn.receive_data(client_frame(Opcode.BINARY, b"x" * 100_000)[:100])
+    assert conn.payload_pending
+    with pytest.raises(ValueError):
+        conn.payload_received(100_000)
 
 
 @pytest.mark.usefixtures("mask_twins")
