@@ -498,7 +498,11 @@ class WebSocketProtocol(asyncio.Protocol):
             if len(data) > WS_FRAGMENT_SIZE:
                 return self._send_fragmented(data)
             conn.send_binary(data)
-        self._write_chunks(conn.data_to_send())
+        chunks = conn.data_to_send()
+        if len(chunks) == 1 and not self._writing_paused:
+            self.transport.write(chunks[0])  # _write_chunks, when nothing is backed up
+            return None
+        self._write_chunks(chunks)
         if self._writing_paused:
             return self._drain()
         return None

@@ -450,7 +450,13 @@ class ServerConnection:
 
     def send_text(self, data: str) -> None:
         """Queue a text message. Raises ConnectionClosedError after our close frame."""
-        self._send_message(_TEXT, data.encode())
+        payload = data.encode()
+        if len(payload) < 126 and not self.extensions and not self.close_sent and self.trace is None:
+            # The most common message (a fan-out sends it to every subscriber):
+            # _send_message and _write inlined, same frame.
+            self._out.append(_pack_small_header(0x81, len(payload)) + payload)
+            return
+        self._send_message(_TEXT, payload)
 
     def send_binary(self, data: bytes) -> None:
         """Queue a binary message. Raises ConnectionClosedError after our close frame."""
