@@ -83,7 +83,9 @@ def _first_byte_table(allowed_rsv: int) -> bytes:
     One index per frame instead of the checks in _failure_for; the control
     frame length limit depends on the second byte and is checked apart.
     """
-    return bytes(_failure_for(b0 & 0x0F, b0 & 0x80 != 0, b0 & 0x70, 0, allowed_rsv) is None for b0 in range(256))
+    return bytes(
+        _failure_for(b0 & 0x0F, b0 & 0x80 != 0, b0 & 0x70, 0, allowed_rsv) is None for b0 in range(256)
+    )
 
 
 class ServerConnection:

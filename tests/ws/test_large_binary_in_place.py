@@ -1,0 +1,125 @@
+"""Large binary frames are read straight into the message (ServerConnection.payload_buffer).
+
+While such a frame arrives a BufferedProtocol stands in on the transport; these
+tests check, on both event loops, that every byte lands where it belongs
+whatever the read boundaries, that what follows a large frame is parsed, and
+that a slow app (reading paused) and a close in the middle behave as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.rawws import RawWebSocket, frame
+
+BINARY, TEXT, PING = 0x2, 0x1, 0x9
+
+pytestmark = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+
+
+async def echo_app(scope, receive, send):
+    assert scope["type"] == "websocket"
+    await receive()
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("bytes") is not None:
+            await send({"type": "websocket.send", "bytes": message["bytes"]})
+        else:
+            await send({"type": "websocket.send", "text": message["text"]})
+
+
+def test_large_binary_messages_echo_intact_between_small_ones(run_server, loop):
+    sizes = [65535, 65536, 65536 + 4096, 65536 + 4097, 100_003, 1 << 20, 5 * (1 << 20) + 7]
+
+    async def main(port: int) -> None:
+        async with connect(f"ws://127.0.0.1:{port}/", max_size=2**26, compression=None) as ws:
+            for size in sizes:
+                payload = os.urandom(size)
+                await ws.send(payload)
+                await ws.send("after")
+                assert await ws.recv() == payload, size
+                assert await ws.recv() == "after"
+            # several in flight at once, so reads hold the end of one and the start of the next
+            payloads = [os.urandom(200_000 + i) for i in range(6)]
+            for payload in payloads:
+                await ws.send(payload)
+            for payload in payloads:
+                assert await ws.recv() == payload
+
+    with run_server(echo_app, loop=loop, ws_max_size=2**26) as server:
+        asyncio.run(asyncio.wait_for(main(server.port), 60))
+
+
+def test_large_frame_trickled_in_odd_pieces_with_a_ping_after_it(run_server, loop):
+    payload = os.urandom(300_000)
+    data = frame(BINARY, payload) + frame(PING, b"after") + frame(TEXT, b"done")
+    with run_server(echo_app, loop=loop) as server:
+        ws = RawWebSocket(server.port)
+        ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        pos = 0
+        for size in (1, 5, 13, 70_000, 1, 3, 99_999, 2, 4095, 4097, 60_000):
+            ws.sock.sendall(data[pos : pos + size])
+            pos += size
+            time.sleep(0.005)
+        ws.sock.sendall(data[pos:])
+        frames = [ws.read_frame() for _ in range(3)]
+        # The pong is the codec's answer, written at once; the echoes come from the app, in order.
+        assert (0xA, True, b"after") in frames
+        frames.remove((0xA, True, b"after"))
+        assert frames == [(BINARY, True, payload), (TEXT, True, b"done")]
+        ws.close()
+
+
+def test_client_gone_in_the_middle_of_a_large_frame_disconnects_the_app(run_server, loop):
+    seen: list[dict] = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        seen.append(await receive())
+
+    with run_server(app, loop=loop) as server:
+        ws = RawWebSocket(server.port)
+        ws.sock.sendall(frame(BINARY, os.urandom(500_000))[:200_000])
+        time.sleep(0.1)
+        ws.sock.close()
+        deadline = time.monotonic() + 5
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen == [{"type": "websocket.disconnect", "code": 1006}]
+
+
+def test_slow_app_pauses_reading_between_large_frames_and_gets_every_byte(run_server, loop):
+    payloads = [os.urandom(150_000 + 1000 * i) for i in range(8)]
+    got: list[bytes] = []
+
+    async def slow_app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            got.append(message["bytes"])
+            await asyncio.sleep(0.02)  # the queue (1 message) fills: reading pauses
+            if len(got) == len(payloads):
+                await send({"type": "websocket.send", "text": "all"})
+
+    async def main(port: int) -> str:
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as ws:
+            for payload in payloads:
+                await ws.send(payload)
+            return await ws.recv()
+
+    with run_server(slow_app, loop=loop, ws_max_queue=1) as server:
+        assert asyncio.run(asyncio.wait_for(main(server.port), 30)) == "all"
+    assert got == payloads
