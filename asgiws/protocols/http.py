@@ -34,8 +34,9 @@ from asgiws.types import ASGIApp, Message, Scope
 
 logger = logging.getLogger("asgiws.error")
 
-# RFC 9110 5.6.2 token characters, for header names the app sends.
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# RFC 9110 5.6.2 token characters, for header names the app sends (fullmatch:
+# "$" would let a name end in a newline).
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 # RFC 9110 5.5: CR, LF and NUL are never allowed in a field value.
 _BAD_VALUE = re.compile(rb"[\r\n\0]")
 # Bytes handed to httptools at once without looking for request heads in them
@@ -45,6 +46,7 @@ _PARSE_SLICE = 1024
 # Empty lines before a request line, which httptools skips (RFC 9112 2.2 allows it).
 _EMPTY_LINES = re.compile(rb"[\r\n]*")
 _NO_BODY_STATUS = frozenset({204, 304}) | frozenset(range(100, 200))
+_NO_NAMES: set[bytes] = set()  # never added to: the app set no response fields yet
 
 
 def _status_line(status: int) -> bytes:
@@ -57,16 +59,22 @@ def _status_line(status: int) -> bytes:
 
 _STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTTPStatus}
 
-_date_cache: tuple[int, bytes] = (0, b"")
+# (second, Date value, whole "date: ...\r\n" line): recomputed at most once per second.
+_date_cache: tuple[int, bytes, bytes] = (0, b"", b"")
+
+
+def _current_date() -> tuple[int, bytes, bytes]:
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        value = formatdate(now, usegmt=True).encode("latin-1")
+        _date_cache = (now, value, b"date: %s\r\n" % value)
+    return _date_cache
 
 
 def date_header_value() -> bytes:
     """The Date header value, recomputed at most once per second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, formatdate(now, usegmt=True).encode("latin-1"))
-    return _date_cache[1]
+    return _current_date()[1]
 
 
 def build_default_headers(config: Config) -> list[tuple[bytes, bytes]]:
@@ -145,9 +153,11 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._forwarded = False  # an X-Forwarded-* field is present
         self._head_bytes = 0
         self._in_head = False
+        self._head_began = False
         self._ws_upgrade: tuple[Scope, str] | None = None
         self._abort: _Abort | None = None
         self._backlog = b""  # received but not parsed: the pipeline was full
+        self._default_lines: list[bytes] | None = None  # see _default_header_lines
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -206,6 +216,18 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._parse(data, size)
 
     def _parse(self, data: bytes | bytearray, size: int) -> None:
+        """Parse data[:size]; then start the head timer if a head began in it and is not complete.
+
+        The timer starts here rather than in on_message_begin: most heads end in
+        the read that began them, and the timer would be set for nothing. It is
+        not moved by later reads of the same head (a slowloris client gains nothing).
+        """
+        self._head_began = False
+        self._parse_pieces(data, size)
+        if self._head_began and self._in_head and not self._closing:
+            self._set_timer(self.config.timeout_handshake)
+
+    def _parse_pieces(self, data: bytes | bytearray, size: int) -> None:
         """Feed httptools data[:size] piece by piece; stop and keep the rest once the pipeline is full.
 
         One read can hold thousands of pipelined requests: parsing it whole would
@@ -302,7 +324,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._forwarded = False
         self._head_bytes = 0
         self._in_head = True
-        self._set_timer(self.config.timeout_handshake)
+        self._head_began = True  # _parse starts the head timer if the head does not end
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -525,21 +547,25 @@ class HttpProtocol(asyncio.BufferedProtocol):
             b"content-length: %d\r\n" % len(body),
             b"connection: close\r\n",
         ]
-        head.extend(self._default_header_lines(set()))
+        self._add_default_header_lines(head, set())
         head.append(b"\r\n")
         head.append(body)
         if not self.transport.is_closing():
             self.transport.writelines(head)
         self._close()
 
-    def _default_header_lines(self, app_names: set[bytes]) -> list[bytes]:
-        lines = []
-        for name, value in self.server_state.default_headers:
-            if name not in app_names:
-                lines.append(b"%s: %s\r\n" % (name, value))
+    def _add_default_header_lines(self, lines: list[bytes], app_names: set[bytes]) -> None:
+        """Append the Server, --header and Date lines, less those the app sent itself."""
+        defaults = self.server_state.default_headers
+        if app_names and any(name in app_names for name, _ in defaults):
+            lines.extend(b"%s: %s\r\n" % (name, value) for name, value in defaults if name not in app_names)
+        else:
+            # The usual case: the lines formatted once per connection serve every response.
+            if self._default_lines is None:
+                self._default_lines = [b"%s: %s\r\n" % (name, value) for name, value in defaults]
+            lines.extend(self._default_lines)
         if self.config.date_header and b"date" not in app_names:
-            lines.append(b"date: %s\r\n" % date_header_value())
-        return lines
+            lines.append(_current_date()[2])
 
     def _close(self) -> None:
         self._closing = True
@@ -655,6 +681,14 @@ def _parse_error_reason(exc: Exception) -> str:
 class RequestCycle:
     """One request and its response; the ASGI receive/send pair lives here."""
 
+    # One is made per request: slots make it smaller and its ~20 fields faster to set.
+    __slots__ = (
+        "protocol", "transport", "scope", "keep_alive", "expect_100", "body", "buffered",
+        "content_length", "body_received", "more_body", "disconnected", "response_started",
+        "response_complete", "chunked", "expected_length", "sent_length", "status", "_waiter",
+        "_write_paused", "_drain", "is_head", "_lines", "_app_names",
+    )
+
     def __init__(self, protocol: HttpProtocol, scope: Scope, *, keep_alive: bool) -> None:
         self.protocol = protocol
         self.transport = protocol.transport
@@ -672,7 +706,6 @@ class RequestCycle:
         self.response_started = False
         self.response_complete = False
         self.chunked = False
-        self.head: bytes | None = None  # response head, written with the first body
         self.expected_length: int | None = None
         self.sent_length = 0
         self.status = 0
@@ -680,6 +713,10 @@ class RequestCycle:
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.is_head = scope["method"] == "HEAD"
+        # The response head's lines from http.response.start until the first body
+        # message writes them, and the field names the app set in it.
+        self._lines: list[bytes] | None = None
+        self._app_names: set[bytes] = _NO_NAMES
 
     def body_owed(self) -> int:
         """Bytes of a Content-Length body not parsed yet; 0 when chunked or complete."""
@@ -725,7 +762,7 @@ class RequestCycle:
     def start(self) -> None:
         protocol = self.protocol
         protocol.cycle = self
-        if protocol.concurrency_exceeded():
+        if protocol.config.limit_concurrency is not None and protocol.concurrency_exceeded():
             logger.warning("Exceeded concurrency limit.")
             self.keep_alive = False
             self._simple(503, b"Service Unavailable")
@@ -773,7 +810,7 @@ class RequestCycle:
         ]
         if not self.keep_alive:
             head.append(b"connection: close\r\n")
-        head.extend(self.protocol._default_header_lines(set()))
+        self.protocol._add_default_header_lines(head, set())
         head.append(b"\r\n")
         if not self.transport.is_closing():
             self.transport.writelines(head)
@@ -843,7 +880,7 @@ class RequestCycle:
         for name, value in message.get("headers", ()):
             name = bytes(name).lower()
             value = bytes(value)
-            if not _TOKEN.match(name) or _BAD_VALUE.search(value):
+            if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value):
                 raise RuntimeError(f"invalid response header {name!r}: {value!r}")
             if name == b"content-length":
                 self.expected_length = int(value)
@@ -855,7 +892,7 @@ class RequestCycle:
                 self.keep_alive = False
             app_names.add(name)
             lines.append(b"%s: %s\r\n" % (name, value))
-        lines.extend(self.protocol._default_header_lines(app_names))
+        self.protocol._add_default_header_lines(lines, app_names)
         self.response_started = True
         self.status = status
         self._app_names = app_names
@@ -924,6 +961,3 @@ class RequestCycle:
             self._drain = self.protocol.loop.create_future()
             await self._drain
             self._drain = None
-
-    _lines: list[bytes] | None = None
-    _app_names: set[bytes] = set()

@@ -477,6 +477,23 @@ def test_slow_request_head_dropped_after_timeout_handshake(run_server):
         assert client.is_closed()
 
 
+def test_slowloris_head_trickled_past_timeout_handshake_is_dropped(run_server):
+    # Every piece comes well within the timeout, the head as a whole does not:
+    # reads of the same head must not move its deadline.
+    with run_server(hello, timeout_handshake=0.3, timeout_keep_alive=30) as server:
+        client = RawClient(server.port, timeout=1.0)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for i in range(20):
+                time.sleep(0.1)
+                client.send(b"X-Trickle-%d: y\r\n" % i)
+            client.send(b"\r\n")
+        except OSError:
+            pass  # dropped while trickling
+        assert client.is_closed()
+        assert b"HTTP/1.1 200" not in client.buffer
+
+
 def test_proxy_headers_from_trusted_peer(run_server):
     app, scopes = make_echo_scope()
     with run_server(app, forwarded_allow_ips="127.0.0.1") as server:
