@@ -157,7 +157,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._ws_upgrade: tuple[Scope, str] | None = None
         self._abort: _Abort | None = None
         self._backlog = b""  # received but not parsed: the pipeline was full
-        self._default_lines: list[bytes] | None = None  # see _default_header_lines
+        self._default_lines: list[bytes] | None = None  # see _add_default_header_lines
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
