@@ -297,7 +297,7 @@ class ServerConnection:
                     payload = apply_mask(data[start:pos], mask)
                 if opcode == _TEXT:
                     try:
-                        events.append(TextMessage(payload.decode("utf-8")))
+                        events.append(TextMessage(payload.decode()))
                     except UnicodeDecodeError:
                         raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in text message") from None
                 else:
