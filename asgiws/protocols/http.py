@@ -449,7 +449,10 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if self._backlog and len(self.pipeline) < self.config.max_pipelined_requests and not self._closing:
             backlog, self._backlog = self._backlog, b""
             self._parse(backlog, len(backlog))
-        self._update_reading()
+        if self._reading_paused or self.pipeline or self._backlog:
+            # Otherwise reading runs and nothing asks it to stop (a body past the
+            # high-water mark pauses it as it arrives).
+            self._update_reading()
         if self.cycle is None and not self._in_head and self._parsing is None and not self._closing:
             self._set_timer(self.config.timeout_keep_alive)
 
@@ -867,7 +870,9 @@ class RequestCycle:
         if kind == "http.response.start":
             self._start(message)
         elif kind == "http.response.body":
-            await self._body(message)
+            # Written synchronously; a coroutine is made only when the app has to wait.
+            if self._body(message):
+                await self._wait_writable()
         else:
             raise RuntimeError(f"unexpected ASGI message {kind!r}")
 
@@ -925,7 +930,8 @@ class RequestCycle:
         self._log()
         return b"".join(lines)
 
-    async def _body(self, message: Message) -> None:
+    def _body(self, message: Message) -> bool:
+        """Write one http.response.body message; True when the app should wait for drain."""
         if not self.response_started:
             raise RuntimeError("response body sent before http.response.start")
         if self.response_complete:
@@ -956,8 +962,11 @@ class RequestCycle:
                 transport.writelines((head, body))
         if not more_body:
             self._complete()
-            return
-        if self._write_paused and not self.disconnected:
-            self._drain = self.protocol.loop.create_future()
-            await self._drain
-            self._drain = None
+            return False
+        return self._write_paused and not self.disconnected
+
+    async def _wait_writable(self) -> None:
+        """Wait until the transport drains below its low-water mark (or the client leaves)."""
+        self._drain = self.protocol.loop.create_future()
+        await self._drain
+        self._drain = None

@@ -230,6 +230,33 @@ def test_streaming_response_is_chunked(run_server):
         assert response.body == b"abc"
 
 
+def test_streaming_to_a_client_that_does_not_read_waits_with_bounded_write_buffer(run_server):
+    # send() must wait while the transport is over its high-water mark, then
+    # carry on when the client reads: the whole body arrives, the server never
+    # held more than the mark plus one chunk.
+    chunk = b"y" * (256 * 1024)
+    count = 64
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(count):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    def buffered(server):
+        return max((c.transport.get_write_buffer_size() for c in server.server_state.connections), default=0)
+
+    with run_server(app) as server:
+        client = RawClient(server.port, timeout=10)
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)  # the client reads nothing; the app should be waiting in send()
+        held = server.call(lambda: buffered(server))
+        response = client.read_response()
+    assert held <= 64 * 1024 + len(chunk) + 64, held
+    assert response.body == chunk * count
+
+
 def test_100_continue_sent_only_when_app_receives(run_server):
     gate = threading.Event()
 
