@@ -107,8 +107,25 @@ class _Abort(Exception):
         self.reason = reason
 
 
+# What an upgraded HttpProtocol's parser becomes: one shared parser with no
+# protocol behind it (see HttpProtocol._release_after_upgrade).
+_RELEASED_PARSER = httptools.HttpRequestParser(None)
+_NO_PIPELINE: deque[Callable[[], None]] = deque(maxlen=0)
+
+
 class HttpProtocol(asyncio.BufferedProtocol):
     """One client connection speaking HTTP/1.x."""
+
+    # One per connection, and after an upgrade uvloop's transport keeps this
+    # object alive through its cached get_buffer/buffer_updated bound methods
+    # for as long as the WebSocket lasts: slots keep it small (no __dict__).
+    __slots__ = (
+        "config", "server_state", "app", "loop", "trusted", "parser", "transport", "client", "server",
+        "client_ip", "scheme", "pipeline", "cycle", "_parsing", "_closing", "_upgraded", "_reading_paused",
+        "_timer", "_deadline", "_url", "_headers", "_head_size", "_hosts", "_content_length", "_expect_100",
+        "_wants_websocket", "_forwarded", "_head_bytes", "_in_head", "_head_began", "_ws_upgrade", "_abort",
+        "_backlog", "_default_lines", "_proxy_trusted", "_raw_root_path",
+    )
 
     def __init__(
         self,
@@ -510,6 +527,24 @@ class HttpProtocol(asyncio.BufferedProtocol):
         ws = WebSocketProtocol(config=self.config, server_state=self.server_state, app=self.app, loop=self.loop)
         self.server_state.total_requests += 1
         ws.take_over(self.transport, scope, method=method, trailing_data=trailing)
+        self._release_after_upgrade()
+
+    def _release_after_upgrade(self) -> None:
+        """Let go of the parser, the transport and the request state.
+
+        uvloop's transport still holds this protocol's bound get_buffer and
+        buffer_updated after set_protocol() (they are never called again):
+        without this, every WebSocket kept its HTTP parser (~1 KiB) and a
+        transport <-> protocol cycle that only the cyclic GC would free.
+        """
+        self.parser = _RELEASED_PARSER
+        self.transport = None  # type: ignore[assignment]
+        self.pipeline = _NO_PIPELINE
+        self.cycle = self._parsing = None
+        self._headers = []
+        self._ws_upgrade = None
+        self._abort = None
+        self._backlog = b""
 
     # -- errors and closing ------------------------------------------------------------
 
