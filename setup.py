@@ -1,7 +1,7 @@
-"""Builds the optional C helper for WebSocket masking.
+"""Builds the optional C helper for WebSocket masking and whole-frame parsing.
 
-The helper is a speed-up only: asgiws.websocket.mask has a pure-Python twin
-with the same signature, used whenever the extension is missing (no compiler,
+The helper is a speed-up only: asgiws.websocket.mask and .fastpath have
+pure-Python twins with the same signatures, used whenever the extension is missing (no compiler,
 PyPy, ASGIWS_NO_SPEEDUPS=1 at build time), and both are tested.
 """
 

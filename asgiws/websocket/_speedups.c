@@ -1,7 +1,8 @@
-/* Optional C helper for asgiws.websocket.mask: same signatures as the py_* twins. */
+/* Optional C helper for asgiws.websocket.mask and .fastpath: same signatures as the py_* twins. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <limits.h>
 #include <string.h>
 
 /* XOR n bytes of `in` into `out` with the 4-byte mask `m` rotated left by
@@ -102,6 +103,117 @@ done:
     return result;
 }
 
+
+/* Whole unfragmented data frames at data[pos:], the common case, in one call:
+ * header (FIN set, no RSV bit, TEXT or BINARY, masked, length at most
+ * max_size, the whole payload in `data`), unmasking, and for text the strict
+ * UTF-8 decode; each becomes text_type(str) or binary_type(bytes), appended
+ * to `events`. Stops at the first frame that is anything else (a control
+ * frame, a fragment, a cut frame, an oversized one, invalid UTF-8) and
+ * returns its offset: the caller parses that frame in full, and reports its
+ * error if it has one. */
+static PyObject *
+parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *data, *events, *text_type, *binary_type, *payload, *event;
+    const unsigned char *buf;
+    Py_ssize_t pos, end, start;
+    unsigned long long length, max_size;
+    unsigned char stack[512];
+    unsigned char *tmp;
+
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "parse_messages(data, pos, events, max_size, text_type, binary_type)");
+        return NULL;
+    }
+    data = args[0];
+    events = args[2];
+    text_type = args[4];
+    binary_type = args[5];
+    if (!PyBytes_Check(data) || !PyList_Check(events)) {
+        PyErr_SetString(PyExc_TypeError, "data must be bytes and events a list");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    buf = (const unsigned char *)PyBytes_AS_STRING(data);
+    end = PyBytes_GET_SIZE(data);
+    if (pos < 0 || pos > end) {
+        PyErr_SetString(PyExc_ValueError, "pos outside data");
+        return NULL;
+    }
+    {
+        int overflow;
+        long long limit = PyLong_AsLongLongAndOverflow(args[3], &overflow);
+
+        if (limit == -1 && PyErr_Occurred())
+            return NULL;
+        if (overflow > 0)
+            max_size = ULLONG_MAX;  /* no frame length is over it */
+        else if (overflow < 0 || limit < 0)
+            return PyLong_FromSsize_t(pos);  /* every frame is: none taken */
+        else
+            max_size = (unsigned long long)limit;
+    }
+    while (end - pos >= 6) {
+        unsigned char b0 = buf[pos], b1 = buf[pos + 1];
+
+        if ((b0 != 0x81 && b0 != 0x82) || !(b1 & 0x80))
+            break;
+        length = b1 & 0x7F;
+        start = pos + 6;
+        if (length == 126) {
+            start = pos + 8;
+            if (end < start)
+                break;
+            length = ((unsigned long long)buf[pos + 2] << 8) | buf[pos + 3];
+        }
+        else if (length == 127) {
+            start = pos + 14;
+            if (end < start)
+                break;
+            length = 0;
+            for (int k = 2; k < 10; k++)
+                length = (length << 8) | buf[pos + k];
+        }
+        if (length > max_size || length > (unsigned long long)(end - start))
+            break;
+        if (b0 == 0x82) {
+            payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
+            if (payload == NULL)
+                return NULL;
+            xor_mask((unsigned char *)PyBytes_AS_STRING(payload), buf + start, (Py_ssize_t)length, buf + start - 4, 0);
+            event = PyObject_CallOneArg(binary_type, payload);
+        }
+        else {
+            tmp = length <= sizeof(stack) ? stack : PyMem_Malloc((size_t)length);
+            if (tmp == NULL)
+                return PyErr_NoMemory();
+            xor_mask(tmp, buf + start, (Py_ssize_t)length, buf + start - 4, 0);
+            payload = PyUnicode_DecodeUTF8((const char *)tmp, (Py_ssize_t)length, NULL);
+            if (tmp != stack)
+                PyMem_Free(tmp);
+            if (payload == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+                    return NULL;
+                PyErr_Clear();  /* the caller parses this frame again and fails it (1007) */
+                break;
+            }
+            event = PyObject_CallOneArg(text_type, payload);
+        }
+        Py_DECREF(payload);
+        if (event == NULL)
+            return NULL;
+        if (PyList_Append(events, event) < 0) {
+            Py_DECREF(event);
+            return NULL;
+        }
+        Py_DECREF(event);
+        pos = start + (Py_ssize_t)length;
+    }
+    return PyLong_FromSsize_t(pos);
+}
 
 /* PayloadBuffer: a bytes object filled in place, for a large frame payload.
  *
@@ -249,6 +361,9 @@ static PyMethodDef methods[] = {
     {"apply_mask", apply_mask, METH_VARARGS, "XOR data with a 4-byte mask repeated; returns bytes."},
     {"apply_mask_chunks", apply_mask_chunks, METH_VARARGS,
      "XOR the concatenation of a sequence of bytes-like chunks with a 4-byte mask repeated; returns bytes."},
+    {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
+     "parse_messages(data, pos, events, max_size, text_type, binary_type): whole unfragmented data frames "
+     "from data[pos:] appended to events as messages; returns the offset of the first frame not taken."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,4 +1,5 @@
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 def apply_mask(data: bytes | bytearray | memoryview, mask: bytes | bytearray | memoryview) -> bytes: ...
 def apply_mask_chunks(
@@ -10,3 +11,11 @@ class PayloadBuffer:
     def view(self) -> memoryview: ...
     def unmask(self, start: int, end: int, mask: bytes | bytearray | memoryview) -> None: ...
     def finish(self) -> bytes: ...
+def parse_messages(
+    data: bytes,
+    pos: int,
+    events: list[Any],
+    max_size: int,
+    text_type: Callable[[str], Any],
+    binary_type: Callable[[bytes], Any],
+) -> int: ...

@@ -17,6 +17,7 @@ from typing import Any
 
 from asgiws.websocket.events import BinaryMessage, CloseReceived, Event, Pong, ProtocolFailure, TextMessage
 from asgiws.websocket.extensions import Extension
+from asgiws.websocket.fastpath import parse_messages
 from asgiws.websocket.frames import (
     MAX_CONTROL_PAYLOAD,
     CloseCode,
@@ -220,11 +221,17 @@ class ServerConnection:
     def _parse(self, data: bytes, events: list[Event]) -> int:
         """Parse whole frames and partial data payloads from `data`; return bytes consumed.
 
-        One loop for the hot path (a whole small masked frame), hence the length.
+        One loop over the frame kinds (header, control frame, data payload), hence the length.
         """
         pos = 0
         end = len(data)
+        # Whole unfragmented, undecoded messages (5.4: a frame with FIN and a
+        # nonzero opcode is a message of its own) are taken by parse_messages,
+        # many per call; any other frame, and any error, is parsed below.
+        fast = self.trace is None and not self._rsv0_decoders
         while not self._done:
+            if fast and self._message_opcode is None and not self._frame_remaining:
+                pos = parse_messages(data, pos, events, self.max_size, TextMessage, BinaryMessage)
             if self._frame_remaining:
                 take = min(self._frame_remaining, end - pos)
                 if not take:
@@ -278,30 +285,6 @@ class ServerConnection:
                 if self.trace is not None:
                     self.trace("<", _OPCODES[opcode], fin, rsv, True, length)
                 self._control(opcode, apply_mask(data[start:pos], mask), events)
-                continue
-            if (fin and opcode and end - pos - header_size >= length and self._message_opcode is None
-                    and not rsv and not self._rsv0_decoders):
-                # Fast path: a whole unfragmented, undecoded message in this
-                # read; no message state to set up (5.4: a frame with FIN and
-                # a nonzero opcode is a message of its own).
-                if length > self.max_size:
-                    raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over {self.max_size} bytes")
-                start = pos + header_size
-                mask = data[start - 4 : start]
-                pos = start + length
-                if self.trace is not None:
-                    self.trace("<", _OPCODES[opcode], fin, rsv, True, length)
-                if length > _JOIN_LIMIT:
-                    payload = apply_mask(memoryview(data)[start:pos], mask)
-                else:
-                    payload = apply_mask(data[start:pos], mask)
-                if opcode == _TEXT:
-                    try:
-                        events.append(TextMessage(payload.decode()))
-                    except UnicodeDecodeError:
-                        raise ProtocolError(CloseCode.INVALID_DATA, "invalid UTF-8 in text message") from None
-                else:
-                    events.append(BinaryMessage(payload))
                 continue
             self._start_data_frame(opcode, fin, rsv, length)
             mask = data[pos + header_size - 4 : pos + header_size]

@@ -1,0 +1,183 @@
+"""parse_messages: whole unfragmented messages in one call, C and pure-Python twins.
+
+Each twin must take exactly the frames it may take (FIN, no RSV, TEXT or
+BINARY, masked, within max_size, whole, valid UTF-8) and stop at the first
+other frame, leaving it (and its error, if any) to the full parser.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from codec_helpers import MASK, client_frame, feed, feed_every_way
+
+from asgiws.websocket import BinaryMessage, Opcode, Pong, ProtocolFailure, ServerConnection, TextMessage
+from asgiws.websocket import fastpath
+
+IMPLEMENTATIONS = [pytest.param(fastpath.py_parse_messages, id="python")]
+try:
+    from asgiws.websocket._speedups import parse_messages as c_parse_messages
+
+    IMPLEMENTATIONS.append(pytest.param(c_parse_messages, id="c"))
+except ImportError:  # the test env must build it: fail loudly below
+    c_parse_messages = None
+
+
+def test_c_parse_messages_is_built_and_used() -> None:
+    assert c_parse_messages is not None, "build with `pip install -e .`"
+    assert fastpath.parse_messages is c_parse_messages
+
+
+def run(parse_messages, data: bytes, pos: int = 0, max_size: int = 2**20) -> tuple[int, list[object]]:
+    events: list[object] = []
+    return parse_messages(data, pos, events, max_size, TextMessage, BinaryMessage), events
+
+
+TAKEN = [
+    (client_frame(Opcode.TEXT, b""), TextMessage("")),
+    (client_frame(Opcode.TEXT, "héllo wörld €𝄞".encode()), TextMessage("héllo wörld €𝄞")),
+    (client_frame(Opcode.BINARY, b"\x00\xff" * 62 + b"x"), BinaryMessage(b"\x00\xff" * 62 + b"x")),
+    (client_frame(Opcode.TEXT, b"a" * 126), TextMessage("a" * 126)),
+    (client_frame(Opcode.TEXT, "é".encode() * 600), TextMessage("é" * 600)),  # over the C stack buffer
+    (client_frame(Opcode.BINARY, b"b" * 65535), BinaryMessage(b"b" * 65535)),
+    (client_frame(Opcode.BINARY, b"c" * 65536), BinaryMessage(b"c" * 65536)),
+    (client_frame(Opcode.TEXT, b"z" * 70000), TextMessage("z" * 70000)),
+]
+
+# Frames parse_messages must leave to the full parser.
+LEFT = {
+    "ping": client_frame(Opcode.PING, b"p"),
+    "close": client_frame(Opcode.CLOSE, b"\x03\xe8"),
+    "first fragment": client_frame(Opcode.TEXT, b"ab", fin=False),
+    "continuation": client_frame(Opcode.CONTINUATION, b"ab"),
+    "rsv1": client_frame(Opcode.TEXT, b"ab", rsv=0x40),
+    "reserved opcode": client_frame(0x3, b"ab"),
+    "unmasked": client_frame(Opcode.TEXT, b"ab", masked=False),
+    "invalid utf-8": client_frame(Opcode.TEXT, b"ok\xff"),
+    "surrogate": client_frame(Opcode.TEXT, b"\xed\xa0\x80"),
+    "overlong": client_frame(Opcode.TEXT, b"\xc0\xaf"),
+    "truncated utf-8": client_frame(Opcode.TEXT, "€".encode()[:2]),
+}
+
+
+@pytest.mark.parametrize("parse_messages", IMPLEMENTATIONS)
+def test_takes_every_whole_message_frame_in_a_read(parse_messages) -> None:
+    data = b"".join(frame for frame, _ in TAKEN)
+    assert run(parse_messages, data) == (len(data), [event for _, event in TAKEN])
+
+
+@pytest.mark.parametrize("parse_messages", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", sorted(LEFT))
+def test_stops_at_the_first_frame_it_may_not_take(parse_messages, name: str) -> None:
+    head = client_frame(Opcode.TEXT, b"before") + client_frame(Opcode.BINARY, b"\x01")
+    tail = client_frame(Opcode.TEXT, b"after")
+    data = head + LEFT[name] + tail
+    assert run(parse_messages, data) == (len(head), [TextMessage("before"), BinaryMessage(b"\x01")])
+    assert run(parse_messages, data, pos=len(head)) == (len(head), [])
+
+
+# Frames not all there yet: left to the full parser, which streams the payload.
+CUT = {
+    "cut payload": client_frame(Opcode.BINARY, b"abcdef")[:-1],
+    "cut 16-bit header": client_frame(Opcode.BINARY, b"a" * 200)[:5],
+    "cut 64-bit header": client_frame(Opcode.BINARY, b"a" * 70000)[:9],
+    "cut mask": client_frame(Opcode.TEXT, b"a")[:5],
+    "one byte": b"\x81",
+}
+
+
+@pytest.mark.parametrize("parse_messages", IMPLEMENTATIONS)
+@pytest.mark.parametrize("name", sorted(CUT))
+def test_stops_at_a_frame_cut_by_the_end_of_the_read(parse_messages, name: str) -> None:
+    head = client_frame(Opcode.TEXT, b"before")
+    assert run(parse_messages, head + CUT[name]) == (len(head), [TextMessage("before")])
+
+
+@pytest.mark.parametrize("parse_messages", IMPLEMENTATIONS)
+def test_max_size_is_checked_from_the_header(parse_messages) -> None:
+    frame = client_frame(Opcode.BINARY, b"x" * 100)
+    assert run(parse_messages, frame, max_size=100) == (len(frame), [BinaryMessage(b"x" * 100)])
+    assert run(parse_messages, frame, max_size=99) == (0, [])
+    assert run(parse_messages, frame, max_size=-1) == (0, [])
+    assert run(parse_messages, frame, max_size=2**70) == (len(frame), [BinaryMessage(b"x" * 100)])
+    declared_huge = client_frame(Opcode.BINARY, b"", length=2**40)
+    assert run(parse_messages, declared_huge, max_size=2**64) == (0, [])
+
+
+@pytest.mark.parametrize("parse_messages", IMPLEMENTATIONS)
+def test_random_payloads_at_every_start_offset(parse_messages) -> None:
+    sizes = (0, 1, 3, 7, 8, 9, 125, 300)
+    frames = [client_frame(Opcode.BINARY, os.urandom(n), mask=os.urandom(4)) for n in sizes]
+    data = b"".join(frames)
+    offset = 0
+    for index, frame in enumerate(frames):
+        pos, events = run(parse_messages, data, pos=offset)
+        assert pos == len(data)
+        assert len(events) == len(frames) - index
+        offset += len(frame)
+
+
+@pytest.mark.parametrize("parse_messages", IMPLEMENTATIONS)
+def test_rejects_bad_arguments(parse_messages) -> None:
+    with pytest.raises(ValueError):
+        run(parse_messages, b"\x81\x80" + MASK, pos=7)
+    with pytest.raises(ValueError):
+        run(parse_messages, b"", pos=-1)
+
+
+@pytest.fixture(params=["c", "python"])
+def parse_twins(request, monkeypatch):
+    """Run a codec test with the C parse_messages, then with its pure-Python twin."""
+    if request.param == "python":
+        from asgiws.websocket import connection
+
+        monkeypatch.setattr(connection, "parse_messages", fastpath.py_parse_messages)
+    return request.param
+
+
+def full_parse(data: bytes, **kwargs: object) -> list[object]:
+    """Events from a codec that takes no fast path (a trace is set), whole and split."""
+    return feed_every_way(data, trace=lambda *args: None, **kwargs)
+
+
+@pytest.mark.usefixtures("parse_twins")
+@pytest.mark.parametrize("name", sorted(LEFT))
+def test_codec_gives_the_events_of_the_full_parser_whichever_twin(name: str) -> None:
+    # Messages before the frame first, then what the full parser makes of
+    # it (an error, a fragment, a close...), split at every offset too.
+    data = client_frame(Opcode.TEXT, b"before") + LEFT[name] + client_frame(Opcode.TEXT, b"after")
+    events = feed_every_way(data, max_size=2**64)
+    assert events == full_parse(data, max_size=2**64)
+    assert events[0] == TextMessage("before")
+
+
+@pytest.mark.usefixtures("parse_twins")
+@pytest.mark.parametrize("name", ["invalid utf-8", "surrogate", "overlong", "truncated utf-8"])
+def test_codec_fails_1007_on_invalid_utf8_in_a_whole_frame_whichever_twin(name: str) -> None:
+    data = client_frame(Opcode.TEXT, b"before") + LEFT[name] + client_frame(Opcode.TEXT, b"after")
+    assert feed(data)[1] == [TextMessage("before"), ProtocolFailure(1007, "invalid UTF-8 in text message")]
+
+
+@pytest.mark.usefixtures("parse_twins")
+def test_codec_takes_small_frames_split_at_every_offset_whichever_twin() -> None:
+    data = (client_frame(Opcode.TEXT, "ünïcode".encode()) + client_frame(Opcode.PING, b"x")
+            + client_frame(Opcode.BINARY, b"\x00" * 130) + client_frame(Opcode.PONG, b"y"))
+    assert feed_every_way(data) == [TextMessage("ünïcode"), BinaryMessage(b"\x00" * 130), Pong(b"y")]
+
+
+@pytest.mark.usefixtures("parse_twins")
+def test_codec_fails_1009_on_an_oversized_whole_frame_whichever_twin() -> None:
+    data = client_frame(Opcode.TEXT, b"ok") + client_frame(Opcode.BINARY, b"x" * 2000)
+    events = feed(data, max_size=1024)[1]
+    assert events == [TextMessage("ok"), ProtocolFailure(1009, "message over 1024 bytes")]
+
+
+@pytest.mark.usefixtures("parse_twins")
+def test_codec_with_trace_parses_frames_in_full() -> None:
+    seen = []
+    conn = ServerConnection(trace=lambda *args: seen.append(args))
+    data = client_frame(Opcode.TEXT, b"a") + client_frame(Opcode.BINARY, b"b")
+    assert conn.receive_data(data) == [TextMessage("a"), BinaryMessage(b"b")]
+    assert [args[1] for args in seen] == [Opcode.TEXT, Opcode.BINARY]
