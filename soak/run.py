@@ -5,10 +5,12 @@ server subprocess, dropping and reconnecting at random; bounded in time.
 
 Checks, after every round: no message lost or reordered on a live
 connection, no leftover tasks, fds or WebSockets (counts from GET /debug of
-soak/app.py); after the last round, the server's RSS within --rss-tolerance of
-the baseline taken after a warm-up round of the same load. RSS is printed
-after each round: a leak grows round after round, allocator high water does
-not. Exit status 1 on failure.
+soak/app.py); after the last round, the server's live memory (RSS after
+malloc_trim, read after every round) within --rss-tolerance of the baseline
+taken after a warm-up round of the same load, and flat from the first round
+to the last: a leak grows round after round, allocator high water does not.
+Plain RSS is printed too.
+Exit status 1 on failure.
 """
 
 from __future__ import annotations
@@ -108,9 +110,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="measured rounds after the warm-up round (default 3)")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--drop-rate", type=float, default=0.02, help="chance to drop after each burst")
-    parser.add_argument("--rss-tolerance", type=float, default=0.05, help="allowed RSS growth over baseline")
+    parser.add_argument("--rss-tolerance", type=float, default=0.05,
+                        help="allowed growth of live memory (RSS after malloc_trim) over the baseline")
     parser.add_argument("--rss-slope-tolerance", type=float, default=0.01,
-                        help="allowed RSS growth from the first measured round to the last (a leak's slope)")
+                        help="allowed growth of live memory (RSS after malloc_trim) from the first "
+                             "measured round to the last (a leak's slope)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-deflate", action="store_true", help="clients do not offer permessage-deflate")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds to wait after the last close")
@@ -151,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             stats = asyncio.run(round_of(port, args.clients, args.duration, args.drop_rate, args.seed + 2 + number))
             elapsed = time.monotonic() - started
-            rounds.append((stats, elapsed, wait_quiet(port, settle=args.settle)))
-        rounds[-1][2]["held"] = debug(port, trim=True)["rss"]
+            after = wait_quiet(port, settle=args.settle)
+            after["held"] = debug(port, trim=True)["rss"]
+            rounds.append((stats, elapsed, after))
     finally:
         server.terminate()
         server.wait(15)
@@ -173,7 +178,8 @@ def report(args: argparse.Namespace, start: dict[str, int], warm: Stats, baselin
         print(f"round {number}: {elapsed:.1f} s, {args.clients} clients, {stats.connects} connections "
               f"({stats.graceful_drops} closed, {stats.aborts} aborted, {stats.errors} errors), "
               f"{stats.sent} sent, {stats.received} echoed, {stats.lost} lost, {stats.reordered} reordered; "
-              f"RSS {after['rss'] / mib:.1f} MiB ({growth * 100:+.2f}%), {after['fds']} fds, "
+              f"RSS {after['rss'] / mib:.1f} MiB ({growth * 100:+.2f}%), "
+              f"{after['held'] / mib:.1f} MiB after malloc_trim, {after['fds']} fds, "
               f"{after['tasks']} tasks, {after['websockets']} WebSockets open")
         ok = ok and (stats.lost == 0 and stats.reordered == 0 and stats.received > 0
                      and after["websockets"] == 0 and after["tasks"] <= baseline["tasks"]
@@ -184,14 +190,24 @@ def report(args: argparse.Namespace, start: dict[str, int], warm: Stats, baselin
     growth = (final["rss"] - baseline["rss"]) / baseline["rss"]
     print(f"total: {total.connects} connections, {total.sent} sent, {total.received} echoed, "
           f"{total.lost} lost, {total.reordered} reordered")
-    print(f"RSS growth after the last round: {growth * 100:+.2f}% (tolerance {args.rss_tolerance * 100:.0f}%)")
+    # The verdict is on live memory, RSS after malloc_trim. Plain RSS is the
+    # allocator's high water of the busiest moment of a round: it follows the
+    # round's peak concurrency and glibc's free lists, and was seen between -4%
+    # and +6% of the baseline in runs whose live memory moved under 1%.
+    print(f"RSS after the last round: {growth * 100:+.2f}% of the baseline (allocator high water; not judged)")
     held = (final["held"] - baseline["held"]) / baseline["held"]
-    print(f"RSS held by live memory (after malloc_trim): baseline {baseline['held'] / mib:.1f} MiB, "
-          f"after the last round {final['held'] / mib:.1f} MiB ({held * 100:+.2f}%)")
-    slope = (final["rss"] - rounds[0][2]["rss"]) / rounds[0][2]["rss"]
-    print(f"RSS growth from round 1 to round {len(rounds)}: {slope * 100:+.2f}% "
+    print(f"live memory (RSS after malloc_trim): baseline {baseline['held'] / mib:.1f} MiB, "
+          f"after the last round {final['held'] / mib:.1f} MiB ({held * 100:+.2f}%, "
+          f"tolerance {args.rss_tolerance * 100:.0f}%)")
+    # The slope is read from live memory: plain RSS moves with what the
+    # allocator keeps or hands back between rounds (seen: -4% after round 1,
+    # back to +0.4% by round 3), which is noise in either direction; a leak
+    # shows as live memory growing round after round.
+    first_held = rounds[0][2]["held"]
+    slope = (final["held"] - first_held) / first_held
+    print(f"live memory growth from round 1 to round {len(rounds)}: {slope * 100:+.2f}% "
           f"(tolerance {args.rss_slope_tolerance * 100:.0f}%)")
-    ok = ok and growth <= args.rss_tolerance and slope <= args.rss_slope_tolerance
+    ok = ok and held <= args.rss_tolerance and slope <= args.rss_slope_tolerance
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 
