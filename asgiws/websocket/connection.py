@@ -152,8 +152,15 @@ class ServerConnection:
             buffer.clear()
         elif type(data) is not bytes:
             data = bytes(data)
+        pos = 0
+        if (self._message_opcode is None and not self._frame_remaining and self.trace is None
+                and not self._rsv0_decoders):
+            # The common read, whole messages and nothing else, in one call (see _parse).
+            pos = parse_messages(data, 0, events, self.max_size, TextMessage, BinaryMessage)
+            if pos == len(data):
+                return events
         try:
-            consumed = self._parse(data, events)
+            consumed = self._parse(data, pos, events)
         except ProtocolError as exc:
             self._fail(exc, events)
             return events
@@ -218,12 +225,11 @@ class ServerConnection:
         self._drop_direct()
         return []
 
-    def _parse(self, data: bytes, events: list[Event]) -> int:
-        """Parse whole frames and partial data payloads from `data`; return bytes consumed.
+    def _parse(self, data: bytes, pos: int, events: list[Event]) -> int:
+        """Parse whole frames and partial data payloads from `data[pos:]`; return the offset reached.
 
         One loop over the frame kinds (header, control frame, data payload), hence the length.
         """
-        pos = 0
         end = len(data)
         # Whole unfragmented, undecoded messages (5.4: a frame with FIN and a
         # nonzero opcode is a message of its own) are taken by parse_messages,
