@@ -397,6 +397,8 @@ class WebSocketProtocol(asyncio.Protocol):
         waiter = self.loop.create_future()
         self._waiter = waiter
         event = await waiter
+        if type(event) is TextMessage:  # _to_asgi, inlined for the message an idle app waits for
+            return {"type": "websocket.receive", "text": event.data}
         if event is None:  # connection lost while waiting
             return self._disconnected()
         return self._to_asgi(event)
@@ -499,6 +501,11 @@ class WebSocketProtocol(asyncio.Protocol):
             raise ClientDisconnected("WebSocket is closing; cannot send 'websocket.send'")
         text = message.get("text")
         if text is not None:
+            if not self._writing_paused:
+                frame = conn.text_frame(text)
+                if frame is not None:
+                    self.transport.write(frame)  # _write_chunks, when nothing is backed up
+                    return None
             if len(text) > WS_FRAGMENT_SIZE:
                 return self._send_fragmented(text)
             conn.send_text(text)

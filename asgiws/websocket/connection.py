@@ -441,13 +441,24 @@ class ServerConnection:
 
     def send_text(self, data: str) -> None:
         """Queue a text message. Raises ConnectionClosedError after our close frame."""
+        self._send_message(_TEXT, data.encode())
+
+    def text_frame(self, data: str) -> bytes | None:
+        """The frame of a short text message, to be written now instead of queued; else None.
+
+        The most common message (an echo, or a fan-out's to each subscriber):
+        _send_message and _write inlined, and nothing queued. None when the
+        frame would not be one chunk under 126 bytes, or when other output is
+        queued, an extension applies, our close frame is sent or a trace is
+        set: the caller then uses `send_text`.
+        """
+        if len(data) > 125 or self._out or self.extensions or self.close_sent or self.trace is not None:
+            return None
         payload = data.encode()
-        if len(payload) < 126 and not self.extensions and not self.close_sent and self.trace is None:
-            # The most common message (a fan-out sends it to every subscriber):
-            # _send_message and _write inlined, same frame.
-            self._out.append(_pack_small_header(0x81, len(payload)) + payload)
-            return
-        self._send_message(_TEXT, payload)
+        length = len(payload)
+        if length > 125:
+            return None
+        return _pack_small_header(0x81, length) + payload
 
     def send_binary(self, data: bytes) -> None:
         """Queue a binary message. Raises ConnectionClosedError after our close frame."""

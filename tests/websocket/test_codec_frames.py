@@ -13,6 +13,7 @@ from asgiws.websocket import (
     CloseReceived,
     ConnectionClosedError,
     Opcode,
+    PerMessageDeflate,
     Pong,
     ProtocolFailure,
     ServerConnection,
@@ -504,6 +505,32 @@ def test_outgoing_text_ping_pong() -> None:
     conn.send_pong(b"q")
     assert parse_server_frames(conn.data_to_send()) == [
         (Opcode.TEXT, True, 0, "☃".encode()), (Opcode.PING, True, 0, b"p"), (Opcode.PONG, True, 0, b"q")]
+
+
+@pytest.mark.parametrize("text", ["", "x", "a" * 125, "☃" * 41, "é" * 62 + "x"])
+def test_text_frame_is_the_frame_send_text_queues(text: str) -> None:
+    queued = ServerConnection()
+    queued.send_text(text)
+    conn = ServerConnection()
+    assert conn.text_frame(text) == b"".join(queued.data_to_send())
+    assert conn.data_to_send() == []
+
+
+def test_text_frame_is_none_unless_a_short_frame_can_go_out_now() -> None:
+    assert ServerConnection().text_frame("a" * 126) is None
+    assert ServerConnection().text_frame("☃" * 42) is None  # 126 bytes once encoded
+    assert ServerConnection(trace=lambda *args: None).text_frame("x") is None
+    extension = PerMessageDeflate(server_max_window_bits=15, client_max_window_bits=15,
+                                  server_no_context_takeover=False, client_no_context_takeover=False)
+    assert ServerConnection(extensions=[extension]).text_frame("x") is None
+    behind_a_pong = ServerConnection()
+    behind_a_pong.receive_data(client_frame(Opcode.PING, b"p"))
+    assert behind_a_pong.text_frame("x") is None  # would overtake the pong
+    closed = ServerConnection()
+    closed.send_close()
+    assert closed.text_frame("x") is None
+    with pytest.raises(ConnectionClosedError):
+        closed.send_text("x")
 
 
 def test_oversized_ping_payload_is_rejected() -> None:
