@@ -64,7 +64,8 @@ SCENARIOS = {
 _FANOUT_CPU = [("deliveries_per_cpu_s", "deliveries per server CPU second", "1/s", True)]
 EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", False)],
          "stall": [("p99_ms", "p99", "ms", False)],
-         "fanout": _FANOUT_CPU, "fanout_queue": _FANOUT_CPU}
+         "fanout": _FANOUT_CPU, "fanout_queue": _FANOUT_CPU,
+         "churn": [("handshakes_per_cpu_s", "handshakes per server CPU second", "1/s", True)]}
 # scenarios that only some servers can run (others: n/a); stall needs permessage-deflate
 ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-wsproto", "hypercorn"}}
 # per-run loads, seconds unless said otherwise: full / --quick
@@ -208,8 +209,8 @@ def scenario(name, port, pid, q):
              "--connect-timeout", "60"]
         return loadgen(a + (["--deflate"] if name == "memory_deflate" else []), 120)
     if name == "churn":
-        return loadgen(["churn", "--port", str(port), "--concurrency", "16", "--duration", str(D["churn"])],
-                       D["churn"] + 40)
+        return loadgen(["churn", "--port", str(port), "--concurrency", "16", "--duration", str(D["churn"]),
+                        "--pid", str(pid)], D["churn"] + 40)
     if name == "stall":
         return loadgen(["stall", "--port", str(port), "--probes", "20", "--interval-ms", "10",
                         "--size", str(16 << 20), "--duration", str(D["stall"])], D["stall"] + 180)
