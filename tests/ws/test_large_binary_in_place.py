@@ -16,6 +16,7 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
+from examples.hello import websocket_echo
 from tests.rawws import RawWebSocket, frame
 
 BINARY, TEXT, PING = 0x2, 0x1, 0x9
@@ -25,16 +26,7 @@ pytestmark = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 
 async def echo_app(scope, receive, send):
     assert scope["type"] == "websocket"
-    await receive()
-    await send({"type": "websocket.accept"})
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        if message.get("bytes") is not None:
-            await send({"type": "websocket.send", "bytes": message["bytes"]})
-        else:
-            await send({"type": "websocket.send", "text": message["text"]})
+    await websocket_echo(receive, send)
 
 
 def test_large_binary_messages_echo_intact_between_small_ones(run_server, loop):
