@@ -24,6 +24,7 @@ from asgiws.config import Config
 from asgiws.logging import TRACE_LOG_LEVEL, log_access
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.utils import (
+    FORWARDED_FIELDS,
     TrustedProxies,
     rewrite_from_forwarded,
     get_local_addr,
@@ -59,22 +60,17 @@ def _status_line(status: int) -> bytes:
 
 _STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTTPStatus}
 
-# (second, Date value, whole "date: ...\r\n" line): recomputed at most once per second.
-_date_cache: tuple[int, bytes, bytes] = (0, b"", b"")
+# (second, whole "date: ...\r\n" line): recomputed at most once per second.
+_date_cache: tuple[int, bytes] = (0, b"")
 
 
-def _current_date() -> tuple[int, bytes, bytes]:
+def _date_line() -> bytes:
+    """The Date header line of a response, formatted at most once per second."""
     global _date_cache
     now = int(time.time())
     if _date_cache[0] != now:
-        value = formatdate(now, usegmt=True).encode("latin-1")
-        _date_cache = (now, value, b"date: %s\r\n" % value)
-    return _date_cache
-
-
-def date_header_value() -> bytes:
-    """The Date header value, recomputed at most once per second."""
-    return _current_date()[1]
+        _date_cache = (now, b"date: %s\r\n" % formatdate(now, usegmt=True).encode("latin-1"))
+    return _date_cache[1]
 
 
 def build_default_headers(config: Config) -> list[tuple[bytes, bytes]]:
@@ -603,7 +599,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
                 self._default_lines = [b"%s: %s\r\n" % (name, value) for name, value in defaults]
             lines.extend(self._default_lines)
         if self.config.date_header and b"date" not in app_names:
-            lines.append(_current_date()[2])
+            lines.append(_date_line())
 
     def _close(self) -> None:
         self._closing = True
@@ -624,10 +620,10 @@ class HttpProtocol(asyncio.BufferedProtocol):
     def _set_timer(self, seconds: float) -> None:
         """Drop the connection `seconds` from now unless a request is being served.
 
-        Called twice per request (head expected, keep-alive): moving a deadline
-        is one float store, and the one TimerHandle is replaced only when the
-        new deadline is earlier than the pending one (call_later per request
-        showed up in the profile).
+        Called once per request for keep-alive (and for a head that spans
+        reads): moving a deadline is one float store, and the one TimerHandle
+        is replaced only when the new deadline is earlier than the pending one
+        (call_later per request showed up in the profile).
         """
         deadline = self.loop.time() + seconds
         self._deadline = deadline
@@ -705,9 +701,7 @@ _HEAD_NOTES: dict[bytes, Callable[[HttpProtocol, bytes], None]] = {
     b"content-length": _note_content_length,
     b"expect": _note_expect,
     b"upgrade": _note_upgrade,
-    b"x-forwarded-proto": _note_forwarded,
-    b"x-forwarded-for": _note_forwarded,
-    b"x-forwarded-host": _note_forwarded,
+    **{name: _note_forwarded for name in FORWARDED_FIELDS},
 }
 
 
@@ -800,7 +794,7 @@ class RequestCycle:
     def start(self) -> None:
         protocol = self.protocol
         protocol.cycle = self
-        if protocol.config.limit_concurrency is not None and protocol.concurrency_exceeded():
+        if protocol.concurrency_exceeded():
             logger.warning("Exceeded concurrency limit.")
             self.keep_alive = False
             self._simple(503, b"Service Unavailable")

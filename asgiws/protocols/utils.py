@@ -62,14 +62,15 @@ class TrustedProxies:
         return any(address in network for network in self.networks)
 
 
-_FORWARDED = (b"x-forwarded-proto", b"x-forwarded-for", b"x-forwarded-host")
+# The proxy fields read when the peer is trusted (http.py notes their presence).
+FORWARDED_FIELDS = (b"x-forwarded-proto", b"x-forwarded-for", b"x-forwarded-host")
 
 
 def _last_forwarded(headers: list[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
     """The last value of each X-Forwarded-* field present, in one pass over the head."""
     found: dict[bytes, bytes] = {}
     for key, val in headers:
-        if key in _FORWARDED:
+        if key in FORWARDED_FIELDS:
             found[key] = val
     return found
 

@@ -111,7 +111,10 @@ class ServerConnection:
         # Extensions that may decode a message with no RSV bit set (see
         # Extension.begin_message); while there are none, such a message
         # can take the fast path in _parse.
-        self._rsv0_decoders = any(not extension.rsv_mask for extension in self.extensions)
+        rsv0_decoders = any(not extension.rsv_mask for extension in self.extensions)
+        # parse_messages may take whole messages: nothing to trace, and no
+        # extension that could decode a message without an RSV bit.
+        self._whole_messages = trace is None and not rsv0_decoders
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._done = False  # no more input parsed (close received, or failure)
@@ -153,8 +156,7 @@ class ServerConnection:
         elif type(data) is not bytes:
             data = bytes(data)
         pos = 0
-        if (self._message_opcode is None and not self._frame_remaining and self.trace is None
-                and not self._rsv0_decoders):
+        if self._whole_messages and self._message_opcode is None and not self._frame_remaining:
             # The common read, whole messages and nothing else, in one call (see _parse).
             pos = parse_messages(data, 0, events, self.max_size, TextMessage, BinaryMessage)
             if pos == len(data):
@@ -234,9 +236,11 @@ class ServerConnection:
         # Whole unfragmented, undecoded messages (5.4: a frame with FIN and a
         # nonzero opcode is a message of its own) are taken by parse_messages,
         # many per call; any other frame, and any error, is parsed below.
-        fast = self.trace is None and not self._rsv0_decoders
+        # receive_data has already run it up to where this call starts.
+        first = pos
+        whole_messages = self._whole_messages
         while not self._done:
-            if fast and self._message_opcode is None and not self._frame_remaining:
+            if whole_messages and pos != first and self._message_opcode is None and not self._frame_remaining:
                 pos = parse_messages(data, pos, events, self.max_size, TextMessage, BinaryMessage)
             if self._frame_remaining:
                 take = min(self._frame_remaining, end - pos)
