@@ -108,13 +108,20 @@ class Config:
     # -- HTTP ----------------------------------------------------------------------
     root_path: str = option("", "ASGI root_path, for apps mounted below a path prefix.")
     proxy_headers: bool = option(
-        True, "Honour X-Forwarded-Proto/For/Host from --forwarded-allow-ips.", boolean=True
+        True, "Honour X-Forwarded-Proto/For (and with --forwarded-host, Host) from --forwarded-allow-ips.",
+        boolean=True,
     )
     forwarded_allow_ips: str = option(
         None,
         default_factory=_default_forwarded_allow_ips,
-        help="Comma-separated IPs or networks trusted to send proxy headers ('*' for all). "
-        "Defaults to $FORWARDED_ALLOW_IPS or 127.0.0.1.",
+        help="Comma-separated IPs, networks, 'unix:' (peers on a UNIX socket) or '*' (any peer) trusted "
+        "to send proxy headers. Defaults to $FORWARDED_ALLOW_IPS or 127.0.0.1.",
+    )
+    # Off: nginx and HAProxy pass a client's own X-Forwarded-Host on unless told
+    # to set or clear it, and uvicorn does not read it at all.
+    forwarded_host: bool = option(
+        False, "Also take scope['server'] from X-Forwarded-Host (only if the proxy sets or clears it).",
+        boolean=True,
     )
     # Short: an idle keep-alive connection costs a socket and memory, and
     # clients reconnect cheaply. Same value as uvicorn's, so a switch changes nothing.
@@ -260,6 +267,9 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        from asgiws.protocols.utils import TrustedProxies
+
+        TrustedProxies(self.forwarded_allow_ips)  # raises ValueError naming a bad entry
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (Config itself is immutable)."""
