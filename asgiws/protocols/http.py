@@ -176,8 +176,9 @@ class HttpProtocol(asyncio.BufferedProtocol):
     # -- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.connection_made_as(transport, get_remote_addr(transport), get_local_addr(transport),
-                                peer_name(transport))
+        client = get_remote_addr(transport)
+        peer = client[0] if client is not None else peer_name(transport)
+        self.connection_made_as(transport, client, get_local_addr(transport), peer)
 
     def connection_made_as(
         self,

@@ -18,6 +18,7 @@ from tests.proxy.wire import (
     running,
     ws_request,
 )
+from tests.supervisor.cluster import Cluster, wait_for
 
 
 def client_port_seen(port: int, request: bytes) -> tuple[int, bytes]:
@@ -96,3 +97,33 @@ def test_haproxy_to_a_unix_socket_trusted_as_unix(run_server, tmp_path: Path):
                      tmp_path / "haproxy.log"):
             own_port, data = client_port_seen(port, http_request())
     assert f'"client": ["127.0.0.1", {own_port}], "server": ["127.0.0.1", {port}]'.encode() in data
+
+
+def test_cli_workers_behind_haproxy_log_the_original_clients_and_each_refusal(tmp_path: Path):
+    # The real command, two workers, HAProxy in front; its output read line by line.
+    asgiws = Cluster(tmp_path, "tests.proxy.apps:whoami", "--workers", "2", "--proxy-protocol", "v2")
+    try:
+        asgiws.wait_ready(2)
+        port = free_port()
+        own_ports = []
+        line = f"server app 127.0.0.1:{asgiws.port} send-proxy-v2"
+        with running(haproxy_command(tmp_path, port, line), port, tmp_path / "haproxy.log"):
+            for request in (http_request(), ws_request(), http_request()):
+                own_port, data = client_port_seen(port, request)
+                assert f'"client": ["127.0.0.1", {own_port}]'.encode() in data
+                own_ports.append(own_port)
+        with connect(asgiws.port) as direct:  # trusted (127.0.0.1) but no header
+            direct.sendall(http_request())
+            assert read_to_eof(direct) == b""
+            direct_port = direct.getsockname()[1]
+        wait_for(lambda: "invalid PROXY" in asgiws.log(), 10, "the refusal's log line")
+    finally:
+        assert asgiws.stop() == 0
+    lines = [line.split(None, 1)[1] for line in asgiws.log().splitlines() if " - " in line]
+    assert lines == [
+        f'127.0.0.1:{own_ports[0]} - "GET / HTTP/1.1" 200',
+        f'127.0.0.1:{own_ports[1]} - "GET /ws HTTP/1.1" 101',
+        f'127.0.0.1:{own_ports[2]} - "GET / HTTP/1.1" 200',
+        (f"127.0.0.1:{direct_port} - invalid PROXY protocol header: expected a PROXY protocol v2 header, "
+         "got b'GET / HTTP/1.1\\r\\n'; closing"),
+    ]
