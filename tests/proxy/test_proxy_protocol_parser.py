@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import ast
 import ipaddress
+import itertools
 import pathlib
 import struct
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import asgiws.proxy_protocol
 from asgiws.proxy_protocol import (
@@ -288,3 +291,28 @@ def test_parser_module_imports_no_io_library() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+# -- any bytes ------------------------------------------------------------------------------
+
+_PREFIXES = st.sampled_from([b"", b"PROXY ", b"PROXY TCP4 ", b"PROXY TCP6 ", b"PROXY UNKNOWN", V2_SIGNATURE,
+                             V2_SIGNATURE + b"\x21\x11", V2_SIGNATURE + b"\x20", V2_SIGNATURE + b"\x21\x31"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix=_PREFIXES, tail=st.binary(max_size=300), cuts=st.lists(st.integers(0, 320), max_size=4))
+def test_any_bytes_give_a_header_or_a_proxy_header_error_and_never_more_than_was_fed(
+    prefix: bytes, tail: bytes, cuts: list[int]
+) -> None:
+    data = prefix + tail
+    bounds = sorted({0, len(data), *(min(cut, len(data)) for cut in cuts)})
+    reader = ProxyHeaderReader(BOTH)
+    try:
+        for start, end in itertools.pairwise(bounds):
+            header = reader.feed(data[start:end])
+            if header is not None:
+                assert header.size + len(reader.remainder) == end
+                assert data[header.size:end] == reader.remainder
+                break
+    except ProxyHeaderError:
+        pass
