@@ -43,6 +43,11 @@ _V2_ADDRESS_SIZES: dict[int, tuple[Family, int]] = {
 }
 _V2_LOCAL, _V2_PROXY = 0x0, 0x1
 _V2_UNSPEC_TRANSPORT, _V2_STREAM = 0x0, 0x1
+# 2.2.5: PP2_TYPE_SSL, whose value starts with a `client` bit field (then a
+# 32-bit `verify` and sub-TLVs); PP2_CLIENT_SSL: "client connected over SSL/TLS".
+_PP2_TYPE_SSL = 0x20
+_PP2_CLIENT_SSL = 0x01
+_PP2_SSL_FIXED_SIZE = 5
 _V1_FAMILIES: dict[bytes, tuple[Family, int]] = {b"TCP4": ("TCP4", 4), b"TCP6": ("TCP6", 6)}
 # 2.1: the line is US-ASCII; anything else before its CRLF means it is not one.
 _V1_CHARACTERS = frozenset(range(0x20, 0x7F))
@@ -61,7 +66,8 @@ class ProxyHeader:
     then None. Otherwise `client` is the original (host, port), or None for a
     client on a UNIX socket, and `server` is the address the client connected
     to: (host, port), or (path, None) for a UNIX socket. `size` is the header's
-    length in bytes.
+    length in bytes. `tls` is True when a v2 PP2_TYPE_SSL TLV says the client
+    connected to the proxy over TLS (HAProxy's send-proxy-v2-ssl).
     """
 
     version: int
@@ -70,6 +76,7 @@ class ProxyHeader:
     client: tuple[str, int] | None
     server: tuple[str, int | None] | None
     size: int
+    tls: bool = False
 
 
 def sniff(data: bytes | bytearray) -> int | None:
@@ -206,9 +213,9 @@ def _read_v2(buffer: bytearray) -> ProxyHeader | None:
     body = bytes(buffer[V2_FIXED_SIZE:size])
     if len(body) < address_size:
         raise ProxyHeaderError(f"PROXY v2 {family} address block is {len(body)} bytes, not {address_size}")
-    _check_tlvs(body, address_size)
+    tls = _read_tlvs(body, address_size)
     client, server = _v2_addresses(family, body)
-    return ProxyHeader(2, family, False, client, server, size)
+    return ProxyHeader(2, family, False, client, server, size, tls)
 
 
 def _v2_addresses(family: Family, body: bytes) -> tuple[tuple[str, int] | None, tuple[str, int | None]]:
@@ -222,16 +229,25 @@ def _v2_addresses(family: Family, body: bytes) -> tuple[tuple[str, int] | None, 
     return (source, int.from_bytes(ports[:2], "big")), (destination, int.from_bytes(ports[2:], "big"))
 
 
-def _check_tlvs(body: bytes, offset: int) -> None:
-    """Walk the TLVs after the address block, skipping each by its length.
+def _read_tlvs(body: bytes, offset: int) -> bool:
+    """Walk the TLVs after the address block; True when PP2_TYPE_SSL says the client used TLS.
 
-    2.2.7: unknown types must be ignored, so none is read; but one whose length
-    runs past the header means the header is corrupt.
+    Every other type is skipped by its length (2.2.7: unknown types must be
+    ignored); one whose length runs past the header means the header is corrupt.
     """
+    tls = False
     while offset < len(body):
         if len(body) - offset < 3:
             raise ProxyHeaderError("PROXY v2 TLV header is truncated")
-        end = offset + 3 + int.from_bytes(body[offset + 1:offset + 3], "big")
+        kind = body[offset]
+        start = offset + 3
+        end = start + int.from_bytes(body[offset + 1:start], "big")
         if end > len(body):
-            raise ProxyHeaderError(f"PROXY v2 TLV of type 0x{body[offset]:02x} runs past the header")
+            raise ProxyHeaderError(f"PROXY v2 TLV of type 0x{kind:02x} runs past the header")
+        if kind == _PP2_TYPE_SSL:
+            if end - start < _PP2_SSL_FIXED_SIZE:
+                size = end - start
+                raise ProxyHeaderError(f"PROXY v2 SSL TLV of {size} bytes is shorter than its 5 fixed bytes")
+            tls = bool(body[start] & _PP2_CLIENT_SSL)
         offset = end
+    return tls

@@ -146,12 +146,15 @@ class HttpProtocol(asyncio.BufferedProtocol):
         client: tuple[str, int] | None,
         server: tuple[str, int | None] | None,
         peer: str | None,
+        *,
+        tls: bool = False,
     ) -> None:
         """Start serving `transport` for `client` connected to `server`.
 
         `peer` is what --forwarded-allow-ips is matched against (see
         utils.peer_name). asgiws.protocols.proxy calls this with the addresses a
-        PROXY protocol header named, once it has read the header.
+        PROXY protocol header named, once it has read the header, and `tls` when
+        the header says the client spoke TLS to the proxy.
         """
         self.transport = transport  # type: ignore[assignment]
         self.client = client
@@ -159,7 +162,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self.client_ip = client[0] if client else None
         # The peer does not change: whether its X-Forwarded-* fields count is decided once.
         self._proxy_trusted = self.config.proxy_headers and self.trusted.trusts_peer(peer)
-        self.scheme = "https" if is_ssl(transport) else "http"
+        self.scheme = "https" if tls or is_ssl(transport) else "http"
         over_limit = self.server_state.over_connection_limit(
             self.client_ip, self.config.limit_connections_per_ip
         )

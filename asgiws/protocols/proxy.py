@@ -123,7 +123,8 @@ class ProxyProtocolStage(asyncio.Protocol):
             http.connection_made(transport)
         else:
             client = header.client
-            http.connection_made_as(transport, client, header.server, client[0] if client else None)
+            http.connection_made_as(transport, client, header.server, client[0] if client else None,
+                                    tls=header.tls)
         if first_bytes:
             # What a read would have given HttpProtocol (it reads into its own buffer from now on).
             http._receive(first_bytes, len(first_bytes))

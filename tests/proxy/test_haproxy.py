@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.proxy.apps import whoami
 from tests.proxy.wire import (
@@ -127,3 +129,27 @@ def test_cli_workers_behind_haproxy_log_the_original_clients_and_each_refusal(tm
         (f"127.0.0.1:{direct_port} - invalid PROXY protocol header: expected a PROXY protocol v2 header, "
          "got b'GET / HTTP/1.1\\r\\n'; closing"),
     ]
+
+
+def test_haproxy_terminating_tls_with_send_proxy_v2_ssl_gives_https_and_wss(run_server, tmp_path: Path):
+    ca = trustme.CA()
+    pem = tmp_path / "haproxy.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with run_server(whoami, proxy_protocol="v2") as server:
+        port = free_port()
+        command = haproxy_command(tmp_path, port, f"server app 127.0.0.1:{server.port} send-proxy-v2-ssl",
+                                  bind_options=f"ssl crt {pem}")
+        with running(command, port, tmp_path / "haproxy.log"):
+            for request, scheme in ((http_request(), "https"), (ws_request(), "wss")):
+                with connect(port) as raw, context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                    sock.sendall(request)
+                    own_port = sock.getsockname()[1]
+                    data = b""
+                    while b'"scheme"' not in data:
+                        chunk = sock.recv(65536)
+                        assert chunk, data
+                        data += chunk
+                assert f'"client": ["127.0.0.1", {own_port}]'.encode() in data
+                assert f'"scheme": "{scheme}"'.encode() in data

@@ -205,6 +205,17 @@ def test_v2_tlvs_after_the_addresses_are_skipped() -> None:
     assert rest == REQUEST
 
 
+def test_v2_ssl_tlv_with_the_client_bit_says_the_client_spoke_tls() -> None:
+    # HAProxy's send-proxy-v2-ssl: client bits, 32-bit verify result, then sub-TLVs (version, cipher).
+    ssl = tlv(0x20, b"\x07" + b"\0\0\0\0" + tlv(0x21, b"TLSv1.3") + tlv(0x23, b"TLS_AES_256_GCM_SHA384"))
+    header, rest = read_every_way(v2(body=ADDRESSES + tlv(0x04, b"") + ssl) + REQUEST)
+    assert header.tls and rest == REQUEST
+    assert not read_every_way(v2(body=ADDRESSES + tlv(0x20, b"\x00\0\0\0\0")))[0].tls  # a plain TCP client
+    assert not read_every_way(v2(body=ADDRESSES))[0].tls
+    assert error_every_way(v2(body=ADDRESSES + tlv(0x20, b"\x01\0\0"))) == (
+        "PROXY v2 SSL TLV of 3 bytes is shorter than its 5 fixed bytes")
+
+
 def test_v2_header_of_the_largest_size_allowed_is_read() -> None:
     address = inet4("203.0.113.7", "192.0.2.1", 1, 2)
     padding = tlv(0x04, b"\0" * (V2_MAX_SIZE - 16 - len(address) - 3))

@@ -13,7 +13,7 @@ import pytest
 
 from asgiws import Config
 from tests.proxy.apps import whoami
-from tests.proxy.test_proxy_protocol_parser import inet4, inet6, v2
+from tests.proxy.test_proxy_protocol_parser import inet4, inet6, tlv, v2
 from tests.proxy.wire import (
     connect,
     http_identity,
@@ -42,6 +42,13 @@ def test_header_from_a_trusted_peer_names_the_client_of_http_and_websocket(run_s
             "client": ["203.0.113.7", 56324], "server": ["192.0.2.1", 443], "scheme": "http"}
         assert ws_identity(server.port, prefix=header) == {
             "client": ["203.0.113.7", 56324], "server": ["192.0.2.1", 443], "scheme": "ws"}
+
+
+def test_v2_ssl_tlv_makes_the_scheme_https_and_wss(run_server):
+    tls_client = v2(body=inet4("203.0.113.7", "192.0.2.1", 56324, 443) + tlv(0x20, b"\x01\0\0\0\0"))
+    with run_server(whoami, proxy_protocol="v2") as server:
+        assert http_identity(server.port, prefix=tls_client)["scheme"] == "https"
+        assert ws_identity(server.port, prefix=tls_client)["scheme"] == "wss"
 
 
 def test_header_and_request_in_separate_reads_and_keep_alive_after_it(run_server):

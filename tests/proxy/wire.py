@@ -146,13 +146,14 @@ def nginx_command(prefix: Path, conf: str) -> list[str]:
     return ["nginx", "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", str(prefix / "nginx.conf")]
 
 
-def haproxy_command(directory: Path, listen_port: int, server_line: str, mode: str = "tcp") -> list[str]:
+def haproxy_command(directory: Path, listen_port: int, server_line: str, mode: str = "tcp",
+                    bind_options: str = "") -> list[str]:
     """HAProxy in the foreground (-db) on 127.0.0.1:`listen_port` with one backend server."""
     cfg = directory / "haproxy.cfg"
     cfg.write_text(
         "global\n  maxconn 200\n"
         f"defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n"
-        f"frontend front\n  bind 127.0.0.1:{listen_port}\n  default_backend back\n"
+        f"frontend front\n  bind 127.0.0.1:{listen_port} {bind_options}\n  default_backend back\n"
         f"backend back\n  {server_line}\n"
     )
     return ["haproxy", "-db", "-f", str(cfg)]
