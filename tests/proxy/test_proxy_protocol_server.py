@@ -12,6 +12,7 @@ import time
 import pytest
 
 from asgiws import Config
+from asgiws.protocols.proxy import connection_factory
 from tests.proxy.apps import whoami
 from tests.proxy.test_proxy_protocol_parser import inet4, inet6, tlv, v2
 from tests.proxy.wire import (
@@ -196,6 +197,15 @@ def test_untrusted_peer_without_a_header_is_served_as_itself(run_server):
             body = read_to_eof(sock).partition(b"\r\n\r\n")[2]
         assert f'"client": ["127.0.0.1", {port}]'.encode() in body
         assert ws_identity(server.port)["client"][0] == "127.0.0.1"
+
+
+def test_with_the_option_off_the_listener_makes_http_protocols_directly():
+    # Nothing stands between a read and HttpProtocol: the per-read (and per-connection) cost is unchanged.
+    def make_http() -> None:
+        raise AssertionError("not called")
+
+    assert connection_factory(Config(app=whoami), make_http) is make_http
+    assert connection_factory(Config(app=whoami, proxy_protocol="v1"), make_http) is not make_http
 
 
 def test_with_the_option_off_a_header_is_not_read(run_server):
