@@ -71,15 +71,15 @@ class ProxyProtocolStage(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = peer_name(transport)
+        remote = get_remote_addr(transport)
+        peer = remote[0] if remote is not None else peer_name(transport)
         if peer is None:
             # getpeername() failed: the peer reset the connection before it was
             # accepted (HAProxy's health checks end with a reset). Nobody to serve.
             self._done = True
             transport.close()
             return
-        remote = get_remote_addr(transport)
-        self._peer_text = f"{remote[0]}:{remote[1]}" if remote else (peer or "-")
+        self._peer_text = f"{remote[0]}:{remote[1]}" if remote is not None else peer
         self._trusted = self.http.trusted.trusts_peer(peer)
         # Registered for graceful shutdown and --limit-concurrency; the per-IP count
         # waits for the header, which names the address to count.
