@@ -50,6 +50,8 @@ PAGES = sorted(
 )
 EXTRAS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
 SHELL_LANGUAGES = {"sh", "bash", "shell", "console"}
+# The start-up line that names the address ("... running on URL", "Listening on URL").
+LISTENING = r"(?:running|[Ll]istening) on (http://127\.0\.0\.1:\d+)"
 START_TIMEOUT = 45.0  # seconds for a server (several workers on a shared, busy machine) to answer
 STOP_TIMEOUT = 30.0
 
@@ -221,6 +223,13 @@ class Server:
                 return match
         raise AssertionError(f"no line matching {pattern!r} in {timeout} s:\n" + "\n".join(self.output))
 
+    def wait_workers_ready(self, args: list[str]) -> None:
+        """With --workers N, until all N say they are ready: a worker still starting when
+        SIGTERM comes is not what these commands test (it is slow to stop, and then killed)."""
+        if "--workers" in args:
+            for _ in range(int(args[args.index("--workers") + 1])):
+                self.wait_for(r"Worker \d+ is ready")
+
     def get(self, url: str, timeout: float = START_TIMEOUT) -> httpx.Response:
         """GET until a worker answers (workers start after the supervisor listens)."""
         deadline = time.monotonic() + timeout
@@ -267,7 +276,8 @@ def serve_command(args: list[str], env: dict[str, str], context: Context) -> lis
     server = Server([sys.executable, "-m", "asgiws", *args], Context(context.page, context.workdir,
                                                                       {**context.env, **env}, context.redis))
     try:
-        found = server.wait_for(r"(?:running on|Listening on) (http://127\.0\.0\.1:\d+)")
+        found = server.wait_for(LISTENING)
+        server.wait_workers_ready(args)
         response = server.get(found.group(1) + "/")
         assert response.status_code < 500, response
     finally:
@@ -478,7 +488,8 @@ def test_kubernetes_example_probes_answer_and_the_grace_period_covers_the_drain(
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         server = Server([sys.executable, "-m", "asgiws", *served], Context(DEPLOYMENT, ROOT, env, lambda: redis))
         try:
-            base = server.wait_for(r"Listening on (http://127\.0\.0\.1:\d+)").group(1)
+            base = server.wait_for(LISTENING).group(1)
+            server.wait_workers_ready(served)
             for probe in ("readinessProbe", "livenessProbe"):
                 assert server.get(base + container[probe]["httpGet"]["path"]).status_code == 200
         finally:
@@ -520,7 +531,8 @@ def test_systemd_units_verify_and_serve_through_socket_activation(tmp_path: Path
                     pass_fds=(fd,))
     listener.close()
     try:
-        server.wait_for(r"Listening on http://127\.0\.0\.1:" + str(port))
+        assert server.wait_for(LISTENING).group(1) == f"http://127.0.0.1:{port}"
+        server.wait_workers_ready(exec_start)
         assert server.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
     finally:
         server.stop()
