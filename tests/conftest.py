@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from asgiws.testing import LiveServer, serve_in_thread
+from tests.broadcast.conftest import redis_server  # noqa: F401 (a real redis-server, for tests in any folder)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -26,7 +27,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def run_server(request: pytest.FixtureRequest) -> Callable[..., contextlib.AbstractContextManager[LiveServer]]:
+def run_server(
+    request: pytest.FixtureRequest,
+) -> Callable[..., contextlib.AbstractContextManager[LiveServer]]:
     """`with run_server(app, **config_overrides) as server: server.port`; raises StartupError."""
     defaults: dict[str, Any] = {"lifespan": "off"}
     for marker in reversed(list(request.node.iter_markers("server_defaults"))):

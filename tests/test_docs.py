@@ -32,22 +32,23 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 
 from tests.broadcast.conftest import RedisServer, free_port, redis_binary
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted(
-    [ROOT / "README.md", ROOT / "bench" / "README.md", *ROOT.glob("docs/*.md"), *ROOT.glob("examples/*/README.md")]
-)
+PAGES = sorted([
+    ROOT / "README.md", ROOT / "bench" / "README.md",
+    *ROOT.glob("docs/*.md"), *ROOT.glob("examples/*/README.md"),
+])
 EXTRAS = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
 SHELL_LANGUAGES = {"sh", "bash", "shell", "console"}
 # The start-up line that names the address ("... running on URL", "Listening on URL").
@@ -89,7 +90,7 @@ def blocks(page: Path) -> list[Block]:
     """The fenced blocks of a page, with the file name each shows (if any)."""
     text = page.read_text()
     found = []
-    for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.S | re.M):
+    for match in re.finditer(r"^```(\w*)\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
         language, body = match.group(1), match.group(2)
         line = text.count("\n", 0, match.start()) + 1
         before = text[: match.start()].rstrip("\n").rsplit("\n", 1)[-1]
@@ -182,8 +183,8 @@ def run_venv(words: list[str], context: Context) -> None:
 
 def check_help_flags(module: str, words: list[str]) -> None:
     """A long benchmark: its module runs, and every flag the page uses is in its --help."""
-    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     for word in words:
         if word.startswith("-"):
@@ -306,7 +307,8 @@ def run_python(words: list[str], env: dict[str, str], context: Context) -> None:
         assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
     elif module == "pytest":
         result = subprocess.run([sys.executable, *words, "-p", "no:cacheprovider"], cwd=context.workdir,
-                                env={**context.env, **env}, capture_output=True, text=True, timeout=300)
+                                env={**context.env, **env}, capture_output=True, text=True, timeout=300,
+                                check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert re.search(r"\d+ passed", result.stdout) and "failed" not in result.stdout, result.stdout
     elif module in ("bench.run", "conformance.run", "examples.chat.fanout_bench"):
@@ -350,7 +352,8 @@ def check_apt(words: list[str], env: dict[str, str], context: Context) -> None:
     assert words[0] == "install", words
     for package in words[1:]:
         if not package.startswith("-"):
-            assert subprocess.run(["dpkg-query", "-W", package], capture_output=True).returncode == 0, package
+            found = subprocess.run(["dpkg-query", "-W", package], capture_output=True, check=False)
+            assert found.returncode == 0, f"Debian package {package} is not installed"
 
 
 COMMAND_RULES: dict[str, Callable[[list[str], dict[str, str], Context], None]] = {
@@ -486,7 +489,8 @@ def test_kubernetes_example_probes_answer_and_the_grace_period_covers_the_drain(
         served[served.index("--port") + 1] = str(free_port())
         served[served.index("--broadcast-url") + 1] = redis.url
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        server = Server([sys.executable, "-m", "asgiws", *served], Context(DEPLOYMENT, ROOT, env, lambda: redis))
+        server = Server([sys.executable, "-m", "asgiws", *served],
+                        Context(DEPLOYMENT, ROOT, env, lambda: redis))
         try:
             base = server.wait_for(LISTENING).group(1)
             server.wait_workers_ready(served)
@@ -510,13 +514,15 @@ def test_systemd_units_verify_and_serve_through_socket_activation(tmp_path: Path
     socket_unit.read_string(units["chat.socket"])
     exec_start = shlex.split(service["Service"]["ExecStart"])
     assert exec_start[0].endswith("/bin/asgiws") and option(exec_start, "--fd") == "3"
-    assert float(service["Service"]["TimeoutStopSec"]) > float(option(exec_start, "--timeout-graceful-shutdown"))
+    graceful = float(option(exec_start, "--timeout-graceful-shutdown"))
+    assert float(service["Service"]["TimeoutStopSec"]) > graceful
 
     # systemd-analyze checks every key and the ExecStart binary (made one that exists here).
     for name, text in units.items():
         (tmp_path / name).write_text(text.replace(exec_start[0], asgiws_binary))
     verify = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "chat.socket"),
-                             str(tmp_path / "chat.service")], capture_output=True, text=True, timeout=60)
+                             str(tmp_path / "chat.service")],
+                            capture_output=True, text=True, timeout=60, check=False)
     assert verify.returncode == 0 and verify.stderr.strip() == "", verify.stderr
 
     # What systemd does on the first connection: a socket bound as ListenStream says, as fd 3.

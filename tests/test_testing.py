@@ -19,7 +19,7 @@ from asgiws.testing import (
     serve_workers,
 )
 from tests.broadcast.apps import app as broadcast_app
-from tests.broadcast.conftest import RedisServer, redis_server  # noqa: F401 (the fixture, for this module)
+from tests.broadcast.conftest import RedisServer
 
 
 def make_app(events: list[str]) -> FastAPI:
@@ -39,8 +39,8 @@ def make_app(events: list[str]) -> FastAPI:
 
     @app.websocket("/echo")
     async def echo(websocket: WebSocket) -> None:
-        await websocket.accept(subprotocol=websocket.scope["subprotocols"][0] if websocket.scope["subprotocols"]
-                               else None)
+        offered = websocket.scope["subprotocols"]
+        await websocket.accept(subprotocol=offered[0] if offered else None)
         try:
             while True:
                 message = await websocket.receive()
@@ -226,3 +226,14 @@ def test_event_loop_is_left_clean() -> None:
         assert leftover == []
 
     asyncio.run(main())
+
+
+@pytest.mark.anyio
+async def test_wait_closed_returns_the_servers_code_and_an_import_string_is_served() -> None:
+    async with serve("examples.chat.app:app") as server:
+        async with server.websocket("/ws?name=no%20spaces") as ws:  # the chat refuses the name with 1008
+            code, reason = await ws.wait_closed()
+        assert code == 1008 and reason.startswith("name must be")
+        async with server.websocket("/ws?name=ok") as ws:
+            assert (await ws.receive_json())["type"] == "welcome"
+        assert ws.close_code == 1000  # closed by the client on leaving the block; the server echoed it

@@ -19,7 +19,7 @@ import pytest
 from asgiws.protocols.websocket import WebSocketProtocol
 from asgiws.websocket.permessage_deflate import PerMessageDeflate
 from examples.chat.app import app
-from tests.broadcast.conftest import RedisServer, free_port, redis_server  # noqa: F401 (the fixture)
+from tests.broadcast.conftest import RedisServer, free_port
 from tests.broadcast.test_redis import wait_for_pattern_subscribers
 
 CHROMIUM_FLAGS = [
@@ -134,7 +134,8 @@ def test_three_pages_presence_own_messages_unread_and_reconnect_after_restart(
         expect(carol.locator("#rooms .room[data-room=dev] .unread")).to_have_text("2", timeout=TIMEOUT_MS)
         expect(alice.locator("#rooms .room[data-room=dev]")).to_have_count(0)  # alice never joined it
         say(alice, "/msg carol psst")
-        expect(carol.locator("#rooms .room[data-room='@direct'] .unread")).to_have_text("1", timeout=TIMEOUT_MS)
+        direct = carol.locator("#rooms .room[data-room='@direct'] .unread")
+        expect(direct).to_have_text("1", timeout=TIMEOUT_MS)
         screenshot(carol, "1-live", tmp_path)
         carol.click("#rooms .room[data-room=dev]")
         expect(carol.locator("#rooms .room[data-room=dev] .unread")).to_have_count(0)
