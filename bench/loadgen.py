@@ -5,6 +5,7 @@ Sub-commands print one JSON object on stdout. Every run is bounded in time.
   fanout  --subs N --rounds R
   churn   --concurrency N --duration S
   memory  --conns N --pid PID [--deflate]     (websockets client: picows has no deflate)
+  echo and memory take --tls: wss, the server's certificate not verified (bench/tls.py)
   stall   --probes N --interval-ms I --size B --duration S
           one permessage-deflate client (own process, `bulk`, minimal client) echoes B-byte
           compressible text in a loop while N picows connections each send a small message every
@@ -21,6 +22,15 @@ import uvloop
 from picows import WSCloseCode, WSListener, WSMsgType, ws_connect
 
 URL = "ws://127.0.0.1:{port}{path}"
+TLS_URL = "wss://127.0.0.1:{port}{path}"
+
+
+def url_and_context(a, path):
+    """The URL to connect to and the client TLS context (None for ws://)."""
+    if not a.tls:
+        return URL.format(port=a.port, path=path), None
+    from bench.tls import client_context
+    return TLS_URL.format(port=a.port, path=path), client_context()
 
 
 def pct(sorted_vals, p):
@@ -70,9 +80,10 @@ async def run_echo(a):
     mtype = WSMsgType.BINARY if a.binary else WSMsgType.TEXT
     st = {"measuring": False, "running": True, "count": 0, "lat": []}
     conns = []
+    url, context = url_and_context(a, "/echo")
     for _ in range(a.conns):
         tr, cl = await asyncio.wait_for(
-            ws_connect(lambda: EchoClient(payload, mtype, st), URL.format(port=a.port, path="/echo"),
+            ws_connect(lambda: EchoClient(payload, mtype, st), url, ssl_context=context,
                        max_frame_size=64 * 1024 * 1024), 10)
         conns.append((tr, cl))
     for _, cl in conns:
@@ -241,10 +252,12 @@ def tree_rss(pid):
 async def run_memory(a):
     import websockets
     from websockets.asyncio.client import connect
-    url = URL.format(port=a.port, path="/echo")
+    url, context = url_and_context(a, "/echo")
+    tls = {"ssl": context} if context else {}
     comp = "deflate" if a.deflate else None
     # warm-up: a few connections so lazy imports/allocations are not counted
-    warm = [await asyncio.wait_for(connect(url, compression=comp, ping_interval=None), 10) for _ in range(20)]
+    warm = [await asyncio.wait_for(connect(url, compression=comp, ping_interval=None, **tls), 10)
+            for _ in range(20)]
     for w in warm:
         await w.send("x")
         await w.recv()
@@ -257,7 +270,8 @@ async def run_memory(a):
 
     async def one():
         async with sem:
-            c = await asyncio.wait_for(connect(url, compression=comp, ping_interval=None, open_timeout=20), 25)
+            c = await asyncio.wait_for(connect(url, compression=comp, ping_interval=None, open_timeout=20, **tls),
+                                       25)
             conns.append(c)
 
     res = await asyncio.wait_for(asyncio.gather(*[one() for _ in range(a.conns)], return_exceptions=True), a.connect_timeout)
@@ -462,6 +476,7 @@ def main():
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--pid", type=int)
     p.add_argument("--deflate", action="store_true")
+    p.add_argument("--tls", action="store_true", help="echo, memory: wss:// (certificate not verified)")
     p.add_argument("--probes", type=int, default=20)
     p.add_argument("--interval-ms", type=float, default=10)
     a = p.parse_args()

@@ -5,6 +5,7 @@ Same WebSocket routes as bench/app.py: /echo (default), /fanout and /fanout_queu
 """
 import argparse
 import asyncio
+import ssl
 
 import uvloop
 from picows import WSListener, WSMsgType, ws_create_server
@@ -58,8 +59,8 @@ def factory(request):
     return Echo()
 
 
-async def main(host, port):
-    server = await ws_create_server(factory, host, port, max_frame_size=64 * 1024 * 1024)
+async def main(host, port, ssl_context=None):
+    server = await ws_create_server(factory, host, port, max_frame_size=64 * 1024 * 1024, ssl=ssl_context)
     async with server:
         await server.serve_forever()
 
@@ -68,5 +69,11 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--certfile", help="serve wss with this certificate (PEM) and --keyfile")
+    p.add_argument("--keyfile")
     a = p.parse_args()
-    uvloop.run(main(a.host, a.port))
+    context = None
+    if a.certfile:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(a.certfile, a.keyfile)
+    uvloop.run(main(a.host, a.port, context))

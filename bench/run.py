@@ -20,6 +20,8 @@ import sys
 import time
 from importlib import metadata
 
+from bench import tls
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PY = sys.executable
@@ -64,7 +66,12 @@ SCENARIOS = {
     "http_post": ("HTTP POST 1 MiB echo, wrk 8 conns", "req_per_s", "req/s", True, False),
     "stall": ("Stall: worst RTT of 20 pinging conns while 1 conn echoes 16 MiB deflate text", "max_ms", "ms",
               False, True),
+    # wss: the same loads over TLS, a self-signed certificate made at run time (bench/tls.py)
+    "wss_echo64": ("wss echo 64 B text, 50 conns", "msgs_per_s", "msg/s", True, True),
+    "wss_echo1m": ("wss echo 1 MiB binary, 4 conns", "msgs_per_s", "msg/s", True, True),
+    "wss_memory": ("RSS per idle wss conn, 1,000 conns, no deflate", "kib_per_conn", "KiB", False, True),
 }
+TLS_SCENARIOS = {"wss_echo64", "wss_echo1m", "wss_memory"}
 # more figures per scenario: (metric key, label, unit, higher is better); each gets its own rows
 _FANOUT_CPU = [("deliveries_per_cpu_s", "deliveries per server CPU second", "1/s", True)]
 EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", False)],
@@ -77,9 +84,9 @@ ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-legacy", "uvicorn-wsproto", "
 # wrk takes whole seconds only ("2.5s" is rejected with its usage text).
 DUR = {
     False: {"echo": 2, "churn": 2, "http_get": 4, "http_post": 3, "fanout_rounds": 10, "mem_conns": 2000,
-            "stall": 3},
+            "stall": 3, "wss_mem_conns": 1000},
     True: {"echo": 1, "churn": 1, "http_get": 2, "http_post": 2, "fanout_rounds": 3, "mem_conns": 2000,
-           "stall": 2},
+           "stall": 2, "wss_mem_conns": 1000},
 }
 
 _procs = []
@@ -110,9 +117,10 @@ def wait_ready(proc, port, timeout):
     return False
 
 
-def start_server(name, port, logf):
+def start_server(name, port, logf, extra=()):
+    """The server on port (extra: more flags, e.g. TLS), once it accepts connections; None if it did not."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(pin(SERVERS[name](port), SERVER_CPU), cwd=ROOT, stdout=logf, stderr=logf,
+    proc = subprocess.Popen(pin(SERVERS[name](port) + list(extra), SERVER_CPU), cwd=ROOT, stdout=logf, stderr=logf,
                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     _procs.append(proc)
     if not wait_ready(proc, port, 15):
@@ -219,6 +227,13 @@ def scenario(name, port, pid, q):
     if name == "stall":
         return loadgen(["stall", "--port", str(port), "--probes", "20", "--interval-ms", "10",
                         "--size", str(16 << 20), "--duration", str(D["stall"])], D["stall"] + 180)
+    if name in ("wss_echo64", "wss_echo1m"):
+        size = ["--size", "64"] if name == "wss_echo64" else ["--size", str(1 << 20), "--binary"]
+        conns = "50" if name == "wss_echo64" else "4"
+        return loadgen(["echo", "--tls", "--port", str(port), "--conns", conns, *size, "--duration", str(d)], d + 30)
+    if name == "wss_memory":
+        return loadgen(["memory", "--tls", "--port", str(port), "--conns", str(D["wss_mem_conns"]), "--pid",
+                        str(pid), "--connect-timeout", "60"], 120)
     if name == "http_get":
         return wrk(port, 64, D["http_get"])
     if name == "http_post":
@@ -377,6 +392,7 @@ def main():
     t_start = time.time()
     info = machine_info()
     results = {}
+    certificate = tls.make_certificate() if TLS_SCENARIOS & set(scen) else None
 
     def onsig(sig, frm):
         kill_all()
@@ -397,7 +413,8 @@ def main():
                     port = free_port()
                     t0 = time.time()
                     with open(os.path.join(logdir, f"{s}.{n}.{i}.log"), "w") as logf:
-                        proc = start_server(s, port, logf)
+                        extra = tls.SERVER_FLAGS[s](*certificate) if n in TLS_SCENARIOS else ()
+                        proc = start_server(s, port, logf, extra)
                         if proc is None:
                             r, alive = {"error": "failed to start"}, True
                             dead[s] = "failed to start"

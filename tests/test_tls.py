@@ -148,3 +148,20 @@ def test_unreadable_key_is_a_one_line_startup_error(run_server, certs, tmp_path)
         server.stop()
     assert "Worker failed to start: could not load the TLS certificate or key" in server.log()
     assert "Every worker failed to start" in server.log()
+
+
+def test_bench_certificate_serves_wss_to_the_unverifying_bench_client(run_server, tmp_path):
+    """bench/tls.py: the certificate the wss scenarios make, and the client context they connect with."""
+    from bench.tls import client_context as bench_client_context
+    from bench.tls import make_certificate
+
+    cert, key = make_certificate(str(tmp_path))
+
+    async def main(port: int) -> None:
+        url = f"wss://127.0.0.1:{port}/bench"
+        async with connect(url, ssl=bench_client_context(), open_timeout=5) as ws:
+            await ws.send("x" * 64)
+            assert await ws.recv() == "wss:" + "x" * 64
+
+    with run_server(echo_app, ssl_certfile=cert, ssl_keyfile=key) as server:
+        asyncio.run(asyncio.wait_for(main(server.port), 10))
