@@ -22,6 +22,7 @@ from asgiws.lifespan import LifespanOn
 from asgiws.protocols import proxy as proxy_protocol
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.http import HttpProtocol, build_default_headers
+from asgiws.protocols.tls import tls_factory
 from asgiws.protocols.utils import TrustedProxies
 from asgiws.sockets import bind_sockets, configured_address, create_ssl_context
 from asgiws.types import ASGIApp
@@ -152,10 +153,13 @@ class Server:
             trusted_proxies=trusted,
         ))
         ssl_context = load_ssl_context(config)
+        if ssl_context is not None:
+            # Our own TLS layer (protocols/tls.py), not create_server(ssl=): no 256 KiB read buffer per connection.
+            factory = tls_factory(ssl_context, factory, self.server_state, config.timeout_handshake, loop)
         owned = sockets is None
         listen = sockets if sockets is not None else [bind_socket(config)]
         for sock in listen:
-            server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog)
+            server = await loop.create_server(factory, sock=sock, backlog=config.backlog)
             self.servers.append(server)
             for server_sock in server.sockets:
                 self.bound_addresses.append(server_sock.getsockname())

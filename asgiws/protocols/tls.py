@@ -1,0 +1,351 @@
+"""TLS on memory BIOs under the HTTP and WebSocket protocols.
+
+Why not `loop.create_server(ssl=...)`: both uvloop's and CPython's TLS
+transports reserve a 256 KiB read buffer per connection. CPython's zeroes it
+(`bytearray(max_size)`), so every idle wss connection holds 256 KiB of touched
+memory; uvloop's is malloc'd and touched only as far as reads reach (about
+8 KiB per idle connection, measured). Here the ciphertext is read into the
+worker's one shared read buffer (`ServerState.read_buffer`) and copied into the
+connection's incoming `ssl.MemoryBIO` at once; the plaintext is read out into
+the same buffer (or into the buffer a BufferedProtocol hands out). What stays
+per connection is OpenSSL's own state: the SSL object and its two memory BIOs,
+about 17 KiB after a handshake (`SSL_MODE_RELEASE_BUFFERS`, which CPython sets,
+already frees OpenSSL's record buffers between reads).
+
+`TLSProtocol` is the raw TCP transport's protocol for the connection's whole
+life; the protocols above it (HttpProtocol, then WebSocketProtocol) see a
+`TLSTransport`, which encrypts what they write and forwards flow control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any, Callable, cast
+
+from asgiws.protocols.common import ServerState
+from asgiws.protocols.utils import get_remote_addr
+
+logger = logging.getLogger("asgiws.error")
+
+# What OpenSSL calls a peer that stopped talking TLS properly; logged, not raised.
+_TLS_FAILURES = (ssl.SSLError, ssl.CertificateError)
+
+
+class TLSProtocol(asyncio.BufferedProtocol):
+    """Server side of one TLS connection: handshake, then records both ways.
+
+    The handshake must finish within `handshake_timeout` seconds (the server's
+    --timeout-handshake), or the connection is closed and logged. A peer that
+    sends something that is not TLS (plain HTTP on the TLS port) or fails the
+    handshake (no client certificate where one is required) is logged and
+    aborted; the protocol above never sees it.
+    """
+
+    __slots__ = (
+        "_app", "_app_buffered", "_closing", "_handshaking", "_incoming", "_outgoing", "_paused_by_app",
+        "_protocol_factory", "_state", "_timer", "_tls_transport", "handshake_timeout", "loop", "sslobj",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        server_state: ServerState,
+        handshake_timeout: float,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._protocol_factory = protocol_factory
+        self._state = server_state
+        self.handshake_timeout = handshake_timeout
+        self.loop = loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self._app: asyncio.BaseProtocol | None = None
+        self._app_buffered = False
+        self._tls_transport: TLSTransport | None = None
+        self._handshaking = True
+        self._closing = False
+        self._paused_by_app = False  # the protocol above asked for no more data
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- the raw transport's callbacks -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        # Registered while handshaking, for graceful shutdown; HttpProtocol registers itself after.
+        self._state.add_connection(self, None)
+        self._timer = self.loop.call_later(self.handshake_timeout, self._on_handshake_timeout)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        # Ciphertext goes to the incoming BIO before the next read: one buffer per worker is enough.
+        return self._state.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._incoming.write(memoryview(self._state.read_buffer)[:nbytes])
+        if self._handshaking and not self._handshake():
+            return
+        self._deliver()
+
+    def eof_received(self) -> bool | None:
+        # A TCP FIN without close_notify: the protocol above hears of it as the end of the stream.
+        if self._app is not None and not self._closing:
+            return self._app.eof_received()  # type: ignore[attr-defined, no-any-return]
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        if self._handshaking:
+            self._state.remove_connection(self, None)
+        if self._app is not None:
+            self._app.connection_lost(exc)
+            self._app = None
+        if self._tls_transport is not None:
+            self._tls_transport.protocol = None
+
+    def pause_writing(self) -> None:
+        if self._app is not None:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app is not None:
+            self._app.resume_writing()
+
+    # -- handshake -----------------------------------------------------------------------
+
+    def _handshake(self) -> bool:
+        """Advance the handshake; True once it is done and the protocol above is connected."""
+        try:
+            self.sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except _TLS_FAILURES as exc:
+            self._fail(f"TLS handshake failed: {_reason(exc)}")
+            return False
+        self._flush()
+        self._handshaking = False
+        self._cancel_timer()
+        self._state.remove_connection(self, None)
+        self._tls_transport = TLSTransport(self)
+        self._set_app(self._protocol_factory())
+        assert self._app is not None
+        self._app.connection_made(self._tls_transport)
+        return True
+
+    def _on_handshake_timeout(self) -> None:
+        self._timer = None
+        if self._handshaking:
+            self._fail(f"no TLS handshake within {self.handshake_timeout:g} s", level=logging.INFO)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def shutdown(self, close_code: int) -> None:
+        """Graceful close while handshaking: nothing was said yet, so the connection simply ends."""
+        self._cancel_timer()
+        self._closing = True
+        self.transport.close()
+
+    # -- records -------------------------------------------------------------------------
+
+    def _set_app(self, protocol: asyncio.BaseProtocol) -> None:
+        self._app = protocol
+        self._app_buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def _deliver(self) -> None:
+        """Hand every whole record's plaintext to the protocol above, until it pauses."""
+        read = self.sslobj.read
+        shared = self._state.read_buffer
+        while not self._paused_by_app and not self._closing:
+            app = self._app
+            if app is None:
+                return
+            try:
+                if self._app_buffered:
+                    buffer = app.get_buffer(-1)  # type: ignore[attr-defined]
+                    nbytes = cast(int, read(len(buffer), buffer))  # with a buffer: a count
+                    if nbytes:
+                        app.buffer_updated(nbytes)  # type: ignore[attr-defined]
+                else:
+                    nbytes = cast(int, read(len(shared), shared))
+                    if nbytes:
+                        app.data_received(bytes(memoryview(shared)[:nbytes]))  # type: ignore[attr-defined]
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                # close_notify: the peer will send nothing more (RFC 8446 6.1).
+                self._peer_closed()
+                break
+            except _TLS_FAILURES as exc:
+                self._fail(f"TLS error: {_reason(exc)}")
+                break
+            if not nbytes:
+                break
+        # Reading may have produced records to send (key updates, alerts).
+        self._flush()
+
+    def _peer_closed(self) -> None:
+        app = self._app
+        keep_open = app.eof_received() if app is not None else None  # type: ignore[attr-defined]
+        if not keep_open:
+            self.close()
+
+    def _flush(self) -> None:
+        """Write whatever OpenSSL has put in the outgoing BIO to the socket."""
+        if self._outgoing.pending:
+            self.transport.write(self._outgoing.read())
+
+    def _fail(self, reason: str, level: int = logging.WARNING) -> None:
+        remote = get_remote_addr(self.transport) if self.transport is not None else None
+        peer = f"{remote[0]}:{remote[1]}" if remote is not None else "-"
+        logger.log(level, "%s - %s; closing", peer, reason)
+        self._cancel_timer()
+        self._closing = True
+        self._flush()  # an alert OpenSSL queued for the peer
+        self.transport.abort()
+
+    # -- what TLSTransport calls ---------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or not data:
+            return
+        written = self.sslobj.write(data)
+        if written < len(data):  # SSL_write stops early only at a record boundary; write the rest
+            rest = memoryview(data)[written:]
+            while rest:
+                rest = rest[self.sslobj.write(rest):]
+        self._flush()
+
+    def writelines(self, chunks: Any) -> None:
+        if self._closing:
+            return
+        write = self.sslobj.write
+        for chunk in chunks:
+            if chunk:
+                write(chunk)
+        self._flush()
+
+    def close(self) -> None:
+        """Send close_notify (RFC 8446 6.1: "Each party MUST send a close_notify alert before closing
+        its write side"), then close the socket once what is queued is written."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            self.sslobj.unwrap()
+        except (ssl.SSLWantReadError, *_TLS_FAILURES):
+            pass  # the peer's close_notify is not waited for: the read side closes with the socket
+        self._flush()
+        self.transport.close()
+
+    def pause_reading_for_app(self) -> None:
+        self._paused_by_app = True
+        self.transport.pause_reading()
+
+    def resume_reading_for_app(self) -> None:
+        if not self._paused_by_app:
+            return
+        self._paused_by_app = False
+        self.transport.resume_reading()
+        # Plaintext decrypted before the pause (or records still in the BIO) is delivered now.
+        self.loop.call_soon(self._deliver)
+
+
+class TLSTransport(asyncio.Transport):
+    """The transport the HTTP and WebSocket protocols see on a TLS connection."""
+
+    __slots__ = ("protocol", "tls")
+
+    def __init__(self, tls: TLSProtocol) -> None:
+        super().__init__()
+        self.tls = tls
+        self.protocol: TLSProtocol | None = tls
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.tls.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.tls.writelines(list_of_data)
+
+    def close(self) -> None:
+        self.tls.close()
+
+    def abort(self) -> None:
+        self.tls._closing = True
+        self.tls.transport.abort()
+
+    def is_closing(self) -> bool:
+        return self.tls._closing or self.tls.transport.is_closing()
+
+    def can_write_eof(self) -> bool:
+        return False  # TLS has close_notify, not a half-close
+
+    def write_eof(self) -> None:
+        raise NotImplementedError("TLS connections cannot half-close")
+
+    def pause_reading(self) -> None:
+        self.tls.pause_reading_for_app()
+
+    def resume_reading(self) -> None:
+        self.tls.resume_reading_for_app()
+
+    def is_reading(self) -> bool:
+        return not self.tls._paused_by_app and self.tls.transport.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.tls._set_app(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        app = self.tls._app
+        assert app is not None
+        return app
+
+    def get_write_buffer_size(self) -> int:
+        return self.tls.transport.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.tls.transport.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self.tls.transport.set_write_buffer_limits(high, low)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        sslobj = self.tls.sslobj
+        tls_info: dict[str, Callable[[], Any]] = {
+            "sslcontext": lambda: sslobj.context,
+            "ssl_object": lambda: sslobj,
+            "peercert": sslobj.getpeercert,
+            "cipher": sslobj.cipher,
+            "compression": sslobj.compression,
+        }
+        if name in tls_info:
+            return tls_info[name]()
+        return self.tls.transport.get_extra_info(name, default)
+
+
+def _reason(exc: BaseException) -> str:
+    """OpenSSL's short reason ('WRONG_VERSION_NUMBER') when it has one, else the message."""
+    reason = getattr(exc, "reason", None)
+    return str(reason) if reason else str(exc)
+
+
+def tls_factory(
+    context: ssl.SSLContext,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    server_state: ServerState,
+    handshake_timeout: float,
+    loop: asyncio.AbstractEventLoop,
+) -> Callable[[], TLSProtocol]:
+    """The listener's protocol factory: TLS first, then `protocol_factory`'s protocol above it."""
+
+    def factory() -> TLSProtocol:
+        return TLSProtocol(context, protocol_factory, server_state, handshake_timeout, loop)
+
+    return factory
