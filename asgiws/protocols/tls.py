@@ -199,7 +199,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
 
     def _flush(self) -> None:
         """Write whatever OpenSSL has put in the outgoing BIO to the socket."""
-        if self._outgoing.pending:
+        # A write on a transport the peer already closed would only be logged by the loop as an error.
+        if self._outgoing.pending and not self.transport.is_closing():
             self.transport.write(self._outgoing.read())
 
     def _fail(self, reason: str, level: int = logging.WARNING) -> None:
