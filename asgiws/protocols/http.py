@@ -768,7 +768,8 @@ class RequestCycle:
             raise
         except BaseException as exc:
             logger.error("Exception in ASGI application", exc_info=exc)
-            if not self.response_started:
+            if not self.response_started or self._lines is not None:
+                # Nothing of the app's response is written yet (its head waits for the first body).
                 self._simple(500, "Internal Server Error")
             elif not self.response_complete:
                 self.keep_alive = False
@@ -860,6 +861,8 @@ class RequestCycle:
             value = bytes(value)
             line = app_field_line(name, value)
             if name == b"content-length":
+                if not value.isdigit():
+                    raise RuntimeError(f"invalid response header {name!r}: {value!r} is not a length")
                 self.expected_length = int(value)
             elif name == b"transfer-encoding":
                 if value.lower() == b"chunked":
@@ -912,6 +915,9 @@ class RequestCycle:
         if type(body) is not bytes:
             body = bytes(body)
         more_body = bool(message.get("more_body", False))
+        expected = self.expected_length
+        if expected is not None and self.sent_length + len(body) > expected and self._has_body():
+            self._refuse_longer_body(len(body), expected)
         head = b""
         if self._lines is not None:
             head = self._finish_head(self._lines, body, more_body)
@@ -926,16 +932,45 @@ class RequestCycle:
             transport.writelines((head, chunk, tail))
         else:
             self.sent_length += len(body)
-            if self.expected_length is not None and self.sent_length > self.expected_length:
-                raise RuntimeError("response body longer than Content-Length")
             if head and len(body) < 65536:
                 transport.write(head + body)
             else:
                 transport.writelines((head, body))
+            if not more_body and self.expected_length is not None and self.sent_length < self.expected_length:
+                self._end_short_body()
         if not more_body:
             self._complete()
             return False
         return self._write_paused and not self.disconnected
+
+    def _has_body(self) -> bool:
+        return not self.is_head and self.status not in NO_BODY_STATUS
+
+    def _refuse_longer_body(self, size: int, expected: int) -> None:
+        """The app sends past its Content-Length: nothing of this message is written.
+
+        Raises RuntimeError (the app may still send what fits); the client
+        would read the excess as the start of the next response.
+        """
+        message = (f"response body longer than Content-Length: {self.sent_length} bytes sent, "
+                   f"{size} more would pass the {expected} declared")
+        logger.error("%s - %s; not written", self.protocol._client_text(), message)
+        raise RuntimeError(message)
+
+    def _end_short_body(self) -> None:
+        """The app ended a body short of its Content-Length: close after the bytes sent.
+
+        RFC 9112 6.3: "If a valid Content-Length header field is present
+        without Transfer-Encoding, its decimal value defines the expected
+        message body length in octets": the client would take the next
+        response's bytes for the rest of this body, so closing is the only way
+        left to end this one.
+        """
+        logger.error(
+            "%s - response body shorter than Content-Length: %d of %d bytes sent; closing the connection",
+            self.protocol._client_text(), self.sent_length, self.expected_length,
+        )
+        self.keep_alive = False
 
     async def _wait_writable(self) -> None:
         """Wait until the transport drains below its low-water mark (or the client leaves)."""
