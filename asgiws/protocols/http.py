@@ -63,6 +63,23 @@ class _Abort(Exception):
         self.reason = reason
 
 
+# The HTTP versions served, by the version a request line gives, and what the
+# scope says (ASGI: "1.0" or "1.1"). RFC 9110 2.5: a recipient of a higher
+# minor version "SHOULD process the message as if it were in the highest minor
+# version within that major version to which the recipient is conformant".
+# httptools reads one digit each side of the dot; any major but 1 is a 505.
+_HTTP_VERSIONS = {"1.0": "1.0", "1.1": "1.1", **{f"1.{minor}": "1.1" for minor in range(2, 10)}}
+
+
+def _new_parser(protocol: HttpProtocol) -> httptools.HttpRequestParser:
+    """A strict request parser, except that any one-digit version parses (answered 505 unless 1.x)."""
+    parser = httptools.HttpRequestParser(protocol)
+    # Only the version digits are relaxed (llhttp refuses all but 0.9, 1.0, 1.1
+    # and 2.0 with a 400); on_headers_complete decides what each version gets.
+    parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
+
+
 # What an upgraded HttpProtocol's parser becomes: one shared parser with no
 # protocol behind it (see HttpProtocol._release_after_upgrade).
 _RELEASED_PARSER = httptools.HttpRequestParser(None)
@@ -98,7 +115,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self.loop = loop or asyncio.get_event_loop()
         self.trusted = trusted_proxies or TrustedProxies(config.forwarded_allow_ips)
         self._raw_root_path = config.root_path.encode("utf-8")
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser = _new_parser(self)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
@@ -320,7 +337,12 @@ class HttpProtocol(asyncio.BufferedProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_timer()
-        scope = self._build_scope()
+        version = _HTTP_VERSIONS.get(self.parser.get_http_version())
+        if version is None:
+            # RFC 9110 15.6.6: 505 "indicates that the server does not support, or
+            # refuses to support, the major version of HTTP that was used".
+            raise self._set_abort(505, f"HTTP/{self.parser.get_http_version()} is not supported")
+        scope = self._build_scope(version)
         if scope is None:
             raise self._set_abort(400, "Invalid request target")
         # RFC 9112 3.2: a server MUST respond 400 to an HTTP/1.1 request without
@@ -369,7 +391,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
 
     # -- scope -----------------------------------------------------------------------
 
-    def _build_scope(self) -> Scope | None:
+    def _build_scope(self, http_version: str) -> Scope | None:
         try:
             parsed = httptools.parse_url(self._url)
         except httptools.HttpParserInvalidURLError:
@@ -386,7 +408,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         return {
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": self.parser.get_http_version(),
+            "http_version": http_version,
             "method": self.parser.get_method().decode("ascii"),
             "scheme": self.scheme,
             "path": root_path + path,
@@ -453,7 +475,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._ws_upgrade = None
         if upgrade is None:
             # h2c and friends are not supported: keep speaking HTTP/1.1.
-            self.parser = httptools.HttpRequestParser(self)
+            self.parser = _new_parser(self)
             if trailing:
                 self._receive(trailing, len(trailing))
             return

@@ -469,6 +469,64 @@ def test_send_after_disconnect_raises_the_one_client_disconnected(run_server):
     assert type(raised[0]) is ClientDisconnected
 
 
+@pytest.mark.parametrize("version", [b"2.0", b"0.9", b"3.0", b"9.9", b"0.0"])
+def test_major_version_other_than_1_is_505_and_closed(run_server, caplog, version):
+    app, scopes = make_echo_scope()
+    with caplog.at_level(logging.INFO, logger="asgiws.error"), run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"GET / HTTP/" + version + b"\r\nHost: x\r\n\r\n"
+                    b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_response().status == 200  # the request before it is answered first
+        response = client.read_response()
+        assert client.is_closed()
+    assert response.raw_head.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
+    assert response.headers["connection"] == "close"
+    assert response.body == b"HTTP/%s is not supported\n" % version
+    assert [scope["path"] for scope in scopes] == ["/before"]
+    assert f"bad request: HTTP/{version.decode()} is not supported" in caplog.text
+
+
+@pytest.mark.parametrize("version", [b"1.2", b"1.7", b"1.9"])
+def test_higher_1_x_minor_version_is_served_as_1_1(run_server, version):
+    app, scopes = make_echo_scope()
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        # Keep-alive by default and pipelining, as for 1.1 (RFC 9110 2.5).
+        client.send((b"POST / HTTP/" + version + b"\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi") * 2)
+        responses = [client.read_response(), client.read_response()]
+    assert [(response.status, response.body) for response in responses] == [(200, b"hi"), (200, b"hi")]
+    assert "connection" not in responses[0].headers
+    assert [scope["http_version"] for scope in scopes] == ["1.1", "1.1"]
+
+
+def test_http_1_x_without_host_is_400_like_1_1(run_server):
+    with run_server(hello) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.5\r\n\r\n")
+        assert client.read_response().status == 400
+
+
+def test_http_1_0_scope_says_1_0(run_server):
+    app, scopes = make_echo_scope()
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.0\r\n\r\n")
+        assert client.read_response().status == 200
+    assert scopes[0]["http_version"] == "1.0"
+
+
+def test_websocket_upgrade_over_http_2_0_syntax_is_505(run_server):
+    app, scopes = make_echo_scope()
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/2.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert client.read_response().status == 505
+        assert client.is_closed()
+    assert scopes == []
+
+
 def content_length_app(declared, pieces, refused):
     """Declares Content-Length `declared` and sends `pieces`; a RuntimeError is noted in `refused`."""
 
