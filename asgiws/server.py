@@ -154,7 +154,11 @@ class Server:
         owned = sockets is None
         listen = sockets if sockets is not None else [bind_socket(config)]
         for sock in listen:
-            server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog)
+            # The loop's own bound on the TLS handshake is 60 s (ssl_handshake_timeout):
+            # a client that never sends a ClientHello is held as long as a slow head is.
+            handshake_timeout = config.timeout_handshake if ssl_context is not None else None
+            server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog,
+                                              ssl_handshake_timeout=handshake_timeout)
             self.servers.append(server)
             for server_sock in server.sockets:
                 self.bound_addresses.append(server_sock.getsockname())
