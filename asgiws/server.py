@@ -13,6 +13,7 @@ import socket
 import ssl
 import sys
 import threading
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asgiws import broadcast
@@ -110,9 +111,13 @@ class Server:
         return None
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
-        """Run serve() on a new event loop (uvloop with --loop auto when importable)."""
-        setup_event_loop(self.config.loop)
-        asyncio.run(self.serve(sockets=sockets))
+        """Run serve() on a new event loop (uvloop with --loop auto when importable).
+
+        The process's event loop policy is left alone: a program that embeds
+        the server keeps the loops it had elsewhere.
+        Raises ImportError for --loop uvloop without uvloop installed.
+        """
+        run_event_loop(lambda: self.serve(sockets=sockets), self.config.loop)
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Start, serve until should_exit, shut down. On failure sets exit_code and error."""
@@ -259,14 +264,59 @@ class Server:
             self.should_exit = True
 
 
-def setup_event_loop(loop_setting: str) -> None:
-    """Install uvloop's policy for 'uvloop', and for 'auto' when uvloop is importable."""
+def event_loop_factory(loop_setting: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the event loop for --loop: uvloop's for 'uvloop', and for 'auto' when importable.
+
+    Raises ImportError for 'uvloop' when uvloop cannot be imported.
+    """
     if loop_setting == "asyncio":
-        return
+        return asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:
         if loop_setting == "uvloop":
             raise
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run_event_loop(main: Callable[[], Coroutine[Any, Any, None]], loop_setting: str) -> None:
+    """asyncio.run(main()) on a loop from event_loop_factory, without installing an event loop policy.
+
+    Installing uvloop's policy (as this did) switched every later loop of the
+    process to uvloop, the embedding program's included. Python 3.11's
+    asyncio.Runner takes a loop factory; on 3.10 its steps are written out.
+    Raises what main() raises, and ImportError as event_loop_factory does.
+    """
+    factory = event_loop_factory(loop_setting)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
         return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    loop = factory()
+    try:
+        asyncio.set_event_loop(loop)  # the running thread's loop, as asyncio.run sets it; not the policy
+        loop.run_until_complete(main())
+    finally:
+        try:
+            _cancel_remaining_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """What asyncio.run does after main() returns: cancel the tasks left and wait for them."""
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler(
+                {"message": "unhandled exception during shutdown", "exception": task.exception(), "task": task}
+            )

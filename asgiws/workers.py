@@ -118,15 +118,14 @@ def run_worker(config: Config, sockets: list[socket.socket], channel_sock: socke
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     random.seed()  # the forked child would otherwise share the parent's sequence
 
-    from asgiws.server import setup_event_loop
+    from asgiws.server import run_event_loop
 
     channel = Channel(channel_sock)
     errors = LastError()
     logger.addHandler(errors)
     link = SupervisorLink(channel, request_limit(config))
     try:
-        setup_event_loop(config.loop)
-        asyncio.run(link.serve(config, sockets))
+        run_event_loop(lambda: link.serve(config, sockets), config.loop)
     except SystemExit as exc:  # e.g. the app failed to import and the server exited
         code = exc.code if isinstance(exc.code, int) else 1
         if not link.ready:
