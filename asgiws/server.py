@@ -25,6 +25,7 @@ from asgiws.protocols.http import HttpProtocol, build_default_headers
 from asgiws.protocols.utils import TrustedProxies
 from asgiws.sockets import bind_sockets, configured_address, create_ssl_context
 from asgiws.types import ASGIApp
+from asgiws.websocket.frames import CloseCode
 
 logger = logging.getLogger("asgiws.error")
 
@@ -80,8 +81,8 @@ class Server:
     `await serve()` returns after a graceful shutdown; set `should_exit` (from
     any thread) to request one. `started` becomes True once listening;
     `bound_addresses` then lists (host, port) pairs and `port` the first port.
-    `shutdown_close_code` is what WebSockets are closed with (1001 going
-    away; a supervisor sets 1012 for restarts). `handled_signals` are caught
+    `shutdown_close_code` is what WebSockets are closed with (CloseCode.GOING_AWAY;
+    a supervisor sets CloseCode.SERVICE_RESTART for restarts). `handled_signals` are caught
     while serving on the main thread (SIGINT, SIGTERM; a second SIGINT forces exit).
     """
 
@@ -91,7 +92,7 @@ class Server:
         self.started = False
         self.should_exit = False
         self.force_exit = False
-        self.shutdown_close_code = 1001
+        self.shutdown_close_code: int = CloseCode.GOING_AWAY
         self.exit_code = 0
         self.error: str | None = None
         self.sockets: list[socket.socket] = []

@@ -29,12 +29,10 @@ import traceback
 from typing import Any
 
 from asgiws.config import Config
+from asgiws.websocket.frames import CloseCode
 
 logger = logging.getLogger("asgiws.error")
 
-# GOING_AWAY: the close code a worker uses when its supervisor disappears or
-# it gets SIGTERM directly.
-CLOSE_GOING_AWAY = 1001
 # How often the worker compares its request count with --limit-max-requests.
 REQUEST_LIMIT_INTERVAL = 0.1
 # How often the worker checks whether the server has started listening.
@@ -181,14 +179,14 @@ class SupervisorLink:
         if lines is None:
             logger.warning("Worker %d: supervisor is gone, shutting down", os.getpid())
             asyncio.get_running_loop().remove_reader(self.channel.fileno())
-            self._stop(CLOSE_GOING_AWAY)
+            self._stop(CloseCode.GOING_AWAY)  # the supervisor is gone: a real shutdown
             return
         for line in lines:
             command, _, argument = line.partition(" ")
             if command == "ping":
                 self.channel.send("pong")
             elif command == "stop":
-                self._stop(int(argument or CLOSE_GOING_AWAY))
+                self._stop(int(argument or CloseCode.GOING_AWAY))
 
     def _stop(self, close_code: int) -> None:
         self.server.shutdown_close_code = close_code

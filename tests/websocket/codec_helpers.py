@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
-from asgiws.websocket import Event, ServerConnection
+from asgiws.config import Config
+from asgiws.websocket import (
+    Event,
+    Extension,
+    PerMessageDeflate,
+    PerMessageDeflateFactory,
+    ServerConnection,
+    Trace,
+)
 from asgiws.websocket.mask import py_apply_mask
+
+# The codec takes every setting explicitly (the config holds each default once):
+# tests build it through these helpers, with the config's defaults.
+DEFAULTS = Config()
 
 MASK = b"\x37\xfa\x21\x3d"
 
@@ -27,9 +40,39 @@ def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: in
     return header + mask + py_apply_mask(payload, mask)
 
 
+def server_connection(*, max_size: int = DEFAULTS.ws_max_size, extensions: list[Extension] | None = None,
+                      trace: Trace | None = None) -> ServerConnection:
+    """A ServerConnection with the config's ws_max_size unless given."""
+    return ServerConnection(max_size=max_size, extensions=extensions, trace=trace)
+
+
+def deflate_factory(**overrides: Any) -> PerMessageDeflateFactory:
+    """The server's permessage-deflate settings: the config's ws_deflate_* defaults, less `overrides`."""
+    settings: dict[str, Any] = {
+        "window_bits": DEFAULTS.ws_deflate_window_bits,
+        "memory_level": DEFAULTS.ws_deflate_memory_level,
+        "min_size": DEFAULTS.ws_deflate_min_size,
+        "server_no_context_takeover": DEFAULTS.ws_deflate_server_no_context_takeover,
+    }
+    settings.update(overrides)
+    return PerMessageDeflateFactory(**settings)
+
+
+def agreed_deflate(*, server_max_window_bits: int, client_max_window_bits: int,
+                   server_no_context_takeover: bool, client_no_context_takeover: bool,
+                   memory_level: int = DEFAULTS.ws_deflate_memory_level,
+                   min_size: int = DEFAULTS.ws_deflate_min_size) -> PerMessageDeflate:
+    """An agreed permessage-deflate, with the config's memory level and minimum size unless given."""
+    return PerMessageDeflate(
+        server_max_window_bits=server_max_window_bits, client_max_window_bits=client_max_window_bits,
+        server_no_context_takeover=server_no_context_takeover,
+        client_no_context_takeover=client_no_context_takeover, memory_level=memory_level, min_size=min_size,
+    )
+
+
 def feed(data: bytes, split: int | None = None, **kwargs: object) -> tuple[ServerConnection, list[Event]]:
     """Feed `data` to a new connection, whole or in two parts cut at `split`."""
-    conn = ServerConnection(**kwargs)  # type: ignore[arg-type]
+    conn = server_connection(**kwargs)  # type: ignore[arg-type]
     if split is None:
         return conn, conn.receive_data(data)
     return conn, conn.receive_data(data[:split]) + conn.receive_data(data[split:])
@@ -41,7 +84,7 @@ def feed_every_way(data: bytes, **kwargs: object) -> list[Event]:
     for split in range(1, len(data)):
         _, events = feed(data, split, **kwargs)
         assert events == whole, f"split at {split}"
-    conn = ServerConnection(**kwargs)  # type: ignore[arg-type]
+    conn = server_connection(**kwargs)  # type: ignore[arg-type]
     bytewise: list[Event] = []
     for index in range(len(data)):
         bytewise += conn.receive_data(data[index : index + 1])

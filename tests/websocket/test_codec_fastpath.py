@@ -8,13 +8,18 @@ other frame, leaving it (and its error, if any) to the full parser.
 from __future__ import annotations
 
 import os
-import struct
 
 import pytest
-from codec_helpers import MASK, client_frame, feed, feed_every_way
+from codec_helpers import MASK, client_frame, feed, feed_every_way, server_connection
 
-from asgiws.websocket import BinaryMessage, Opcode, Pong, ProtocolFailure, ServerConnection, TextMessage
-from asgiws.websocket import fastpath
+from asgiws.websocket import (
+    BinaryMessage,
+    Opcode,
+    Pong,
+    ProtocolFailure,
+    TextMessage,
+    fastpath,
+)
 
 IMPLEMENTATIONS = [pytest.param(fastpath.py_parse_messages, id="python")]
 try:
@@ -177,7 +182,7 @@ def test_codec_fails_1009_on_an_oversized_whole_frame_whichever_twin() -> None:
 @pytest.mark.usefixtures("parse_twins")
 def test_codec_with_trace_parses_frames_in_full() -> None:
     seen = []
-    conn = ServerConnection(trace=lambda *args: seen.append(args))
+    conn = server_connection(trace=lambda *args: seen.append(args))
     data = client_frame(Opcode.TEXT, b"a") + client_frame(Opcode.BINARY, b"b")
     assert conn.receive_data(data) == [TextMessage("a"), BinaryMessage(b"b")]
     assert [args[1] for args in seen] == [Opcode.TEXT, Opcode.BINARY]
