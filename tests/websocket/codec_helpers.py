@@ -1,4 +1,7 @@
-"""Builders for client frames and a feeder that splits input at every offset."""
+"""Codec objects built with the config's defaults, and a feeder that splits input at every offset.
+
+Client frames come from tests/wire.py (`client_frame`, `MASK`), re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -14,30 +17,17 @@ from asgiws.websocket import (
     ServerConnection,
     Trace,
 )
-from asgiws.websocket.mask import py_apply_mask
+from tests.wire import MASK, client_frame
+
+__all__ = [
+    "DEFAULTS", "MASK", "agreed_deflate", "client_frame", "deflate_factory", "feed", "feed_every_way",
+    "parse_server_frames", "server_connection",
+]
 
 # The codec takes every setting explicitly (the config holds each default once):
 # tests build it through these helpers, with the config's defaults.
 DEFAULTS = Config()
 
-MASK = b"\x37\xfa\x21\x3d"
-
-
-def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
-                 masked: bool = True, mask: bytes = MASK, length: int | None = None) -> bytes:
-    """A client frame; `length` overrides the declared length (for lying headers)."""
-    declared = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | rsv | opcode
-    mask_bit = 0x80 if masked else 0
-    if declared < 126:
-        header = bytes((b0, mask_bit | declared))
-    elif declared < 65536:
-        header = struct.pack("!BBH", b0, mask_bit | 126, declared)
-    else:
-        header = struct.pack("!BBQ", b0, mask_bit | 127, declared)
-    if not masked:
-        return header + payload
-    return header + mask + py_apply_mask(payload, mask)
 
 
 def server_connection(*, max_size: int = DEFAULTS.ws_max_size, extensions: list[Extension] | None = None,

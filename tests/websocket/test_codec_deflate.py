@@ -7,14 +7,6 @@ import tracemalloc
 import zlib
 
 import pytest
-from codec_helpers import (
-    client_frame,
-    deflate_factory,
-    feed,
-    feed_every_way,
-    parse_server_frames,
-    server_connection,
-)
 
 from asgiws.websocket import (
     BinaryMessage,
@@ -25,8 +17,16 @@ from asgiws.websocket import (
     negotiate_extensions,
 )
 from asgiws.websocket.extensions import parse_extensions_header
+from tests.websocket.codec_helpers import (
+    client_frame,
+    deflate_factory,
+    feed,
+    feed_every_way,
+    parse_server_frames,
+    server_connection,
+)
+from tests.wire import RSV1, RSV2
 
-RSV1 = 0x40
 TAIL = b"\x00\x00\xff\xff"
 
 
@@ -235,7 +235,7 @@ def test_rsv1_on_control_frame_fails_1002(opcode: int) -> None:
 
 def test_rsv2_is_not_claimed_by_deflate_fails_1002() -> None:
     _, extensions = negotiate(b"permessage-deflate")
-    assert feed(client_frame(Opcode.TEXT, b"x", rsv=0x20), extensions=extensions)[1][-1].code == 1002
+    assert feed(client_frame(Opcode.TEXT, b"x", rsv=RSV2), extensions=extensions)[1][-1].code == 1002
 
 
 def test_invalid_utf8_in_compressed_text_fails_1007() -> None:

@@ -6,9 +6,9 @@ import os
 import zlib
 
 import pytest
-from codec_helpers import agreed_deflate, client_frame, parse_server_frames, server_connection
 
 from asgiws.websocket import ConnectionClosedError, Opcode, ServerConnection
+from tests.websocket.codec_helpers import agreed_deflate, client_frame, parse_server_frames, server_connection
 
 RSV1 = 0x40
 TAIL = b"\x00\x00\xff\xff"

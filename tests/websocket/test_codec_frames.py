@@ -6,15 +6,6 @@ import os
 import struct
 
 import pytest
-from codec_helpers import (
-    MASK,
-    agreed_deflate,
-    client_frame,
-    feed,
-    feed_every_way,
-    parse_server_frames,
-    server_connection,
-)
 
 from asgiws.websocket import (
     BinaryMessage,
@@ -26,6 +17,15 @@ from asgiws.websocket import (
     TextMessage,
 )
 from asgiws.websocket import mask as mask_module
+from tests.websocket.codec_helpers import (
+    MASK,
+    agreed_deflate,
+    client_frame,
+    feed,
+    feed_every_way,
+    parse_server_frames,
+    server_connection,
+)
 
 IMPLEMENTATIONS = [pytest.param(mask_module.py_apply_mask, id="python")]
 CHUNK_IMPLEMENTATIONS = [pytest.param(mask_module.py_apply_mask_chunks, id="python")]
@@ -120,6 +120,14 @@ def test_payload_buffer_never_publishes_bytes_still_writable_through_a_view(payl
     result = buffer.finish()
     kept[0] = ord("X")
     assert result == b"abcd"
+    # Spent either way, as when no view is left: the twins agree.
+    with pytest.raises(ValueError, match="already finished"):
+        buffer.finish()
+    with pytest.raises(BufferError):
+        buffer.view()
+    with pytest.raises(ValueError):
+        buffer.unmask(0, 1, b"abcd")
+    kept.release()
 
 
 @pytest.mark.parametrize("payload_buffer", BUFFER_IMPLEMENTATIONS)
@@ -156,19 +164,6 @@ def test_binary_frame_of_each_length_encoding(length: int) -> None:
             assert feed(data, split)[1] == [BinaryMessage(payload)]
 
 
-@pytest.fixture(params=["c", "python"])
-def mask_twins(request, monkeypatch):
-    """Run a codec test with the C helpers, then with their pure-Python twins."""
-    if request.param == "python":
-        from asgiws.websocket import connection
-
-        monkeypatch.setattr(connection, "apply_mask", mask_module.py_apply_mask)
-        monkeypatch.setattr(connection, "apply_mask_chunks", mask_module.py_apply_mask_chunks)
-        monkeypatch.setattr(connection, "PayloadBuffer", mask_module.PyPayloadBuffer)
-    return request.param
-
-
-@pytest.mark.usefixtures("mask_twins")
 def test_large_binary_frame_in_many_reads_is_unmasked_whole() -> None:
     # Binary payloads are kept as they arrive and unmasked once at the end of
     # the frame; reads of odd sizes move the mask phase at every boundary.
@@ -182,7 +177,6 @@ def test_large_binary_frame_in_many_reads_is_unmasked_whole() -> None:
         assert events == [BinaryMessage(payload), TextMessage("after")], read_size
 
 
-@pytest.mark.usefixtures("mask_twins")
 @pytest.mark.parametrize("read_size", [1, 1000, 65536, 10**6])
 def test_large_binary_frame_read_in_place_through_payload_buffer(read_size: int) -> None:
     # What an asyncio.BufferedProtocol does: read into payload_buffer() while
@@ -226,7 +220,6 @@ def test_payload_buffer_is_only_for_large_undecoded_binary_frames() -> None:
         conn.payload_received(100_000)
 
 
-@pytest.mark.usefixtures("mask_twins")
 def test_fragmented_binary_message_with_frames_split_across_reads() -> None:
     parts = [os.urandom(n) for n in (5000, 0, 3, 70_000)]
     data = client_frame(Opcode.BINARY, parts[0], fin=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from codec_helpers import client_frame, deflate_factory, server_connection
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +15,7 @@ from asgiws.websocket import (
     negotiate_extensions,
 )
 from asgiws.websocket.frames import is_valid_close_code
+from tests.websocket.codec_helpers import client_frame, deflate_factory, server_connection
 
 messages = st.one_of(
     st.builds(TextMessage, st.text(max_size=300)),
