@@ -273,6 +273,9 @@ class Supervisor:
         if lines is None:  # the worker is exiting; _reap collects it
             self.selector.unregister(sock)
             return
+        self._handle_lines(worker, lines)
+
+    def _handle_lines(self, worker: Worker, lines: list[str]) -> None:
         for line in lines:
             command, _, argument = line.partition(" ")
             handler = getattr(self, f"_on_{command}", None)
@@ -332,10 +335,18 @@ class Supervisor:
             self._on_exit(worker, os.waitstatus_to_exitcode(status))
 
     def _forget(self, worker: Worker) -> None:
+        """Stop watching an exited worker's channel, after reading what it sent last.
+
+        A worker that fails start-up sends "fail <reason>" and exits at once:
+        the exit can be reaped before select() reports the line, and the
+        reason was lost ("exit status 3" was logged in its place).
+        """
         try:
             self.selector.unregister(worker.channel.sock)
         except (KeyError, ValueError):
             pass
+        while lines := worker.channel.receive():
+            self._handle_lines(worker, lines)
         worker.channel.close()
 
     def _on_exit(self, worker: Worker, code: int) -> None:
