@@ -20,7 +20,6 @@ from examples.hello import websocket_echo
 from tests.rawws import RawWebSocket
 from tests.wire import Opcode, client_frame
 
-
 pytestmark = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 
 
