@@ -16,6 +16,11 @@ from tests.hostile.apps import ws_echo as echo_app
 from tests.rawws import RawWebSocket, handshake_request
 from tests.wire import Opcode, client_frame
 
+# Hostile clients rarely answer the server's close frame and never need its
+# keep-alive pings: wait 0.5 s for a close, not 5 s, and send no pings (pings
+# are tested on their own in tests/ws).
+pytestmark = pytest.mark.server_defaults(ws_close_timeout=0.5, ws_ping_interval=None)
+
 
 def upgrade(server, origin: str | None = None) -> RawWebSocket:
     extra = f"Origin: {origin}\r\n" if origin is not None else ""

@@ -22,6 +22,11 @@ from tests.hostile.memory import ServerProcess, open_fds
 from tests.rawws import RawWebSocket, handshake_request
 from tests.wire import RSV1, RSV2, RSV3, Opcode, client_frame, close_payload
 
+# Hostile clients rarely answer the server's close frame and never need its
+# keep-alive pings: wait 0.5 s for a close, not 5 s, and send no pings (pings
+# are tested on their own in tests/ws).
+pytestmark = pytest.mark.server_defaults(ws_close_timeout=0.5, ws_ping_interval=None)
+
 
 def open_raw(server, extra: str = "") -> RawWebSocket:
     ws = RawWebSocket(server.port, request=handshake_request(extra=extra))

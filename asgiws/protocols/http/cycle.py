@@ -148,9 +148,10 @@ class RequestCycle:
         self.response_started = True
         self.status = status
         if not self.transport.is_closing():
-            self.transport.writelines(
-                self.protocol._error_response(status, reason, keep_alive=self.keep_alive, body=not self.is_head)
+            response = self.protocol._error_response(
+                status, reason, keep_alive=self.keep_alive, body=not self.is_head
             )
+            self.transport.writelines(response)
         self._log()
         self._complete()
 

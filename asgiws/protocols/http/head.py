@@ -147,7 +147,7 @@ class HeadCallbacks:
         if hosts > 1 or (hosts == 0 and scope["http_version"] == "1.1"):
             raise self._set_abort(400, "Invalid HTTP request: missing or repeated Host header")
         if self._forwarded and self._proxy_trusted:
-            rewrite_from_forwarded(scope, self.trusted)
+            rewrite_from_forwarded(scope, self.trusted, forwarded_host=self.config.forwarded_host)
         if self._wants_websocket:
             method = scope.pop("method")
             scope["type"] = "websocket"
