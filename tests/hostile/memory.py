@@ -64,7 +64,10 @@ class ServerProcess:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
                     probe.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    if probe.recv(1) and len(children) == 1:
+                    answered = probe.recv(65536)
+                    while probe.recv(65536):  # to the end: the server has closed its side (and fd)
+                        pass
+                    if answered and len(children) == 1:
                         self.pid = children[0]
                         return
             except OSError:
