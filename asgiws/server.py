@@ -20,6 +20,7 @@ from typing import Any
 import click
 
 from asgiws import broadcast
+from asgiws.broadcast.brokers import MemoryBroker
 from asgiws.compat import StartupSettingError, adapt_app, compatibility_notes
 from asgiws.config import Config
 from asgiws.importer import ImportFromStringError, import_from_string
@@ -63,6 +64,26 @@ def app_traceback(exc: BaseException) -> str:
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(keep)]
     lines += traceback.format_exception_only(type(exc), exc)
     return "".join(lines).rstrip("\n")
+
+
+class WorkerLocalBroker(MemoryBroker):
+    """The in-process broker of one of N workers: the first publish says, once per worker, that the
+    clients of the other workers do not get it. Apps that never publish never see the warning."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__()
+        self.workers = workers
+        self.warned = False
+
+    async def publish(self, channel: str, data: str | bytes) -> None:
+        if not self.warned:
+            self.warned = True
+            logger.warning(
+                "No --broadcast-url: asgiws.broadcast messages only reach the clients of the worker "
+                "that published them (%d workers). Use --broadcast-url redis://HOST:PORT to reach all.",
+                self.workers,
+            )
+        await super().publish(channel, data)
 
 
 def load_app(config: Config) -> ASGIApp:
@@ -185,10 +206,8 @@ class Server:
                     await self.lifespan.shutdown()
                 await self._stop_broker()
                 return
-            if self.should_exit:
-                await self.shutdown()
-                return
-            await self._main_loop()
+            if not self.should_exit:  # a signal may have come during start-up
+                await self._main_loop()
             await self.shutdown()
             if self.force_exit:
                 self.exit_code = self.exit_code or FORCED_EXIT
@@ -250,6 +269,8 @@ class Server:
             broker = broadcast.create_broker(self.config.broadcast_url)
         except (ValueError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
+        if self.config.broadcast_url is None and self.config.workers > 1:
+            broker = WorkerLocalBroker(self.config.workers)
         await broker.start()
         self.broker = broker
         broadcast.install(asyncio.get_running_loop(), broker)

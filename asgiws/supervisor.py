@@ -131,12 +131,6 @@ class Supervisor:
             logger.log(self._detail, "Listening on %s", describe(sock, tls=tls))
         logger.log(self._detail, "Started parent process [%d]", os.getpid())
         logger.log(self._detail, "Supervisor %d starting %d worker(s)", os.getpid(), self.target)
-        if self.target > 1 and not self.config.broadcast_url:
-            logger.warning(
-                "No --broadcast-url: asgiws.broadcast messages only reach the clients of the worker "
-                "that published them (%d workers). Use --broadcast-url redis://HOST:PORT to reach all.",
-                self.target,
-            )
         if self.watcher is not None:
             self.selector.register(self.watcher, selectors.EVENT_READ, self._on_watcher)
         try:

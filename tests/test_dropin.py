@@ -507,3 +507,33 @@ def test_lifespan_shutdown_is_bounded(app_dir):
     lines = output_lines(read_log())
     assert "ERROR:    Application shutdown did not complete within 1.0s: cancelled." in lines
     assert "Traceback" not in read_log()
+
+
+def test_second_sigint_in_process_server_forces_exit(app_dir):
+    # An app object is served in the calling process; the first SIGINT comes as soon as it serves
+    # (a start-up race once let the shutdown end with status 0 and no "Finished" line).
+    code = textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(app_dir)!r})
+        os.environ["HANG_SHUTDOWN"] = "1"
+        import asgiws, dropinapp
+        raise SystemExit(asgiws.run(dropinapp.app, port=0, timeout_graceful_shutdown=60))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if "running on" in line:
+                process.send_signal(signal.SIGINT)
+            if "app: shutdown" in line:
+                process.send_signal(signal.SIGINT)
+                break
+        code = process.wait(10)
+        lines += process.stdout.readlines()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert code == 3, "".join(lines)
+    assert lines[-2:] == ["WARNING:  Second SIGINT: forcing exit\n", f"INFO:     Finished server process [{process.pid}]\n"]
