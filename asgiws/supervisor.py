@@ -287,6 +287,9 @@ class Supervisor:
         if lines is None:  # the worker is exiting; _reap collects it
             self.selector.unregister(sock)
             return
+        self._dispatch_lines(worker, lines)
+
+    def _dispatch_lines(self, worker: Worker, lines: list[str]) -> None:
         for line in lines:
             command, _, argument = line.partition(" ")
             handler = getattr(self, f"_on_{command}", None)
@@ -353,10 +356,14 @@ class Supervisor:
             self._on_exit(worker, os.waitstatus_to_exitcode(status))
 
     def _forget(self, worker: Worker) -> None:
+        # What it said just before exiting ("fail <why>") may still be unread: the exit can be reaped
+        # before select() reports the channel readable. Read it, or the reason is lost.
         try:
             self.selector.unregister(worker.channel.sock)
         except (KeyError, ValueError):
             pass
+        while (lines := worker.channel.receive()):
+            self._dispatch_lines(worker, lines)
         worker.channel.close()
 
     def _on_exit(self, worker: Worker, code: int) -> None:
@@ -516,14 +523,20 @@ def run_supervisor(config: Config, sockets: list[socket.socket] | None = None) -
     """Serve `config` with config.workers processes (and --reload); returns the exit status.
 
     What can be checked without the app is checked here, before any worker
-    starts, and said once: the TLS files and the address.
+    starts, and said once: the TLS files, the --header values and the address.
     """
     from asgiws.sockets import create_ssl_context, tls_error
 
+    from asgiws.protocols.response import build_default_headers
+
     try:
         create_ssl_context(config)
+        build_default_headers(config)
     except OSError as exc:
         logger.error("%s", tls_error(config, exc))
+        return 1
+    except ValueError as exc:  # a --header no response could carry
+        logger.error("%s", exc)
         return 1
     if sockets is None:
         try:
