@@ -30,10 +30,13 @@ async def app(scope, receive, send):
 
 
 def main() -> int:
+    """argv[1], when given, is "yes" or "no": whether the wheel must carry the C helper."""
     import asgiws
 
     assert "site-packages" in asgiws.__file__, f"not the installed package: {asgiws.__file__}"
     print(f"asgiws {asgiws.__version__} from {os.path.dirname(asgiws.__file__)}; C speedups: {_speedups()}")
+    if len(sys.argv) > 1:
+        assert _speedups() == (sys.argv[1] == "yes"), f"C speedups expected: {sys.argv[1]}"
     with tempfile.TemporaryDirectory() as directory:
         with open(os.path.join(directory, "smokeapp.py"), "w") as file:
             file.write(APP)
