@@ -18,7 +18,8 @@ import time
 APP = '''
 async def app(scope, receive, send):
     if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        headers = [(b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": b"installed"})
     elif scope["type"] == "websocket":
         await receive()
@@ -40,8 +41,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as directory:
         with open(os.path.join(directory, "smokeapp.py"), "w") as file:
             file.write(APP)
-        server = subprocess.Popen([sys.executable, "-m", "asgiws", "smokeapp:app", "--port", "0"], cwd=directory,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        command = [sys.executable, "-m", "asgiws", "smokeapp:app", "--port", "0"]
+        server = subprocess.Popen(command, cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True)
         try:
             port = _port(server)
             _check_http(port)

@@ -64,8 +64,9 @@ def _option_for(field: dataclasses.Field[Any]) -> click.Option:
         return click.Option([flag, field.name], type=click.BOOL, default=default, show_default=True, **common)
     if meta.get("boolean"):
         negative = "--no-" + flag[2:]
-        return click.Option([f"{flag}/{negative}", field.name], default=default, show_default=default is not None,
-                            **common)
+        return click.Option(
+            [f"{flag}/{negative}", field.name], default=default, show_default=default is not None, **common
+        )
     if meta.get("multiple"):
         return click.Option([flag, field.name], multiple=True, default=default, show_default=bool(default),
                             type=str, **common)

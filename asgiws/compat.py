@@ -33,7 +33,9 @@ def compatibility_notes(config: Config) -> list[str]:
     if config.http != "auto" and config.http != "httptools":
         notes.append(f"--http {config.http}: asgiws serves HTTP/1.1 with its own parser on httptools")
     if config.http2:
-        notes.append("WARNING --http2: HTTP/2 is not supported; serving HTTP/1.1 (TLS ALPN offers http/1.1 only)")
+        notes.append(
+            "WARNING --http2: HTTP/2 is not supported; serving HTTP/1.1 (TLS ALPN offers http/1.1 only)"
+        )
     if config.ws in _OTHER_WS:
         notes.append(f"--ws {config.ws}: asgiws uses its own WebSocket implementation (RFC 6455, RFC 7692)")
     if config.ws == "none":
@@ -66,7 +68,10 @@ def is_asgi2(app: Any) -> bool:
 
 
 class ASGI2App:
-    """Runs an ASGI 2 app as ASGI 3; its scope says `asgi.version` "2.0" (ASGI spec, "Legacy Applications")."""
+    """Runs an ASGI 2 app as ASGI 3; its scope says `asgi.version` "2.0".
+
+    ASGI spec, "Legacy Applications": the server calls app(scope), then awaits instance(receive, send).
+    """
 
     def __init__(self, app: Any) -> None:
         self.app = app

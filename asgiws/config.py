@@ -209,7 +209,8 @@ class Config:
     # Long enough for a WebSocket close handshake and a typical request, short
     # enough to fit inside `docker stop`'s default 10 s before SIGKILL.
     timeout_graceful_shutdown: float | None = option(
-        8.0, "Seconds to let requests finish and WebSockets close on shutdown before cancelling (none: no bound)."
+        8.0,
+        "Seconds to let requests finish and WebSockets close on shutdown before cancelling (none: no bound).",
     )
 
     # -- WebSocket -------------------------------------------------------------------
@@ -287,12 +288,16 @@ class Config:
     ssl_cert_reqs: int = option(0, "Client certificate requirement (0 none, 1 optional, 2 required).")
     # None: OpenSSL's own defaults (AES-GCM and ChaCha20 first), as uvicorn since #2940; uvicorn's old
     # "TLSv1" left TLS 1.2 clients only CBC suites with SHA-1 here, anonymous AECDH ones included.
-    ssl_ciphers: str | None = option(None, "Ciphers to offer (OpenSSL cipher list syntax; default: OpenSSL's).")
+    ssl_ciphers: str | None = option(
+        None, "Ciphers to offer (OpenSSL cipher list syntax; default: OpenSSL's)."
+    )
 
     # -- uvicorn's options, and logging details --------------------------------------------
     # Accepted with uvicorn's names and syntax so that a uvicorn command line or uvicorn.run() call works
     # unchanged; docs/migrating-from-uvicorn.md says what each one does here.
-    http: HttpSetting = option("auto", "HTTP implementation: asgiws's own HTTP/1.1 on httptools whatever is named.")
+    http: HttpSetting = option(
+        "auto", "HTTP implementation: asgiws's own HTTP/1.1 on httptools whatever is named."
+    )
     http2: bool = option(False, "HTTP/2: not supported (logged); HTTP/1.1 is served.", boolean=True)
     ws: WsSetting = option(
         "auto", "WebSocket implementation: asgiws's own whatever is named; none disables WebSocket."

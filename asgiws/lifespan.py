@@ -70,7 +70,10 @@ class LifespanOn:
             logger.info("Application shutdown complete.")
 
     def abandon(self) -> None:
-        """Stop waiting for the app (a second Ctrl+C): startup fails, shutdown returns, the task is cancelled."""
+        """Stop waiting for the app (a second Ctrl+C).
+
+        Startup then fails, shutdown returns, and the app's lifespan task is cancelled.
+        """
         if self.abandoned:
             return
         self.abandoned = True

@@ -43,7 +43,11 @@ LOGGING_CONFIG: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "default": {"()": "asgiws.logging.DefaultFormatter", "fmt": "%(levelprefix)s %(message)s", "use_colors": None},
+        "default": {
+            "()": "asgiws.logging.DefaultFormatter",
+            "fmt": "%(levelprefix)s %(message)s",
+            "use_colors": None,
+        },
         "access": {
             "()": "asgiws.logging.AccessFormatter",
             "fmt": '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s',
@@ -83,7 +87,11 @@ class DefaultFormatter(logging.Formatter):
     """
 
     def __init__(
-        self, fmt: str | None = None, datefmt: str | None = None, style: Any = "%", use_colors: bool | None = None
+        self,
+        fmt: str | None = None,
+        datefmt: str | None = None,
+        style: Any = "%",
+        use_colors: bool | None = None,
     ) -> None:
         super().__init__(fmt=fmt, datefmt=datefmt, style=style)
         self.use_colors = use_colors
@@ -119,7 +127,9 @@ class AccessFormatter(DefaultFormatter):
             if self._colours():
                 status_code = click.style(status_code, fg=STATUS_COLOURS.get(int(status) // 100))  # type: ignore[call-overload]
             record.__dict__.update(
-                client_addr=client_addr, request_line=f"{method} {target} HTTP/{http_version}", status_code=status_code
+                client_addr=client_addr,
+                request_line=f"{method} {target} HTTP/{http_version}",
+                status_code=status_code,
             )
         return super().formatMessage(record)
 
@@ -180,9 +190,8 @@ def log_access(
     if not access_logger.isEnabledFor(logging.INFO):
         return
     client_text = f"{client[0]}:{client[1]}" if client else "-"
-    access_logger.info(
-        '%s - "%s %s HTTP/%s" %d', client_text, method, _escape(redact_target(path_with_query)), http_version, status
-    )
+    target = _escape(redact_target(path_with_query))
+    access_logger.info('%s - "%s %s HTTP/%s" %d', client_text, method, target, http_version, status)
 
 
 def configure_logging(

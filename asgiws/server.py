@@ -215,13 +215,13 @@ class Server:
 
     async def _startup(self, sockets: list[socket.socket] | None) -> None:
         config = self.config
-        for note in compatibility_notes(config):
-            level, _, text = note.partition(" ") if note.startswith("WARNING ") else ("INFO", "", note)
-            logger.log(logging.getLevelName(level), "%s", text)
         set_redacted_query_params(config.log_redact_query_params)
         self.app = load_app(config)
         # After the import, as uvicorn: an app that does not import gets its error alone.
         logger.info("Started server process [%d]", os.getpid())
+        for note in compatibility_notes(config):
+            level, _, text = note.partition(" ") if note.startswith("WARNING ") else ("INFO", "", note)
+            logger.log(logging.getLevelName(level), "%s", text)
         try:
             self.server_state.default_headers = build_default_headers(config)
         except ValueError as exc:
@@ -247,7 +247,8 @@ class Server:
             try:
                 server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog)
             except OSError as exc:
-                raise StartupError(f"could not serve on {sock.getsockname()!r}: {exc.strerror or exc}") from None
+                where = sock.getsockname()
+                raise StartupError(f"could not serve on {where!r}: {exc.strerror or exc}") from None
             self.servers.append(server)
             for server_sock in server.sockets:
                 self.bound_addresses.append(server_sock.getsockname())

@@ -417,7 +417,9 @@ class Supervisor:
         # Keep what serves now; trying the same code again cannot help.
         self.spawn_not_before = float("inf")
         waiting = "a file change" if self.watcher is not None else "SIGHUP"
-        logger.error("Worker failed to start: %s; keeping the running workers, waiting for %s", reason, waiting)
+        logger.error(
+            "Worker failed to start: %s; keeping the running workers, waiting for %s", reason, waiting
+        )
 
     def _begin_stop_quietly(self) -> None:
         self.stopping = True
@@ -525,9 +527,8 @@ def run_supervisor(config: Config, sockets: list[socket.socket] | None = None) -
     What can be checked without the app is checked here, before any worker
     starts, and said once: the TLS files, the --header values and the address.
     """
-    from asgiws.sockets import create_ssl_context, tls_error
-
     from asgiws.protocols.response import build_default_headers
+    from asgiws.sockets import create_ssl_context, tls_error
 
     try:
         create_ssl_context(config)

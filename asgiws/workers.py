@@ -63,7 +63,7 @@ class Channel:
         return self.sock.fileno()
 
     def send(self, line: str) -> bool:
-        """Send one line (newlines inside it travel escaped); False when the peer is gone or the pipe is full."""
+        """Send one line, newlines inside it escaped; False when the peer is gone or the pipe is full."""
         escaped = line.replace("\\", "\\\\").replace("\n", "\\n")
         try:
             self.sock.send(escaped.encode("utf-8", "replace") + b"\n")

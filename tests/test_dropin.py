@@ -105,7 +105,7 @@ def free_port() -> int:
 def asgiws_cli(app_dir, *args, env=None, timeout=30):
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "asgiws", *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=app_dir)
+                          timeout=timeout, env=full_env, cwd=app_dir, check=False)
 
 
 def output_lines(text: str) -> list[str]:
@@ -211,8 +211,9 @@ def test_run_takes_every_uvicorn_run_keyword():
 
 
 def test_uvicorn_keyword_forms_are_normalised():
-    config = Config(app="a:b", headers=[("X-Team", "core")], reload_dirs="src", forwarded_allow_ips=["10.0.0.1", "::1"],
-                    log_level=10, workers=None, app_dir=None, env_file=Path("x.env"))
+    config = Config(app="a:b", headers=[("X-Team", "core")], reload_dirs="src",
+                    forwarded_allow_ips=["10.0.0.1", "::1"], log_level=10, workers=None, app_dir=None,
+                    env_file=Path("x.env"))
     assert config.headers == ("X-Team:core",)
     assert config.reload_dirs == ("src",)
     assert config.forwarded_allow_ips == "10.0.0.1,::1"
@@ -246,8 +247,8 @@ def test_port_in_use_is_one_line_before_the_app_starts(app_dir):
             result = asgiws_cli(app_dir, "dropinapp:app", "--port", str(port), "--workers", workers)
             assert result.returncode == 1
             assert output_lines(result.stderr) == [
-                "ERROR:    could not bind on 127.0.0.1:PORT: address already in use "
-                "(another process is listening there: stop it or choose another --port)"
+                ("ERROR:    could not bind on 127.0.0.1:PORT: address already in use "
+                 "(another process is listening there: stop it or choose another --port)")
             ]
             assert result.stdout == ""  # the app's lifespan never started
 
@@ -256,8 +257,8 @@ def test_host_that_is_not_this_machines_is_one_line(app_dir):
     result = asgiws_cli(app_dir, "dropinapp:app", "--host", "203.0.113.7", "--port", "8123")
     assert result.returncode == 1
     assert output_lines(result.stderr) == [
-        "ERROR:    could not bind on 203.0.113.7:8123: cannot assign requested address "
-        "(--host must be an address of this machine, or 0.0.0.0 for all of them)"
+        ("ERROR:    could not bind on 203.0.113.7:8123: cannot assign requested address "
+         "(--host must be an address of this machine, or 0.0.0.0 for all of them)")
     ]
 
 
@@ -265,16 +266,16 @@ def test_host_that_does_not_resolve_is_one_line(app_dir):
     result = asgiws_cli(app_dir, "dropinapp:app", "--host", "no-such-host.invalid")
     assert result.returncode == 1
     [line] = output_lines(result.stderr)
-    assert line.startswith("ERROR:    could not bind on no-such-host.invalid:8000: --host 'no-such-host.invalid' "
-                           "is not a known host name (")
+    assert line.startswith("ERROR:    could not bind on no-such-host.invalid:8000: "
+                           "--host 'no-such-host.invalid' is not a known host name (")
 
 
 def test_uds_in_a_missing_directory_is_one_line(app_dir):
     result = asgiws_cli(app_dir, "dropinapp:app", "--uds", "/nonexistent/dir/app.sock")
     assert result.returncode == 1
     assert output_lines(result.stderr) == [
-        "ERROR:    could not bind on /nonexistent/dir/app.sock: no such file or directory "
-        "(the directory /nonexistent/dir does not exist)"
+        ("ERROR:    could not bind on /nonexistent/dir/app.sock: no such file or directory "
+         "(the directory /nonexistent/dir does not exist)")
     ]
 
 
@@ -339,7 +340,8 @@ def test_http2_is_one_warning_and_http11_is_served(app_dir):
     with serving(app_dir, "dropinapp:app", "--http2", "--http", "h11") as (port, _, read_log):
         assert httpx.get(f"http://127.0.0.1:{port}/").status_code == 200
         log = read_log()
-    assert "WARNING:  --http2: HTTP/2 is not supported; serving HTTP/1.1 (TLS ALPN offers http/1.1 only)\n" in log
+    assert ("WARNING:  --http2: HTTP/2 is not supported; serving HTTP/1.1 "
+            "(TLS ALPN offers http/1.1 only)\n") in log
     assert "INFO:     --http h11: asgiws serves HTTP/1.1 with its own parser on httptools\n" in log
 
 
@@ -350,7 +352,8 @@ def test_ws_none_serves_upgrade_requests_as_plain_http(app_dir):
             "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
         assert response.status_code == 200
         assert response.text == "hi 3.0 upgrade=b'websocket'"
-    assert "INFO:     --ws none: WebSocket disabled; upgrade requests are served as plain HTTP\n" in read_log()
+    expected = "INFO:     --ws none: WebSocket disabled; upgrade requests are served as plain HTTP\n"
+    assert expected in read_log()
 
 
 def test_ws_wsproto_uses_asgiws_own_and_says_so(app_dir):
@@ -434,13 +437,13 @@ def test_use_colors_colours_level_and_status(app_dir):
 
 
 def test_workers_each_say_started_and_finished(app_dir):
-    with serving(app_dir, "dropinapp:app", "--workers", "2") as (port, process, read_log):
+    with serving(app_dir, "dropinapp:app", "--workers", "2") as (_, process, read_log):
         wait_for(lambda: read_log().count("running on") == 2, 20, "two workers")
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
     log = read_log()
-    assert len(re.findall(r"^INFO:     Started server process \[\d+\]$", log, re.M)) == 2
-    assert len(re.findall(r"^INFO:     Finished server process \[\d+\]$", log, re.M)) == 2
+    assert len(re.findall(r"^INFO:     Started server process \[\d+\]$", log, re.MULTILINE)) == 2
+    assert len(re.findall(r"^INFO:     Finished server process \[\d+\]$", log, re.MULTILINE)) == 2
     assert "INFO:     Started parent process [" in log and "INFO:     Stopping parent process [" in log
 
 
@@ -461,7 +464,8 @@ def test_sighup_in_single_worker_mode_restarts_onto_new_code_without_refusing(ap
                 async with httpx.AsyncClient() as client:
                     while time.monotonic() < deadline and not (seen and seen[-1] == "v2"):
                         # A new connection each time: none may be refused during the restart.
-                        response = await client.get(f"http://127.0.0.1:{port}/", headers={"Connection": "close"})
+                        url = f"http://127.0.0.1:{port}/"
+                        response = await client.get(url, headers={"Connection": "close"})
                         seen.append(response.text.split()[0])
                         await asyncio.sleep(0.02)
                 try:
@@ -536,4 +540,7 @@ def test_second_sigint_in_process_server_forces_exit(app_dir):
         if process.poll() is None:
             process.kill()
     assert code == 3, "".join(lines)
-    assert lines[-2:] == ["WARNING:  Second SIGINT: forcing exit\n", f"INFO:     Finished server process [{process.pid}]\n"]
+    assert lines[-2:] == [
+        "WARNING:  Second SIGINT: forcing exit\n",
+        f"INFO:     Finished server process [{process.pid}]\n",
+    ]
