@@ -30,7 +30,12 @@ from asgiws.cli import main as asgiws_main
 from asgiws.config import Config, ConfigError
 
 APPS = textwrap.dedent('''
-    import asyncio, os, sys
+    import asyncio, contextvars, os, sys
+
+    # Set while the server imports the app: every request's context is a copy of the server's,
+    # unless --reset-contextvars gives each one a fresh, empty context (uvicorn's mechanism).
+    set_at_import = contextvars.ContextVar("set_at_import", default="unset")
+    set_at_import.set("set at import")
 
     def log(text):
         print("app: " + text, flush=True)
@@ -58,7 +63,10 @@ APPS = textwrap.dedent('''
                 await send({"type": "websocket.send", "text": message.get("text")})
         if scope["type"] == "http":
             version = open(os.environ["VERSION_FILE"]).read() if os.environ.get("VERSION_FILE") else "hi"
-            body = f"{version} {scope['asgi']['version']} upgrade={dict(scope['headers']).get(b'upgrade')}"
+            if scope["path"] == "/context":
+                body = set_at_import.get()
+            else:
+                body = f"{version} {scope['asgi']['version']} upgrade={dict(scope['headers']).get(b'upgrade')}"
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": body.encode()})
 
@@ -387,6 +395,25 @@ def test_interface_wsgi_without_the_adapter_is_one_line(app_dir, tmp_path):
 def test_asgi2_app_is_detected_and_sees_version_2(app_dir):
     with serving(app_dir, "dropinapp:Legacy") as (port, _, _):
         assert httpx.get(f"http://127.0.0.1:{port}/").text == "2.0"
+
+
+def test_reset_contextvars_runs_each_request_in_a_fresh_context(app_dir):
+    with serving(app_dir, "dropinapp:app") as (port, _, _):
+        assert httpx.get(f"http://127.0.0.1:{port}/context").text == "set at import"
+    with serving(app_dir, "dropinapp:app", "--reset-contextvars") as (port, _, _):
+        assert httpx.get(f"http://127.0.0.1:{port}/context").text == "unset"
+
+
+def test_default_tls_ciphers_are_openssls_with_aead_and_no_anonymous_suites(tmp_path):
+    trustme = pytest.importorskip("trustme")  # a test extra: always installed with '.[test]'
+    cert = trustme.CA().issue_cert("localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(tmp_path / "both.pem")
+    from asgiws.sockets import create_ssl_context
+
+    context = create_ssl_context(Config(ssl_certfile=str(tmp_path / "both.pem")))
+    names = [cipher["name"] for cipher in context.get_ciphers()]
+    assert any("GCM" in name for name in names) and any("CHACHA20" in name for name in names)
+    assert not any(name.startswith(("AECDH", "ADH")) for name in names)
 
 
 # -- log lines in uvicorn's format ------------------------------------------------------------
