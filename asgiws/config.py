@@ -216,7 +216,7 @@ class Config:
     # -- WebSocket -------------------------------------------------------------------
     # 20 s: below the 30-60 s idle timeouts of common proxies and NATs, so the
     # heartbeat also keeps the path open; python-websockets uses the same.
-    ws_ping_interval: float | None = option(20.0, "Send a ping every this many seconds (None: never).")
+    ws_ping_interval: float | None = option(20.0, "Send a ping every this many seconds (none: never).")
     ws_ping_timeout: float | None = option(20.0, "Close with 1011 when no pong comes within this many seconds.")
     # 16 MiB: the usual largest message in practice, and a bounded cost per
     # connection; also uvicorn's default, so a switch changes nothing.

@@ -239,7 +239,7 @@ class Supervisor:
     def _begin_stop(self, why: str) -> None:
         if self.stopping:
             return
-        logger.info("%s: stopping %d worker(s) gracefully", why, len(self.workers))
+        logger.log(self._detail, "%s: stopping %d worker(s) gracefully", why, len(self.workers))
         self.stopping = True
         for worker in self.workers.values():
             if worker.state is not State.DRAINING:
@@ -369,7 +369,7 @@ class Supervisor:
     def _on_exit(self, worker: Worker, code: int) -> None:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         if worker.state is State.DRAINING:
-            logger.info("Worker %d stopped (%s)", worker.pid, how)
+            logger.log(self._detail, "Worker %d stopped (%s)", worker.pid, how)
         elif worker.state is State.READY:
             logger.error("Worker %d died (%s): replacing it", worker.pid, how)
         else:
