@@ -192,6 +192,26 @@ def test_every_uvicorn_option_parses_with_uvicorns_syntax(option):
         assert ctx.params, argv
 
 
+@pytest.mark.parametrize(("argv", "value"), [
+    (["--ws-per-message-deflate", "false", "app:app"], False),   # uvicorn's form
+    (["--ws-per-message-deflate", "app:app"], True),            # asgiws's bare flag still works
+    (["app:app", "--ws-per-message-deflate"], True),
+    (["--no-ws-per-message-deflate", "app:app"], False),
+    (["app:app"], True),
+])
+def test_per_message_deflate_takes_uvicorns_value_and_asgiws_flags(argv, value):
+    ctx = asgiws_main.make_context("asgiws", list(argv))
+    assert ctx.params["app"] == "app:app"
+    assert ctx.params["ws_per_message_deflate"] is value
+
+
+def test_nullable_numbers_take_none():
+    ctx = asgiws_main.make_context("asgiws", ["app:app", "--ws-ping-interval", "none",
+                                              "--timeout-graceful-shutdown", "None"])
+    assert ctx.params["ws_ping_interval"] is None
+    assert ctx.params["timeout_graceful_shutdown"] is None
+
+
 def test_loop_choices_of_uvicorns_help_are_offered():
     # uvicorn types --loop/--http/--ws as strings and lists the choices in the help's metavar.
     help_text = _uvicorn_command().get_help(click.Context(_uvicorn_command()))
