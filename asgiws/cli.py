@@ -148,6 +148,8 @@ def _command(app: str, **values: Any) -> None:
         config = Config(app=app, **given)
     except ConfigError as exc:
         raise click.UsageError(f"{flag_for(exc.name)} {exc.rule}") from None
+    except ValueError as exc:  # already worded with the flag (--forwarded-allow-ips: ...)
+        raise click.UsageError(str(exc)) from None
     try:
         configure_logging(config.log_config, config.log_level, config.access_log, config.use_colors)
     except ValueError as exc:

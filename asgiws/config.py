@@ -28,6 +28,7 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 HttpSetting = Literal["auto", "httptools", "h11", "zttp"]
 WsSetting = Literal["auto", "websockets", "websockets-sansio", "wsproto", "none"]
 InterfaceSetting = Literal["auto", "asgi3", "asgi2", "wsgi"]
+ProxyProtocolSetting = Literal["off", "v1", "v2", "auto"]
 
 # Query parameters whose values the access log replaces with "[redacted]": browsers cannot set headers
 # on a WebSocket, so tokens travel in the query string, and access logs are kept and shipped widely.
@@ -160,13 +161,27 @@ class Config:
     # -- HTTP ----------------------------------------------------------------------
     root_path: str = option("", "ASGI root_path, for apps mounted below a path prefix.")
     proxy_headers: bool = option(
-        True, "Honour X-Forwarded-Proto/For/Host from --forwarded-allow-ips.", boolean=True
+        True, "Honour X-Forwarded-Proto/For (and with --forwarded-host, Host) from --forwarded-allow-ips.",
+        boolean=True,
     )
     forwarded_allow_ips: str = option(
         None,
         default_factory=_default_forwarded_allow_ips,
-        help="Comma-separated IPs or networks trusted to send proxy headers ('*' for all). "
-        "Defaults to $FORWARDED_ALLOW_IPS or 127.0.0.1.",
+        help="Comma-separated IPs, networks, 'unix:' (peers on a UNIX socket) or '*' (any peer) trusted "
+        "to send proxy headers and PROXY protocol headers. Defaults to $FORWARDED_ALLOW_IPS or 127.0.0.1.",
+    )
+    # Off: nginx and HAProxy pass a client's own X-Forwarded-Host on unless told
+    # to set or clear it, and uvicorn does not read it at all.
+    forwarded_host: bool = option(
+        False, "Also take scope['server'] from X-Forwarded-Host (only if the proxy sets or clears it).",
+        boolean=True,
+    )
+    # Off: the PROXY protocol spec forbids guessing whether a header comes, so it
+    # is switched on only where a load balancer is known to send one.
+    proxy_protocol: ProxyProtocolSetting = option(
+        "off",
+        "Expect a PROXY protocol header (v1 text, v2 binary, or auto: either) from "
+        "--forwarded-allow-ips peers; their connections without one are closed.",
     )
     # Short: an idle keep-alive connection costs a socket and memory, and
     # clients reconnect cheaply. Same value as uvicorn's, so a switch changes nothing.
@@ -355,6 +370,12 @@ class Config:
             problem = origin_pattern_problem(origin)
             if problem:
                 raise ConfigError("ws_allowed_origins", problem)
+        from asgiws.protocols.utils import TrustedProxies
+
+        TrustedProxies(self.forwarded_allow_ips)  # raises ValueError naming the flag and the bad entry
+        if self.proxy_protocol != "off" and self.use_ssl:
+            # The header comes before the TLS ClientHello, which the TLS layer would read first.
+            raise ConfigError("proxy_protocol", "cannot be combined with TLS: terminate TLS at the proxy")
 
     def _checks(self) -> tuple[tuple[bool, str, str], ...]:
         grace = self.timeout_graceful_shutdown

@@ -26,6 +26,7 @@ from asgiws.config import Config
 from asgiws.importer import ImportFromStringError, import_from_string
 from asgiws.lifespan import LifespanOn
 from asgiws.logging import set_redacted_query_params
+from asgiws.protocols import proxy as proxy_protocol
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.http import HttpProtocol, build_default_headers
 from asgiws.protocols.utils import TrustedProxies
@@ -239,10 +240,10 @@ class Server:
                 return
         loop = asyncio.get_running_loop()
         trusted = TrustedProxies(config.forwarded_allow_ips)
-        factory = functools.partial(
+        factory = proxy_protocol.connection_factory(config, functools.partial(
             HttpProtocol, config=config, server_state=self.server_state, app=self.app, loop=loop,
             trusted_proxies=trusted,
-        )
+        ))
         for sock in self.sockets:
             try:
                 server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog)
