@@ -270,8 +270,8 @@ async def run_memory(a):
 
     async def one():
         async with sem:
-            c = await asyncio.wait_for(connect(url, compression=comp, ping_interval=None, open_timeout=20, **tls),
-                                       25)
+            c = await asyncio.wait_for(
+                connect(url, compression=comp, ping_interval=None, open_timeout=20, **tls), 25)
             conns.append(c)
 
     res = await asyncio.wait_for(asyncio.gather(*[one() for _ in range(a.conns)], return_exceptions=True), a.connect_timeout)

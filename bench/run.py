@@ -120,7 +120,8 @@ def wait_ready(proc, port, timeout):
 def start_server(name, port, logf, extra=()):
     """The server on port (extra: more flags, e.g. TLS), once it accepts connections; None if it did not."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(pin(SERVERS[name](port) + list(extra), SERVER_CPU), cwd=ROOT, stdout=logf, stderr=logf,
+    cmd = SERVERS[name](port) + list(extra)
+    proc = subprocess.Popen(pin(cmd, SERVER_CPU), cwd=ROOT, stdout=logf, stderr=logf,
                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     _procs.append(proc)
     if not wait_ready(proc, port, 15):
@@ -230,7 +231,8 @@ def scenario(name, port, pid, q):
     if name in ("wss_echo64", "wss_echo1m"):
         size = ["--size", "64"] if name == "wss_echo64" else ["--size", str(1 << 20), "--binary"]
         conns = "50" if name == "wss_echo64" else "4"
-        return loadgen(["echo", "--tls", "--port", str(port), "--conns", conns, *size, "--duration", str(d)], d + 30)
+        return loadgen(["echo", "--tls", "--port", str(port), "--conns", conns, *size, "--duration", str(d)],
+                       d + 30)
     if name == "wss_memory":
         return loadgen(["memory", "--tls", "--port", str(port), "--conns", str(D["wss_mem_conns"]), "--pid",
                         str(pid), "--connect-timeout", "60"], 120)

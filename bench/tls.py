@@ -33,9 +33,9 @@ def make_certificate(directory=None):
         raise RuntimeError("the wss scenarios need the openssl command")
     directory = directory or tempfile.mkdtemp(prefix="bench-tls-")
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-    r = subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                        "-keyout", key, "-out", cert], capture_output=True, text=True, timeout=60, check=False)
+    cmd = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+           "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     if r.returncode != 0:
         raise RuntimeError("openssl req failed: " + r.stderr[-300:])
     return cert, key

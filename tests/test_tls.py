@@ -237,7 +237,8 @@ def test_large_messages_both_ways_over_wss(run_server, ca, certs):
     async def main(port: int) -> None:
         async with connect(f"wss://127.0.0.1:{port}/", ssl=client_context(ca), open_timeout=5,
                            max_size=None) as ws:
-            payloads = [bytes([n]) * (1 << 20) + os.urandom(n * 1000) for n in range(1, 4)] + [os.urandom(5 << 20)]
+            payloads = [bytes([n]) * (1 << 20) + os.urandom(n * 1000) for n in range(1, 4)]
+            payloads.append(os.urandom(5 << 20))
             for payload in payloads:
                 await ws.send(payload)
             for payload in payloads:
