@@ -107,3 +107,23 @@ def _load_log_config(path: str) -> None:
         raise
     except Exception as exc:
         raise ValueError(f"cannot load log config {path}: {exc}") from exc
+
+
+def log_websocket_close(
+    client: tuple[str, int] | list[Any] | None, path_with_query: str, code: int, closed_by: str,
+    duration: float, messages_received: int, bytes_received: int, messages_sent: int, bytes_sent: int,
+) -> None:
+    """Write the access line of a WebSocket's end, beside the `101` line of its start.
+
+    `closed_by` is "client", "server", "app" or "timeout"; `duration` in
+    seconds since the accept; bytes are on the wire, frame headers included.
+    Control characters in the path are escaped as in log_access. Cheap when disabled.
+    """
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    client_text = f"{client[0]}:{client[1]}" if client else "-"
+    access_logger.info(
+        '%s - "WebSocket %s" closed %d by %s after %.3fs, in: %d msg %d B, out: %d msg %d B',
+        client_text, _escape(path_with_query), code, closed_by, duration,
+        messages_received, bytes_received, messages_sent, bytes_sent,
+    )
