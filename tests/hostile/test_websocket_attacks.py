@@ -317,7 +317,8 @@ def test_app_that_never_calls_receive_pauses_reading_at_max_queue(run_server):
         await send({"type": "websocket.accept"})
         await asyncio.sleep(30)
 
-    with run_server(app, ws_max_queue=8) as server:
+    # The app outlives the test: shutdown cancels it after a short graceful timeout.
+    with run_server(app, ws_max_queue=8, timeout_graceful_shutdown=0.3) as server:
         ws = RawWebSocket(server.port)
         message = frame(BINARY, b"z" * 1000)
         sent = _send_until_stalled(ws.sock, message * 64, 20 * 1000 * 1000, stall=0.5)
