@@ -31,12 +31,13 @@ import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
-from http import HTTPStatus
 from typing import Any, NoReturn
 
 from asgiws.config import WS_FRAGMENT_SIZE, Config
+from asgiws.exceptions import ClientDisconnected
 from asgiws.logging import TRACE_LOG_LEVEL, log_access, log_websocket_close
 from asgiws.protocols.origins import origin_allowed
+from asgiws.protocols.response import denial_head, error_response, format_fields
 from asgiws.types import Message, Scope
 from asgiws.websocket import (
     BinaryMessage,
@@ -56,14 +57,10 @@ from asgiws.websocket import (
     validate_upgrade_request,
 )
 
-__all__ = ["SEND_EOF", "SEND_HALF_CLOSE", "SEND_IN_FRAGMENTS", "ClientDisconnected", "State", "WebSocketSession"]
+__all__ = ["SEND_EOF", "SEND_HALF_CLOSE", "SEND_IN_FRAGMENTS", "State", "WebSocketSession"]
 
 logger = logging.getLogger("asgiws.error")
 trace_logger = logging.getLogger("asgiws.trace")
-
-
-class ClientDisconnected(OSError):
-    """Raised by send() once the client is gone (ASGI spec: a subclass of OSError)."""
 
 
 class _Marker(bytes):
@@ -191,24 +188,6 @@ def _encode_header(name: bytes | str, value: bytes | str) -> tuple[bytes, bytes]
         name.encode("latin-1") if isinstance(name, str) else name,
         value.encode("latin-1") if isinstance(value, str) else value,
     )
-
-
-def _response_head(status: int, headers: list[tuple[bytes, bytes]], default_headers: list[tuple[bytes, bytes]],
-                   *, chunked: bool) -> bytes:
-    """Status line and header block of a denial response; RuntimeError for a header with CR, LF or NUL."""
-    try:
-        phrase = HTTPStatus(status).phrase.encode()
-    except ValueError:
-        phrase = b""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
-    for name, value in list(default_headers) + headers:
-        if any(c in name + value for c in (b"\r", b"\n", b"\0")):
-            raise RuntimeError(f"Invalid response header {name!r}: CR, LF and NUL are not allowed")
-        lines.append(b"%s: %s\r\n" % (name, value))
-    if chunked:
-        lines.append(b"transfer-encoding: chunked\r\n")
-    lines.append(b"connection: close\r\n\r\n")
-    return b"".join(lines)
 
 
 class WebSocketSession:
@@ -735,10 +714,10 @@ class WebSocketSession:
 
     def _app_response_start(self, message: Message) -> None:
         status = message["status"]
-        headers = [_encode_header(name, value) for name, value in message.get("headers") or ()]
-        chunked = not any(name.lower() == b"content-length" for name, _ in headers)
-        self._out.append(_response_head(status, headers, self._default_headers, chunked=chunked))
-        self._response_chunked = chunked
+        head, self._response_chunked = denial_head(
+            status, message.get("headers") or (), self._default_headers, date=self.config.date_header
+        )
+        self._out.append(head)
         self._response_status = status
         self._enter(State.REJECTING)
 
@@ -759,10 +738,9 @@ class WebSocketSession:
 
     def _reject(self, status: int, reason: str, headers: list[tuple[bytes, bytes]],
                 code: int = CloseCode.ABNORMAL_CLOSURE) -> None:
-        body = (reason + "\n").encode() if reason else b""
-        head_headers = list(headers) + [(b"content-type", b"text/plain; charset=utf-8"),
-                                         (b"content-length", str(len(body)).encode())]
-        self._out.append(_response_head(status, head_headers, self._default_headers, chunked=False) + body)
+        defaults = self._default_headers
+        self._out += error_response(status, reason, defaults, format_fields(defaults),
+                                    date=self.config.date_header, fields=headers)
         self._log_access(status)
         self._set_disconnect(code, None if code == CloseCode.ABNORMAL_CLOSURE else "")
         self._enter(_CLOSED)

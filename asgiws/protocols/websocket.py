@@ -16,22 +16,16 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from asgiws.asgi.websocket import (
-    SEND_EOF,
-    SEND_HALF_CLOSE,
-    SEND_IN_FRAGMENTS,
-    ClientDisconnected,
-    State,
-    WebSocketSession,
-)
+from asgiws.asgi.websocket import SEND_EOF, SEND_HALF_CLOSE, SEND_IN_FRAGMENTS, State, WebSocketSession
 from asgiws.broadcast import SCOPE_EXTENSION, broker_for
 from asgiws.broadcast.prepared import PreparedMessage
 from asgiws.config import Config
+from asgiws.exceptions import ClientDisconnected
 from asgiws.protocols.common import ServerState
 from asgiws.types import ASGIApp, Message, Scope
 from asgiws.websocket import CloseCode, ServerConnection
 
-__all__ = ["ClientDisconnected", "WebSocketProtocol"]
+__all__ = ["WebSocketProtocol"]
 
 logger = logging.getLogger("asgiws.error")
 

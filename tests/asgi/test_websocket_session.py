@@ -14,11 +14,11 @@ from asgiws.asgi.websocket import (
     SEND_EOF,
     SEND_HALF_CLOSE,
     SEND_IN_FRAGMENTS,
-    ClientDisconnected,
     State,
     WebSocketSession,
 )
 from asgiws.config import WS_FRAGMENT_SIZE, Config
+from asgiws.exceptions import ClientDisconnected
 from asgiws.websocket import Opcode
 from tests.rawws import DEFAULT_KEY, frame
 
@@ -148,7 +148,7 @@ def test_bad_upgrade_is_answered_without_the_app(headers: list[tuple[bytes, byte
     out = session.data_to_send()
     assert status_of(out) == status and out[-1] is SEND_EOF
     if status == 426:
-        assert b"Sec-WebSocket-Version: 13" in out[0]
+        assert b"Sec-WebSocket-Version: 13\r\n" in b"".join(out[:-1])
 
 
 def test_origin_not_allowed_is_403_without_the_app() -> None:
