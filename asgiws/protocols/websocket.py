@@ -332,8 +332,8 @@ class WebSocketProtocol(asyncio.Protocol):
         frame = handler(message)
         if frame is None:
             self._sync()
-            if self._writing_paused:
-                await self._drain()
+            if self._writing_paused and session.can_send:
+                await self._drain()  # a websocket.send queued behind a backlog; not after a close
         elif frame is SEND_IN_FRAGMENTS:
             await self._send_fragmented(message)
         else:
