@@ -190,6 +190,9 @@ def _encode_header(name: bytes | str, value: bytes | str) -> tuple[bytes, bytes]
     )
 
 
+AppHandler = Callable[["WebSocketSession", Message], "bytes | None"]
+
+
 class WebSocketSession:
     """The ASGI lifecycle of one WebSocket, from the upgrade request on; no I/O.
 
@@ -210,6 +213,7 @@ class WebSocketSession:
         "_out",
         "_pending_close",
         "_ping_payload",
+        "_plain_reads",
         "_pong_deadline",
         "_request",
         "_response_chunked",
@@ -241,8 +245,11 @@ class WebSocketSession:
         # Messages for the app, in order; websocket.connect is the first.
         self.messages: deque[Message] = deque([{"type": "websocket.connect"}])
         self.disconnect: Message | None = None  # what receive() returns once the connection is over
-        self.send_handlers: dict[str, Callable[[Message], bytes | None]] = {}
+        # The current state's row of APP_TRANSITIONS, as functions: handler(session, message).
+        self.send_handlers: dict[str, AppHandler] = {}
         self.can_send = False  # True while data frames may go out (broadcast deliveries check it)
+        # OPEN without a message rate: receive_data takes data messages inline.
+        self._plain_reads = False
         self.writing_paused = False  # set by the transport side: no frame is written past a backlog
         # "client", "server", "app" or "timeout": who began the close (for the access line).
         self.closed_by = "client"
@@ -306,10 +313,11 @@ class WebSocketSession:
         except Exception as exc:  # noqa: BLE001  (our bug, not the client's: 1011, see _codec_crashed)
             events = self._codec_crashed(exc)
         if events:
-            messages = self.messages
-            if self.state is _OPEN and self._message_rate is None:
+            if self._plain_reads:
                 # The common read: data messages to the app, inline (no call per message).
-                unread = len(messages)
+                # Counted all at once; the handlers of the other events take theirs back.
+                self.messages_received += len(events)
+                messages = self.messages
                 for event in events:
                     kind = type(event)
                     if kind is TextMessage:
@@ -318,8 +326,8 @@ class WebSocketSession:
                         messages.append({"type": "websocket.receive", "bytes": event.data})  # type: ignore[attr-defined]
                     else:
                         # Pong, or the last event: a close or a failure.
+                        self.messages_received -= 1
                         getattr(self, EVENT_TRANSITIONS[self.state][kind])(event)
-                self.messages_received += len(messages) - unread
             else:
                 for event in events:
                     getattr(self, EVENT_TRANSITIONS[self.state][type(event)])(event)
@@ -556,7 +564,7 @@ class WebSocketSession:
         handler = self.send_handlers.get(message["type"])
         if handler is None:
             self.refuse(message)
-        return handler(message)
+        return handler(self, message)
 
     def app_finished(self, outcome: str) -> None:
         """The app task ended: "returned", "raised" (logged by the caller) or "cancelled"."""
@@ -807,8 +815,9 @@ class WebSocketSession:
     def _enter(self, state: State) -> None:
         previous = self.state
         self.state = state
-        self.send_handlers = {name: getattr(self, method) for name, method in APP_TRANSITIONS[state].items()}
+        self.send_handlers = _APP_HANDLERS[state]
         self.can_send = state is _OPEN or state is _CLOSING_REMOTE
+        self._plain_reads = state is _OPEN and self._message_rate is None
         if state is _CLOSING_LOCAL or state is _CLOSING_REMOTE:
             self._close_deadline = self._clock() + self.config.ws_close_timeout
         elif state is _CLOSED:
@@ -860,3 +869,11 @@ class WebSocketSession:
         if trace_logger.isEnabledFor(TRACE_LOG_LEVEL):
             trace_logger.log(TRACE_LOG_LEVEL, "%s %s CLOSE code=%d reason=%r",
                              self._client_text(), direction, code, reason)
+
+
+# APP_TRANSITIONS with the method names resolved once: entering a state
+# allocates nothing (a WebSocket's life enters three states or more).
+_APP_HANDLERS: dict[State, dict[str, AppHandler]] = {
+    state: {name: getattr(WebSocketSession, method) for name, method in row.items()}
+    for state, row in APP_TRANSITIONS.items()
+}

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from asgiws.asgi.websocket import SEND_EOF, SEND_HALF_CLOSE, SEND_IN_FRAGMENTS, State, WebSocketSession
+from asgiws.asgi.websocket import SEND_EOF, SEND_HALF_CLOSE, State, WebSocketSession
 from asgiws.broadcast import SCOPE_EXTENSION, broker_for
 from asgiws.broadcast.prepared import PreparedMessage
 from asgiws.config import Config
@@ -329,15 +329,15 @@ class WebSocketProtocol(asyncio.Protocol):
         handler = session.send_handlers.get(message["type"])
         if handler is None:
             session.refuse(message)
-        frame = handler(message)
-        if frame is None:
+        frame = handler(session, message)
+        if frame:
+            self.transport.write(frame)  # a short text frame, nothing backed up: _write_chunks inlined
+        elif frame is None:
             self._sync()
             if self._writing_paused and session.can_send:
                 await self._drain()  # a websocket.send queued behind a backlog; not after a close
-        elif frame is SEND_IN_FRAGMENTS:
+        else:  # SEND_IN_FRAGMENTS (the markers are empty, so never a frame to write)
             await self._send_fragmented(message)
-        else:
-            self.transport.write(frame)  # a short text frame, nothing backed up: _write_chunks inlined
 
     async def _after_fragments(self) -> None:
         while self._fragmented_send is not None:
