@@ -37,6 +37,7 @@ from asgiws.protocols.utils import (
     get_local_addr,
     get_remote_addr,
     is_ssl,
+    peer_name,
 )
 from asgiws.types import ASGIApp, Message, Scope
 
@@ -135,13 +136,33 @@ class HttpProtocol(asyncio.BufferedProtocol):
     # -- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        client = get_remote_addr(transport)
+        peer = client[0] if client is not None else peer_name(transport)
+        self.connection_made_as(transport, client, get_local_addr(transport), peer)
+
+    def connection_made_as(
+        self,
+        transport: asyncio.BaseTransport,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+        peer: str | None,
+        *,
+        tls: bool = False,
+    ) -> None:
+        """Start serving `transport` for `client` connected to `server`.
+
+        `peer` is what --forwarded-allow-ips is matched against (see
+        utils.peer_name). asgiws.protocols.proxy calls this with the addresses a
+        PROXY protocol header named, once it has read the header, and `tls` when
+        the header says the client spoke TLS to the proxy.
+        """
         self.transport = transport  # type: ignore[assignment]
-        self.client = get_remote_addr(transport)
-        self.server = get_local_addr(transport)
-        self.client_ip = self.client[0] if self.client else None
+        self.client = client
+        self.server = server
+        self.client_ip = client[0] if client else None
         # The peer does not change: whether its X-Forwarded-* fields count is decided once.
-        self._proxy_trusted = self.config.proxy_headers and self.client_ip in self.trusted
-        self.scheme = "https" if is_ssl(transport) else "http"
+        self._proxy_trusted = self.config.proxy_headers and self.trusted.trusts_peer(peer)
+        self.scheme = "https" if tls or is_ssl(transport) else "http"
         over_limit = self.server_state.over_connection_limit(
             self.client_ip, self.config.limit_connections_per_ip
         )
@@ -329,7 +350,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if hosts > 1 or (hosts == 0 and scope["http_version"] == "1.1"):
             raise self._set_abort(400, "Invalid HTTP request: missing or repeated Host header")
         if self._forwarded and self._proxy_trusted:
-            rewrite_from_forwarded(scope, self.trusted)
+            rewrite_from_forwarded(scope, self.trusted, forwarded_host=self.config.forwarded_host)
         if self._wants_websocket:
             method = scope.pop("method")
             scope["type"] = "websocket"

@@ -157,10 +157,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport = transport
         transport.set_protocol(self)
         self.server_state.hand_over(previous, self)  # type: ignore[arg-type]
-        # The per-IP count is of the TCP peer, as HttpProtocol counted it; the
-        # scope's client may be a proxied address (X-Forwarded-For).
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if isinstance(peer, tuple) else None
+        # The per-IP count is of the address HttpProtocol counted (the TCP peer, or
+        # the client a PROXY protocol header named), never X-Forwarded-For's.
+        self.client_ip = getattr(previous, "client_ip", None)
         self.scope = scope
         session = self.session = WebSocketSession(
             self.config, scope, method, default_headers=self.server_state.default_headers, clock=self.loop.time

@@ -590,7 +590,7 @@ def test_slowloris_head_trickled_past_timeout_handshake_is_dropped(run_server):
 
 def test_proxy_headers_from_trusted_peer(run_server):
     app, scopes = make_echo_scope()
-    with run_server(app, forwarded_allow_ips="127.0.0.1") as server:
+    with run_server(app, forwarded_allow_ips="127.0.0.1", forwarded_host=True) as server:
         httpx.get(server.url(), headers={
             "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7, 127.0.0.1",
             "X-Forwarded-Host": "example.com:8443",

@@ -17,23 +17,15 @@ from asgiws.exceptions import ClientDisconnected
 from examples.hello import websocket_echo
 from tests.rawws import RawWebSocket, close_payload, frame, handshake_request
 
+# Raw clients here rarely answer the server's close frame: do not wait 5 s for each.
+pytestmark = pytest.mark.server_defaults(ws_close_timeout=0.5)
+
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 async def echo_app(scope, receive, send):
     assert scope["type"] == "websocket"
     await websocket_echo(receive, send)
-
-
-@pytest.fixture
-def run_server(run_server):
-    """Raw clients here rarely answer the server's close frame: do not wait 5 s for each."""
-
-    def start(app, **overrides):
-        overrides.setdefault("ws_close_timeout", 0.5)
-        return run_server(app, **overrides)
-
-    return start
 
 
 def url(server, path="/"):
