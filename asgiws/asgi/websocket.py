@@ -35,7 +35,6 @@ from typing import Any, NoReturn
 
 from asgiws.config import WS_FRAGMENT_SIZE, Config
 from asgiws.exceptions import ClientDisconnected
-from asgiws.logging import TRACE_LOG_LEVEL, log_access, log_websocket_close
 from asgiws.protocols.origins import origin_allowed
 from asgiws.protocols.response import denial_head, error_response, format_fields
 from asgiws.types import Message, Scope
@@ -61,6 +60,15 @@ __all__ = ["SEND_EOF", "SEND_HALF_CLOSE", "SEND_IN_FRAGMENTS", "State", "WebSock
 
 logger = logging.getLogger("asgiws.error")
 trace_logger = logging.getLogger("asgiws.trace")
+# asgiws.logging.TRACE_LOG_LEVEL, not imported: that module formats for terminals
+# (click), and this one stays free of I/O and CLI libraries (the layering test).
+TRACE_LOG_LEVEL = 5
+
+# Writers of the access lines, given by the caller (asgiws.logging's log_access
+# and log_websocket_close): client, method, path, HTTP version, status; and
+# client, path, code, who closed, duration, messages/bytes in, messages/bytes out.
+LogAccess = Callable[[Any, str, str, str, int], None]
+LogClose = Callable[[Any, str, int, str, float, int, int, int, int], None]
 
 
 class _Marker(bytes):
@@ -198,7 +206,8 @@ class WebSocketSession:
 
     `clock()` returns the time in seconds (the event loop's `time`); it dates
     deadlines and the connection's duration, and feeds the message-rate bucket.
-    `default_headers` go on every response (Server, --header).
+    `default_headers` go on every response (Server, --header); `log_access`
+    and `log_close` write the access lines (see LogAccess, LogClose).
     A request that fails the opening handshake is answered at once: the
     session starts CLOSED with the response in `data_to_send()`, and the app
     is not to be called.
@@ -220,6 +229,8 @@ class WebSocketSession:
         "_response_status",
         "_tokens",
         "_tokens_time",
+        "_write_access_line",
+        "_write_close_line",
         "bytes_received",
         "bytes_sent",
         "can_send",
@@ -238,7 +249,7 @@ class WebSocketSession:
     )
 
     def __init__(self, config: Config, scope: Scope, method: str, *, default_headers: list[tuple[bytes, bytes]],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], log_access: LogAccess, log_close: LogClose) -> None:
         self.config = config
         self.scope = scope
         self.conn: ServerConnection | None = None  # created on accept
@@ -262,6 +273,8 @@ class WebSocketSession:
         self.bytes_sent = 0
         self._clock = clock
         self._default_headers = default_headers
+        self._write_access_line = log_access
+        self._write_close_line = log_close
         self._request: UpgradeRequest | None = None
         # Input before accept (a client may pipeline frames behind its request).
         self._early_input = bytearray()
@@ -846,13 +859,14 @@ class WebSocketSession:
 
     def _log_access(self, status: int) -> None:
         if self.config.access_log:
-            log_access(self.scope.get("client"), "GET", self._path(), self.scope.get("http_version", "1.1"), status)
+            self._write_access_line(self.scope.get("client"), "GET", self._path(),
+                                    self.scope.get("http_version", "1.1"), status)
 
     def _log_close(self) -> None:
         if not self.config.access_log:
             return
         assert self.disconnect is not None and self.opened_at is not None
-        log_websocket_close(
+        self._write_close_line(
             self.scope.get("client"), self._path(), self.disconnect["code"], self.closed_by,
             self._clock() - self.opened_at, self.messages_received, self.bytes_received,
             self.messages_sent, self.bytes_sent,

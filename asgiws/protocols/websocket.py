@@ -21,6 +21,7 @@ from asgiws.broadcast import SCOPE_EXTENSION, broker_for
 from asgiws.broadcast.prepared import PreparedMessage
 from asgiws.config import Config
 from asgiws.exceptions import ClientDisconnected
+from asgiws.logging import log_access, log_websocket_close
 from asgiws.protocols.common import ServerState
 from asgiws.types import ASGIApp, Message, Scope
 from asgiws.websocket import CloseCode, ServerConnection
@@ -162,7 +163,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self.client_ip = getattr(previous, "client_ip", None)
         self.scope = scope
         session = self.session = WebSocketSession(
-            self.config, scope, method, default_headers=self.server_state.default_headers, clock=self.loop.time
+            self.config, scope, method, default_headers=self.server_state.default_headers, clock=self.loop.time,
+            log_access=log_access, log_close=log_websocket_close,
         )
         if session.state is State.CLOSED:  # refused by the handshake checks
             self._sync()

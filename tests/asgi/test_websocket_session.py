@@ -19,6 +19,7 @@ from asgiws.asgi.websocket import (
 )
 from asgiws.config import WS_FRAGMENT_SIZE, Config
 from asgiws.exceptions import ClientDisconnected
+from asgiws.logging import TRACE_LOG_LEVEL, log_access, log_websocket_close
 from asgiws.websocket import Opcode
 from tests.rawws import DEFAULT_KEY, frame
 
@@ -61,7 +62,7 @@ def make_session(clock: Clock | None = None, method: str = "GET", headers: list[
         "client": ("127.0.0.1", 50000), "headers": headers if headers is not None else request_headers(),
     }
     return WebSocketSession(Config(app="x:y", **config), scope, method, default_headers=[(b"server", b"asgiws")],
-                            clock=clock or Clock())
+                            clock=clock or Clock(), log_access=log_access, log_close=log_websocket_close)
 
 
 def opened(clock: Clock | None = None, **config: Any) -> WebSocketSession:
@@ -487,3 +488,9 @@ def test_close_line_in_the_access_log(caplog: pytest.LogCaptureFixture) -> None:
     assert [r.getMessage() for r in caplog.records if r.name == "asgiws.access"] == [
         '127.0.0.1:50000 - "WebSocket /chat" closed 1000 by client after 2.500s, in: 1 msg 16 B, out: 1 msg 8 B'
     ]
+
+
+def test_the_trace_level_is_the_one_asgiws_logging_registers() -> None:
+    from asgiws.asgi import websocket
+
+    assert websocket.TRACE_LOG_LEVEL == TRACE_LOG_LEVEL
