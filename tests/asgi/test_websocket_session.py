@@ -494,3 +494,14 @@ def test_the_trace_level_is_the_one_asgiws_logging_registers() -> None:
     from asgiws.asgi import websocket
 
     assert websocket.TRACE_LOG_LEVEL == TRACE_LOG_LEVEL
+
+
+def test_access_lines_redact_credentials_in_the_query_string(caplog: pytest.LogCaptureFixture) -> None:
+    session = make_session()
+    session.scope["query_string"] = b"token=s3cret&room=1"
+    with caplog.at_level(logging.INFO, logger="asgiws.access"):
+        session.app_send(ACCEPT)
+        feed(session, close_frame(1000))
+    lines = [r.getMessage() for r in caplog.records if r.name == "asgiws.access"]
+    assert len(lines) == 2 and all("/chat?token=[redacted]&room=1" in line for line in lines), lines
+    assert "s3cret" not in caplog.text
