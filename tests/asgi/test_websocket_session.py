@@ -21,7 +21,8 @@ from asgiws.config import WS_FRAGMENT_SIZE, Config
 from asgiws.exceptions import ClientDisconnected
 from asgiws.logging import TRACE_LOG_LEVEL, log_access, log_websocket_close
 from asgiws.websocket import Opcode
-from tests.rawws import DEFAULT_KEY, frame
+from tests.rawws import DEFAULT_KEY
+from tests.wire import client_frame
 
 ACCEPT = {"type": "websocket.accept"}
 CONNECT = {"type": "websocket.connect"}
@@ -73,10 +74,6 @@ def opened(clock: Clock | None = None, **config: Any) -> WebSocketSession:
     assert out[0].startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert session.state is State.OPEN
     return session
-
-
-def client_frame(opcode: int, payload: bytes = b"", *, masked: bool = True, length: int | None = None) -> bytes:
-    return frame(opcode, payload, masked=masked, declared_length=length)
 
 
 def parse_server_frames(chunks: list[bytes]) -> list[tuple[int, bytes]]:

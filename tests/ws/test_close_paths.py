@@ -16,7 +16,8 @@ from websockets.asyncio.client import connect
 
 from asgiws.protocols.websocket import WebSocketProtocol
 from asgiws.websocket.connection import ServerConnection
-from tests.rawws import RawWebSocket, close_payload, frame, handshake_request
+from tests.rawws import RawWebSocket, handshake_request
+from tests.wire import client_frame, close_payload
 
 TEXT, BINARY, CLOSE = 0x1, 0x2, 0x8
 
@@ -82,7 +83,7 @@ def test_messages_before_a_client_close_reach_the_app_before_the_disconnect(run_
 
     with run_server(slow_reader) as server:
         ws = open_raw(server)
-        ws.send(frame(TEXT, b"one") + frame(TEXT, b"two") + frame(CLOSE, close_payload(4000, b"done")))
+        ws.send(client_frame(TEXT, b"one") + client_frame(TEXT, b"two") + client_frame(CLOSE, close_payload(4000, b"done")))
         assert ws.read_close() == (4000, "")
         assert ws.at_eof(timeout=10)
     assert received == [
@@ -138,7 +139,7 @@ def test_shutdown_waits_for_app_tasks_cleaning_up_after_disconnect(run_server):
         assert httpx.get(server.url("/"), timeout=10).text == "ok"
         server.call(lambda: setattr(server.server, "should_exit", True))
         assert ws.read_close()[0] == 1001
-        ws.send(frame(CLOSE, close_payload(1001)))
+        ws.send(client_frame(CLOSE, close_payload(1001)))
     assert sorted(events) == ["http work done", "websocket cleanup done"]
 
 
@@ -186,7 +187,7 @@ def test_unexpected_codec_exception_closes_1011_with_a_log_line(run_server, monk
 
     with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app, ws_close_timeout=0.5) as server:
         ws = open_raw(server)
-        ws.send(frame(TEXT, b"boom"))
+        ws.send(client_frame(TEXT, b"boom"))
         assert ws.read_close() == (1011, "")  # no details to the client
         assert ws.at_eof(timeout=10)
     assert "Unexpected error in the WebSocket codec for 127.0.0.1" in caplog.text
@@ -220,7 +221,7 @@ def test_reading_resumes_only_at_the_low_water_mark(run_server, monkeypatch):
 
     with run_server(slow_app, ws_max_queue=8) as server:
         ws = open_raw(server)
-        ws.send(b"".join(frame(BINARY, struct.pack("!I", i) * 250) for i in range(total)))
+        ws.send(b"".join(client_frame(BINARY, struct.pack("!I", i) * 250) for i in range(total)))
         assert ws.read_close()[0] == 1000
     assert got == [struct.pack("!I", i) * 250 for i in range(total)]
     assert resumes, "reading never paused"
@@ -253,7 +254,7 @@ def test_client_streaming_past_max_size_reads_the_1009_close_every_time(run_serv
     with run_server(app, ws_max_size=100_000, ws_close_timeout=5) as server:
         ws = open_raw(server)
         # A frame declared at 1 MiB, then its payload streamed nonstop.
-        ws.send(frame(BINARY, b"", declared_length=1 << 20)[:14])
+        ws.send(client_frame(BINARY, b"", length=1 << 20)[:14])
         stop = threading.Event()
         errors: list[OSError] = []
         sender = threading.Thread(target=_stream_until_stopped, args=(ws.sock, stop, errors), daemon=True)

@@ -17,7 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.rawws import RawWebSocket, frame
+from tests.rawws import RawWebSocket
+from tests.wire import client_frame
 
 # Debian installs it in /usr/sbin, which is not on every user's PATH.
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -108,7 +109,7 @@ def test_client_behind_nginx_streaming_past_max_size_reads_the_1009_close_every_
         for _ in range(5):
             ws = RawWebSocket(port, timeout=10)
             assert ws.status == 101
-            ws.send(frame(BINARY, b"", declared_length=1 << 20)[:14])
+            ws.send(client_frame(BINARY, b"", length=1 << 20)[:14])
             stop = threading.Event()
             sender = threading.Thread(target=_stream_until_stopped, args=(ws.sock, stop), daemon=True)
             sender.start()
