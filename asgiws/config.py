@@ -239,6 +239,18 @@ class Config:
     broadcast_url: str | None = option(
         None, "Pub/sub backend shared by workers, e.g. redis://localhost:6379/0 (default: in-process)."
     )
+    # History lets a client that reconnects within a few minutes resume where it
+    # left off (Broadcast.subscribe(since=...)). 100 messages of 1 KiB cost about
+    # 110 KiB of Redis memory per channel (stream entries are ~1.1x the payload
+    # once listpack-packed); 0 turns history off (publish still returns offsets).
+    broadcast_history_size: int = option(
+        100, "Messages of history kept per broadcast channel, for resume (0: none)."
+    )
+    # Five minutes covers a phone changing networks, a laptop waking and a rolling
+    # restart; past it a resume says recovered=False and the app reloads state.
+    broadcast_history_ttl: float = option(
+        300.0, "Seconds a broadcast message stays in history (0: no age limit, only the size)."
+    )
 
     def __post_init__(self) -> None:
         self._validate()

@@ -13,19 +13,20 @@ import httpx
 import pytest
 import redis
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from tests.broadcast.conftest import RedisServer, free_port, wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def wait_for_pattern_subscribers(url: str, count: int, timeout: float = 10.0) -> None:
-    """Until `count` Redis clients (workers) hold a pattern subscription (CLIENT LIST psub)."""
+def wait_for_workers(url: str, count: int, timeout: float = 15.0) -> None:
+    """Until `count` workers are connected to Redis (each SUBSCRIBEs to its own asgiws-worker:* channel)."""
     client = redis.Redis.from_url(url)
     deadline = time.monotonic() + timeout
     try:
-        while sum(1 for c in client.client_list() if int(c.get("psub", 0)) > 0) < count:
-            assert time.monotonic() < deadline, f"fewer than {count} workers subscribed to Redis"
+        while len(client.pubsub_channels("asgiws-worker:*")) < count:
+            assert time.monotonic() < deadline, f"fewer than {count} workers connected to Redis"
             time.sleep(0.05)
     finally:
         client.close()
@@ -47,7 +48,7 @@ def test_two_workers_one_port_deliver_each_others_publishes(redis_server: RedisS
     )
     try:
         wait_for_port(port)
-        wait_for_pattern_subscribers(redis_server.url, 2)
+        wait_for_workers(redis_server.url, 2)
 
         async def main() -> None:
             clients = [await join(f"ws://127.0.0.1:{port}/ws/room?pid=1") for _ in range(40)]
@@ -111,7 +112,7 @@ def test_redis_stopped_and_restarted(run_server, redis_server: RedisServer, capl
     from tests.broadcast.apps import app
 
     with run_server(app, broadcast_url=redis_server.url) as server:
-        wait_for_pattern_subscribers(redis_server.url, 1)
+        wait_for_workers(redis_server.url, 1)
 
         async def main() -> None:
             ws = await connect(server.url("/ws/r", "ws"))
@@ -125,11 +126,20 @@ def test_redis_stopped_and_restarted(run_server, redis_server: RedisServer, capl
                 assert await asyncio.wait_for(ws.recv(), 5) == "unavailable"
                 # Still serving HTTP and WebSocket.
                 assert (await http.get(server.url("/count/r"))).json() == {"subscribers": 1}
-                late = await connect(server.url("/ws/r", "ws"))
-                assert await late.recv() == "subscribed"
+                # A new subscription cannot be made without Redis: the app closes it with 1013.
+                refused = await connect(server.url("/ws/r", "ws"))
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(refused.recv(), 5)
+                assert refused.close_code == 1013 and refused.close_reason == "broadcast unavailable"
                 redis_server.start()
                 await publish_until_delivered(http, server.url("/publish/r"), ws, "after restart")
-                assert await asyncio.wait_for(late.recv(), 5) == "after restart"
+                wait_for_workers(redis_server.url, 1)
+                late = await connect(server.url("/ws/r", "ws"))
+                assert await late.recv() == "subscribed"
+                r = await http.post(server.url("/publish/r"), content="to both")
+                assert r.status_code == 200
+                assert await asyncio.wait_for(ws.recv(), 5) == "to both"
+                assert await asyncio.wait_for(late.recv(), 5) == "to both"
             await ws.close()
             await late.close()
 
@@ -143,12 +153,17 @@ def test_server_starts_with_redis_down_and_connects_later(run_server, redis_serv
     redis_server.stop()
     with run_server(app, broadcast_url=redis_server.url) as server:
         async def main() -> None:
-            ws = await connect(server.url("/ws/s", "ws"))
-            assert await ws.recv() == "subscribed"
+            early = await connect(server.url("/ws/s", "ws"))
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(early.recv(), 5)
+            assert early.close_code == 1013
             async with httpx.AsyncClient() as http:
                 r = await http.post(server.url("/publish/s"), content="x")
-                assert r.status_code == 503
+                assert r.status_code == 503 and "Connection refused" in r.text
                 redis_server.start()
+                wait_for_workers(redis_server.url, 1)
+                ws = await connect(server.url("/ws/s", "ws"))
+                assert await ws.recv() == "subscribed"
                 await publish_until_delivered(http, server.url("/publish/s"), ws, "late")
             await ws.close()
 
