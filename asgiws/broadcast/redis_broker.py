@@ -284,6 +284,7 @@ class RedisBroker(Broker):
         self._refresher: asyncio.Task[None] | None = None
         self._delay = RECONNECT_MIN_DELAY
         self.connected = asyncio.Event()
+        self._first_attempt = asyncio.Event()  # set once the first connection succeeded or failed
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -434,6 +435,11 @@ class RedisBroker(Broker):
         """
         if channel in self._subscribed:
             return
+        if not self._first_attempt.is_set():
+            # Start-up: the first connection is still being made; a subscriber
+            # that came in first waits for it (bounded), later ones fail fast.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._first_attempt.wait(), REDIS_SOCKET_TIMEOUT)
         pubsub = self._pubsub
         if pubsub is None or not self.connected.is_set():
             raise BroadcastUnavailable(f"could not subscribe to {channel!r}: not connected to Redis at "
@@ -502,6 +508,7 @@ class RedisBroker(Broker):
                     logger.warning("Broadcast: Redis at %s unavailable (%s); retrying in %.1fs",
                                    _safe_url(self.url), exc, self._delay)
             finally:
+                self._first_attempt.set()
                 self._disconnected(pubsub)
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
@@ -538,6 +545,7 @@ class RedisBroker(Broker):
     def _on_subscribed(self, name: str) -> None:
         if name == self._control:
             self.connected.set()
+            self._first_attempt.set()
             self._delay = RECONNECT_MIN_DELAY
             logger.info("Broadcast: connected to Redis at %s", _safe_url(self.url))
             return
