@@ -222,6 +222,19 @@ def decode_body(body: bytes) -> str | bytes | None:
     return None
 
 
+class _Joining:
+    """One subscription between its SUBSCRIBE and the end of its history read.
+
+    (A class, not a bare list: joiners are found and removed by identity.)
+    """
+
+    __slots__ = ("collected",)
+
+    def __init__(self) -> None:
+        # What the channel delivered meanwhile, in order.
+        self.collected: list[tuple[Offset, str | bytes]] = []
+
+
 class _Channel:
     """What this worker knows of one watched channel."""
 
@@ -236,7 +249,7 @@ class _Channel:
         self.resume_task: asyncio.Task[None] | None = None
         # Subscriptions between SUBSCRIBE and the end of their history read:
         # they collect what is delivered meanwhile.
-        self.joining: list[list[tuple[Offset, str | bytes]]] = []
+        self.joining: list[_Joining] = []
         # New subscribers whose history read reached further than this worker's
         # live delivery has: connection -> seq up to which they already have it.
         self.skip: dict[Subscriber, int] = {}
@@ -392,8 +405,8 @@ class RedisBroker(Broker):
         state = self._channels.get(channel)
         if state is None:
             state = self._channels[channel] = _Channel()
-        collected: list[tuple[Offset, str | bytes]] = []
-        state.joining.append(collected)
+        joining = _Joining()
+        state.joining.append(joining)
         try:
             await self._watch(channel)
             if since_offset is not None:
@@ -403,15 +416,15 @@ class RedisBroker(Broker):
             if info_json is not None:
                 await self._presence_call(channel, "add", self._member(connection), info_json)
         except BaseException:
-            state.joining.remove(collected)
+            state.joining.remove(joining)
             self._unwatch_if_idle(channel)
             raise
-        state.joining.remove(collected)
+        state.joining.remove(joining)
         if not recovered:
             entries = []
         # What arrived live during the read and is not in it; ordered, no gap
         # (the channel's own gap handling sees to that).
-        later = [(offset, data) for offset, data in collected
+        later = [(offset, data) for offset, data in joining.collected
                  if offset.epoch != latest.epoch or offset.seq > latest.seq]
         if state.offset is None or state.offset.epoch != latest.epoch:
             if state.offset is None:
@@ -602,8 +615,8 @@ class RedisBroker(Broker):
                     self._start_resume(channel, state)
                     return
         state.offset = offset
-        for collected in state.joining:
-            collected.append((offset, data))
+        for joining in state.joining:
+            joining.collected.append((offset, data))
         if state.skip:
             skip = state.skip
             self.hub.deliver(channel, data, str(offset), {c for c, seq in skip.items() if offset.seq <= seq})

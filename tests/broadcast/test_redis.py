@@ -15,21 +15,9 @@ import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.broadcast.conftest import RedisServer, free_port, wait_for_port
+from tests.broadcast.conftest import RedisServer, free_port, wait_for_port, wait_for_workers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def wait_for_workers(url: str, count: int, timeout: float = 15.0) -> None:
-    """Until `count` workers are connected to Redis (each SUBSCRIBEs to its own asgiws-worker:* channel)."""
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + timeout
-    try:
-        while len(client.pubsub_channels("asgiws-worker:*")) < count:
-            assert time.monotonic() < deadline, f"fewer than {count} workers connected to Redis"
-            time.sleep(0.05)
-    finally:
-        client.close()
 
 
 async def join(url: str) -> tuple[object, str]:
