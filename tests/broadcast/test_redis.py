@@ -156,3 +156,112 @@ def test_server_starts_with_redis_down_and_connects_later(run_server, redis_serv
             await ws.close()
 
         asyncio.run(main())
+
+
+def test_publish_after_a_redis_restart_retries_each_dead_pooled_connection_once(
+        run_server, redis_server: RedisServer) -> None:
+    # Before: every pooled connection was dead after the restart and its first
+    # publish failed (2 of 10 in a row). Now each is retried once on a fresh one.
+    from tests.broadcast.apps import app
+
+    with run_server(app, broadcast_url=redis_server.url) as server:
+        async def main() -> None:
+            async with httpx.AsyncClient() as http:
+                async def burst(tag: str) -> list[int]:
+                    replies = await asyncio.gather(*(http.post(server.url("/publish/pool"), content=f"{tag}{i}")
+                                                     for i in range(10)))
+                    return [r.status_code for r in replies]
+
+                assert await burst("warm") == [200] * 10  # several connections in the pool now
+                redis_server.stop()
+                redis_server.start()
+                assert await burst("after") == [200] * 10
+                r = await http.get(server.url("/history/pool?limit=100"))
+                assert sorted(data for _, data in r.json()) == sorted(f"after{i}" for i in range(10))
+
+        asyncio.run(main())
+
+
+def test_workers_subscribe_only_to_the_channels_their_clients_watch(redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asgiws", "tests.broadcast.apps:app", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "2", "--broadcast-url", redis_server.url, "--lifespan", "off", "--no-access-log"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        wait_for_port(port)
+        wait_for_workers(redis_server.url, 2)
+
+        def channels() -> dict[bytes, int]:
+            names = client.pubsub_channels("asgiws:*")
+            return {name: count for name, count in client.pubsub_numsub(*names)} if names else {}
+
+        def until(expected: dict[bytes, int]) -> None:
+            deadline = time.monotonic() + 10
+            while channels() != expected:
+                assert time.monotonic() < deadline, channels()
+                time.sleep(0.05)
+
+        assert client.pubsub_numpat() == 0  # no PSUBSCRIBE asgiws:* any more
+        until({})
+
+        async def main() -> None:
+            clients = [await join(f"ws://127.0.0.1:{port}/ws/watched?pid=1") for _ in range(12)]
+            workers = {pid for _, pid in clients}
+            until({b"asgiws:watched": len(workers)})  # one SUBSCRIBE per worker, not per client
+            other = await join(f"ws://127.0.0.1:{port}/ws/other?pid=1")
+            until({b"asgiws:watched": len(workers), b"asgiws:other": 1})
+            await other[0].close()
+            until({b"asgiws:watched": len(workers)})  # the last local subscriber left: UNSUBSCRIBE
+            for ws, _ in clients:
+                await ws.close()
+            until({})
+
+        asyncio.run(main())
+    finally:
+        client.close()
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=20)
+
+
+def test_publish_script_retry_finds_the_first_attempt_instead_of_publishing_twice(redis_server: RedisServer) -> None:
+    from asgiws.broadcast.redis_broker import PUBLISH_SCRIPT, redis_keys
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        publish = client.register_script(PUBLISH_SCRIPT)
+        args = ["asgiws:r", b"thello", "e0e0e0e0", 100, 0, 60_000, "pid-1"]
+        first = publish(keys=redis_keys("r"), args=[*args, 0])
+        again = publish(keys=redis_keys("r"), args=[*args, 1])  # as after a connection lost mid-call
+        assert again == first
+        other = publish(keys=redis_keys("r"), args=[*args[:-1], "pid-2", 1])
+        assert other != first and other.endswith(b"-2")
+        assert client.xlen(redis_keys("r")[1]) == 2
+    finally:
+        client.close()
+
+
+def test_python_m_asgiws_broadcast_publish_prints_the_offset(redis_server: RedisServer) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "asgiws.broadcast", "publish", *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    first = run(redis_server.url, "cron", "nightly job done")
+    assert first.returncode == 0 and first.stderr == ""
+    lines = first.stdout.splitlines()
+    assert len(lines) == 1 and lines[0].endswith("-1") and lines[0].count(":") == 1
+    second = run(redis_server.url, "cron", "again")
+    assert second.stdout.splitlines()[0].endswith("-2")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        entries = client.xrange("asgiws:{cron}:history")
+        assert [fields[b"d"] for _, fields in entries] == [b"tnightly job done", b"tagain"]
+    finally:
+        client.close()
+    down = run(f"redis://127.0.0.1:{free_port()}/0", "cron", "x")
+    assert down.returncode == 1 and down.stdout == ""
+    assert down.stderr.startswith("error: could not publish to 'cron' through Redis at redis://127.0.0.1:")
+    bad = run("http://example.com", "cron", "x")
+    assert bad.returncode == 1 and bad.stderr == "error: 'http://example.com' is not a Redis URL (redis://HOST:PORT/DB)\n"
