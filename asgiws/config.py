@@ -240,9 +240,9 @@ class Config:
         None, "Pub/sub backend shared by workers, e.g. redis://localhost:6379/0 (default: in-process)."
     )
     # History lets a client that reconnects within a few minutes resume where it
-    # left off (Broadcast.subscribe(since=...)). 100 messages of 1 KiB cost about
-    # 110 KiB of Redis memory per channel (stream entries are ~1.1x the payload
-    # once listpack-packed); 0 turns history off (publish still returns offsets).
+    # left off (Broadcast.subscribe(since=...)). Redis memory per channel, measured
+    # with MEMORY USAGE on Redis 7.0: 100 messages of 64 B take 14 KiB, of 1 KiB
+    # 136 KiB, plus a 120 B meta hash; 0 turns history off (offsets remain).
     broadcast_history_size: int = option(
         100, "Messages of history kept per broadcast channel, for resume (0: none)."
     )

@@ -3,6 +3,8 @@
 The message goes into the channel's history and out to every subscriber on
 every worker sharing that Redis, exactly as Broadcast.publish() does it (the
 same script); the offset is printed. Exit status 1 when Redis cannot take it.
+`python -m asgiws.broadcast script` prints that Lua script, for services that
+call it themselves (SCRIPT LOAD, then EVALSHA; docs/broadcast.md).
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ def publish(url: str, channel: str, message: str, binary: bool, history_size: in
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     click.echo(offset)
+
+
+@main.command()
+def script() -> None:
+    """Print the Lua script that publishes (KEYS and ARGV: docs/broadcast.md)."""
+    from asgiws.broadcast.redis_broker import PUBLISH_SCRIPT
+
+    click.echo(PUBLISH_SCRIPT.strip())
 
 
 async def _publish(url: str, channel: str, data: str | bytes, history_size: int, history_ttl: float) -> str:

@@ -307,12 +307,20 @@ class RedisBroker(Broker):
         self._refresher = loop.create_task(self._refresh_presence_forever())
 
     async def stop(self) -> None:
-        for task in (self._reader, self._refresher, *self._tasks):
+        """Stop reading; take this worker's presence entries out of Redis (bounded); close the client."""
+        resumes = [state.resume_task for state in self._channels.values() if state.resume_task is not None]
+        for task in (self._reader, self._refresher, *resumes):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        # A worker that stops cleanly takes its presence entries with it at once.
+        # The connections closed by the shutdown left their presence entries:
+        # let those removals finish, so that a worker that stops cleanly takes
+        # its entries with it at once rather than PRESENCE_TTL later.
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=REDIS_SOCKET_TIMEOUT)
+        for task in list(self._tasks):
+            task.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._remove_all_presence(), REDIS_SOCKET_TIMEOUT)
         with contextlib.suppress(Exception):

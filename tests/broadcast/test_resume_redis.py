@@ -308,3 +308,24 @@ def test_presence_across_two_workers_and_a_second_server(redis_server: RedisServ
                         await client.close()
 
         asyncio.run(main())
+
+
+def test_a_server_stopped_gracefully_takes_its_presence_entries_with_it(redis_server: RedisServer) -> None:
+    with cluster(redis_server) as (a, b):
+        async def main() -> None:
+            async with httpx.AsyncClient() as http:
+                async def names() -> list[str]:
+                    r = await http.get(f"http://{a.base}/presence/hall")
+                    return sorted(info["name"] for info in r.json())
+
+                leaving = Resumer(f"ws://{b.base}", "hall", name="on-b")
+                staying = Resumer(f"ws://{a.base}", "hall", name="on-a")
+                await leaving.connect()
+                await staying.connect()
+                assert await names() == ["on-a", "on-b"]
+                output = b.stop()  # SIGTERM: closes its connections, then its broker
+                assert "Shutting down" in output
+                assert await names() == ["on-a"]  # at once, not PRESENCE_TTL later
+                await staying.close()
+
+        asyncio.run(main())
