@@ -64,6 +64,9 @@ META_TTL = 30 * 24 * 3600
 # that dies without a word vanish within PRESENCE_TTL.
 PRESENCE_TTL = 10.0
 PRESENCE_REFRESH_INTERVAL = 3.0
+# Connections one worker opens to Redis at most (the pub/sub one included);
+# more concurrent calls wait for a free one.
+REDIS_MAX_CONNECTIONS = 32
 # History is read in pages of this many entries (one script call each).
 READ_PAGE = 1000
 
@@ -275,10 +278,15 @@ class RedisBroker(Broker):
         # No client-side retries: publish() retries a dead connection once
         # itself (with a check that the first attempt did not land), and the
         # reader has its own backoff loop.
-        self.client: Any = aioredis.Redis.from_url(
-            url, socket_timeout=REDIS_SOCKET_TIMEOUT, socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+        # A bounded pool where calls wait their turn (up to the socket timeout):
+        # 200 clients subscribing at once are 200 concurrent history reads, and
+        # redis-py's default pool raises "Too many connections" past 100.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=REDIS_MAX_CONNECTIONS, timeout=REDIS_SOCKET_TIMEOUT,
+            socket_timeout=REDIS_SOCKET_TIMEOUT, socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
         )
+        self.client: Any = aioredis.Redis(connection_pool=pool)
         self._publish_script = self.client.register_script(PUBLISH_SCRIPT)
         self._read_script = self.client.register_script(READ_SCRIPT)
         self._presence_script = self.client.register_script(PRESENCE_SCRIPT)
@@ -324,7 +332,7 @@ class RedisBroker(Broker):
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._remove_all_presence(), REDIS_SOCKET_TIMEOUT)
         with contextlib.suppress(Exception):
-            await self.client.aclose()
+            await self.client.aclose(close_connection_pool=True)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -252,3 +252,21 @@ def test_presence_info_that_is_not_json_is_a_type_error(run_server) -> None:
 
         asyncio.run(main())
     assert errors and errors[0].startswith("presence info must be JSON-able")
+
+
+def test_two_hundred_clients_subscribing_at_once_all_get_every_message(serve: Serve) -> None:
+    # 200 concurrent history reads: more than redis-py's default pool allows (100);
+    # the broker's bounded pool makes them wait their turn instead of failing.
+    with serve() as server:
+        async def main() -> None:
+            clients = [Resumer(server.url("", "ws"), "crowd") for _ in range(200)]
+            starts = await asyncio.gather(*(client.connect(timeout=30) for client in clients))
+            assert all("offset" in start for start in starts)
+            async with httpx.AsyncClient() as http:
+                for i in range(3):
+                    await publish(http, server, "crowd", f"m{i}")
+            await asyncio.gather(*(client.receive_until(3) for client in clients))
+            assert all(client.messages == ["m0", "m1", "m2"] for client in clients)
+            await asyncio.gather(*(client.close() for client in clients))
+
+        asyncio.run(main())
