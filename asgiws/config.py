@@ -242,7 +242,7 @@ class Config:
     # History lets a client that reconnects within a few minutes resume where it
     # left off (Broadcast.subscribe(since=...)). Redis memory per channel, measured
     # with MEMORY USAGE on Redis 7.0: 100 messages of 64 B take 14 KiB, of 1 KiB
-    # 136 KiB, plus a 120 B meta hash; 0 turns history off (offsets remain).
+    # 136 KiB, plus a 150 B meta hash; 0 turns history off (offsets remain).
     broadcast_history_size: int = option(
         100, "Messages of history kept per broadcast channel, for resume (0: none)."
     )

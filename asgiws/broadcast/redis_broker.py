@@ -4,11 +4,13 @@ Redis layout, for a channel C (the braces keep one channel's keys in one
 cluster slot):
 
 - ``asgiws:{C}:meta``: hash ``epoch``, ``seq`` (messages published), ``ms``
-  (the last one's time); expires META_TTL seconds after the last publish.
+  (the last one's time), ``sexp`` and ``mexp`` (until when the two keys are
+  known to live); expires 1.0-1.1x META_TTL after the last publish.
 - ``asgiws:{C}:history``: stream, one entry per message, ID ``MS-SEQ``, fields
   ``d`` (kind byte ``t`` or ``b`` + the data) and ``p`` (the publish call's id);
-  capped at --broadcast-history-size entries, entries older than
-  --broadcast-history-ttl trimmed, the key expiring that long after the last publish.
+  capped at --broadcast-history-size entries; entries older than
+  --broadcast-history-ttl are skipped by reads and trimmed from time to time;
+  the key expires 1.0-1.1x that ttl after the last publish.
 - pub/sub channel ``asgiws:C``: ``OFFSET SP KIND DATA`` per message.
 
 PUBLISH_SCRIPT writes all three in one script, so a message is in history
@@ -33,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from typing import Any
 
 from asgiws.broadcast.brokers import MAX_HISTORY_LIMIT, Broker, presence_json
@@ -72,40 +75,52 @@ READ_PAGE = 1000
 
 # KEYS: meta, history. ARGV: pub/sub channel, kind+data, epoch to use if the
 # channel has none, history size, history ttl (ms, 0: none), meta ttl (ms),
-# publish id, retry (1 on the second attempt of one publish call).
+# publish id, retry (1 on the second attempt of one publish call), the time
+# (ms since the epoch; the channel's times never go back, whatever the clock).
 # Returns the offset.
+#
+# Written for the hot path: each redis.call from a script costs Redis several
+# microseconds (a bare PUBLISH under 1), so a publish makes four (HMGET, HSET,
+# XADD, PUBLISH). The keys' expiries are pushed out only when they have run
+# below their lifetime (to 1.1x it; the meta hash remembers until when, as
+# `sexp` and `mexp`), and entries past the history ttl are trimmed at those
+# same moments: until then reads skip them (READ_SCRIPT), and MAXLEN bounds
+# the stream meanwhile.
 PUBLISH_SCRIPT = """
 local meta, stream = KEYS[1], KEYS[2]
 local size, ttl, meta_ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local epoch = redis.call('HGET', meta, 'epoch')
-if ARGV[8] == '1' and epoch and size > 0 then
-  -- The first attempt may have run before its connection died: find it by its id.
-  for _, entry in ipairs(redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 64)) do
-    if entry[2][4] == ARGV[7] then return epoch .. ':' .. entry[1] end
+local ms = tonumber(ARGV[9])
+local state = redis.call('HMGET', meta, 'epoch', 'seq', 'ms', 'sexp', 'mexp')
+local epoch, seq, last_ms = state[1], 1, 0
+local stream_until, meta_until = tonumber(state[4] or '0'), tonumber(state[5] or '0')
+if epoch then
+  if ARGV[8] == '1' and size > 0 then
+    -- The first attempt may have run before its connection died: find it by its id.
+    for _, entry in ipairs(redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 64)) do
+      if entry[2][4] == ARGV[7] then return epoch .. ':' .. entry[1] end
+    end
   end
-end
-if not epoch then
+  seq, last_ms = tonumber(state[2]) + 1, tonumber(state[3])
+else
   epoch = ARGV[3]
   redis.call('DEL', stream)
-  redis.call('HSET', meta, 'epoch', epoch, 'seq', 0, 'ms', 0)
 end
-local seq = redis.call('HINCRBY', meta, 'seq', 1)
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local last_ms = tonumber(redis.call('HGET', meta, 'ms'))
 if ms < last_ms then ms = last_ms end
-redis.call('HSET', meta, 'ms', string.format('%d', ms))
 local id = string.format('%d-%d', ms, seq)
 if size > 0 then
   redis.call('XADD', stream, 'MAXLEN', size, id, 'd', ARGV[2], 'p', ARGV[7])
-  if ttl > 0 then
-    redis.call('XTRIM', stream, 'MINID', string.format('%d-0', ms - ttl))
-    redis.call('PEXPIRE', stream, ttl)
-  else
-    redis.call('PEXPIRE', stream, meta_ttl)
+  local keep = ttl > 0 and ttl or meta_ttl
+  if stream_until - ms < keep then
+    if ttl > 0 then redis.call('XTRIM', stream, 'MINID', string.format('%d-0', ms - ttl)) end
+    stream_until = ms + keep + math.floor(keep / 10)
+    redis.call('PEXPIREAT', stream, string.format('%d', stream_until))
   end
 end
-redis.call('PEXPIRE', meta, meta_ttl)
+local refresh_meta = meta_until - ms < meta_ttl
+if refresh_meta then meta_until = ms + meta_ttl + math.floor(meta_ttl / 10) end
+redis.call('HSET', meta, 'epoch', epoch, 'seq', string.format('%d', seq), 'ms', string.format('%d', ms),
+           'sexp', string.format('%d', stream_until), 'mexp', string.format('%d', meta_until))
+if refresh_meta then redis.call('PEXPIREAT', meta, string.format('%d', meta_until)) end
 local offset = epoch .. ':' .. id
 redis.call('PUBLISH', ARGV[1], offset .. ' ' .. ARGV[2])
 return offset
@@ -113,7 +128,7 @@ return offset
 
 # KEYS: meta, history. ARGV: mode ("after" or "latest"), since epoch, since
 # stream id, since seq, limit, history ttl (ms), epoch to use if the channel
-# has none, meta ttl (ms).
+# has none, meta ttl (ms), the time (ms since the epoch).
 # Returns {latest offset, covered (1/0), id, kind+data, id, kind+data, ...}:
 # "after": up to limit entries after `since` (from the oldest when the epoch
 # differs); covered = every message after since is among them or later ones
@@ -131,10 +146,7 @@ local seq = tonumber(redis.call('HGET', meta, 'seq'))
 local latest = epoch .. ':' .. redis.call('HGET', meta, 'ms') .. '-' .. seq
 local limit, ttl = tonumber(ARGV[5]), tonumber(ARGV[6])
 local cutoff = -1
-if ttl > 0 then
-  local now = redis.call('TIME')
-  cutoff = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - ttl
-end
+if ttl > 0 then cutoff = tonumber(ARGV[9]) - ttl end
 local function split(id)
   local dash = string.find(id, '-', 1, true)
   return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
@@ -170,14 +182,14 @@ return result
 """
 
 # KEYS: presence hash (member -> info), presence expiry zset (member -> ms).
-# ARGV: op ("add", "remove", "get"), ttl (ms), then members (and infos for add).
+# ARGV: op ("add", "remove", "get"), ttl (ms), the time (ms since the epoch),
+# then members (and infos for add). Workers' clocks need agree only to well
+# within PRESENCE_TTL.
 PRESENCE_SCRIPT = """
 local hash, expiry = KEYS[1], KEYS[2]
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local ttl = tonumber(ARGV[2])
+local ttl, ms = tonumber(ARGV[2]), tonumber(ARGV[3])
 if ARGV[1] == 'add' then
-  for i = 3, #ARGV, 2 do
+  for i = 4, #ARGV, 2 do
     redis.call('HSET', hash, ARGV[i], ARGV[i + 1])
     redis.call('ZADD', expiry, ms + ttl, ARGV[i])
   end
@@ -185,7 +197,7 @@ if ARGV[1] == 'add' then
   redis.call('PEXPIRE', expiry, 2 * ttl)
   return 0
 elseif ARGV[1] == 'remove' then
-  for i = 3, #ARGV do
+  for i = 4, #ARGV do
     redis.call('HDEL', hash, ARGV[i])
     redis.call('ZREM', expiry, ARGV[i])
   end
@@ -351,7 +363,7 @@ class RedisBroker(Broker):
         retried once on a fresh one. Raises BroadcastUnavailable otherwise.
         """
         args: list[Any] = [CHANNEL_PREFIX + channel, encode_body(data), new_epoch(), self.history_size,
-                           self._ttl_ms, META_TTL * 1000, os.urandom(6).hex(), 0]
+                           self._ttl_ms, META_TTL * 1000, os.urandom(6).hex(), 0, _now_ms()]
         keys = redis_keys(channel)
         for attempt in (0, 1):
             try:
@@ -360,7 +372,7 @@ class RedisBroker(Broker):
             except self._connection_error as exc:
                 if attempt:
                     raise self._unavailable(f"publish to {channel!r}", exc) from exc
-                args[-1] = 1
+                args[7] = 1
             except (self._redis_error, OSError, asyncio.TimeoutError) as exc:
                 raise self._unavailable(f"publish to {channel!r}", exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
@@ -369,7 +381,7 @@ class RedisBroker(Broker):
                     limit: int) -> tuple[Offset, bool, list[tuple[Offset, str | bytes]]]:
         """One READ_SCRIPT call. Raises BroadcastUnavailable."""
         args: list[Any] = [mode, since.epoch if since else "", since.stream_id if since else "0-0",
-                since.seq if since else 0, limit, self._ttl_ms, new_epoch(), META_TTL * 1000]
+                since.seq if since else 0, limit, self._ttl_ms, new_epoch(), META_TTL * 1000, _now_ms()]
         try:
             reply = await self._read_script(keys=redis_keys(channel), args=args)
         except (self._redis_error, OSError, asyncio.TimeoutError) as exc:
@@ -692,7 +704,7 @@ class RedisBroker(Broker):
     async def _presence_call(self, channel: str, op: str, *members: str) -> Any:
         try:
             return await self._presence_script(keys=_presence_keys(channel),
-                                               args=[op, int(PRESENCE_TTL * 1000), *members])
+                                               args=[op, int(PRESENCE_TTL * 1000), _now_ms(), *members])
         except (self._redis_error, OSError, asyncio.TimeoutError) as exc:
             raise self._unavailable(f"update the presence of {channel!r}", exc) from exc
 
@@ -723,6 +735,10 @@ class RedisBroker(Broker):
                     await self._presence_call(channel, "add", *pairs)
                 except BroadcastUnavailable:
                     break  # Redis is away; the next round tries again
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _safe_url(url: str) -> str:

@@ -232,11 +232,12 @@ def test_publish_script_retry_finds_the_first_attempt_instead_of_publishing_twic
     client = redis.Redis.from_url(redis_server.url)
     try:
         publish = client.register_script(PUBLISH_SCRIPT)
-        args = ["asgiws:r", b"thello", "e0e0e0e0", 100, 0, 60_000, "pid-1"]
-        first = publish(keys=redis_keys("r"), args=[*args, 0])
-        again = publish(keys=redis_keys("r"), args=[*args, 1])  # as after a connection lost mid-call
+        now = int(time.time() * 1000)
+        args = ["asgiws:r", b"thello", "e0e0e0e0", 100, 0, 60_000]
+        first = publish(keys=redis_keys("r"), args=[*args, "pid-1", 0, now])
+        again = publish(keys=redis_keys("r"), args=[*args, "pid-1", 1, now])  # as after a connection lost mid-call
         assert again == first
-        other = publish(keys=redis_keys("r"), args=[*args[:-1], "pid-2", 1])
+        other = publish(keys=redis_keys("r"), args=[*args, "pid-2", 1, now])
         assert other != first and other.endswith(b"-2")
         assert client.xlen(redis_keys("r")[1]) == 2
     finally:
@@ -258,6 +259,10 @@ def test_python_m_asgiws_broadcast_publish_prints_the_offset(redis_server: Redis
     try:
         entries = client.xrange("asgiws:{cron}:history")
         assert [fields[b"d"] for _, fields in entries] == [b"tnightly job done", b"tagain"]
+        # Both keys expire: the stream a little over the history ttl (300 s) after the
+        # last publish, the meta hash a little over 30 days after it.
+        assert 300_000 <= client.pttl("asgiws:{cron}:history") <= 330_000 + 1000
+        assert 30 * 86400_000 - 60_000 <= client.pttl("asgiws:{cron}:meta") <= 33 * 86400_000
     finally:
         client.close()
     down = run(f"redis://127.0.0.1:{free_port()}/0", "cron", "x")
