@@ -175,8 +175,9 @@ class Server:
         A Redis that is down does not stop start-up: the broker reconnects by itself.
         """
         try:
+            config = self.config
             broker = broadcast.create_broker(
-                self.config.broadcast_url, self.config.broadcast_history_size, self.config.broadcast_history_ttl
+                config.broadcast_url, config.broadcast_history_size, config.broadcast_history_ttl
             )
         except (ValueError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None

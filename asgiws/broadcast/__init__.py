@@ -25,8 +25,13 @@ import weakref
 from typing import Any
 
 from asgiws.broadcast.brokers import Broker, MemoryBroker, create_broker
-from asgiws.broadcast.errors import BroadcastError, BroadcastNeedsAsgiws, BroadcastNotAvailable, BroadcastUnavailable
-from asgiws.broadcast.offsets import Subscription
+from asgiws.broadcast.errors import (
+    BroadcastError,
+    BroadcastNeedsAsgiws,
+    BroadcastNotAvailable,
+    BroadcastUnavailable,
+)
+from asgiws.broadcast.offsets import History, Subscription
 
 __all__ = [
     "SCOPE_EXTENSION",
@@ -139,7 +144,7 @@ class Broadcast:
             data = bytes(data)
         return await self.broker.publish(channel, data)
 
-    async def history(self, channel: str, since: str | None = None, limit: int = 100) -> list[tuple[str, str | bytes]]:
+    async def history(self, channel: str, since: str | None = None, limit: int = 100) -> History:
         """Up to `limit` (offset, data) of `channel`, oldest first.
 
         With `since`: the messages after it (from the oldest kept when `since`

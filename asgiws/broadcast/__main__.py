@@ -31,11 +31,14 @@ def main() -> None:
 @click.argument("channel")
 @click.argument("message")
 @click.option("--binary", is_flag=True, help="Publish MESSAGE's UTF-8 bytes as a binary message.")
-@click.option("--history-size", type=int, default=_FIELDS["broadcast_history_size"].default, show_default=True,
+@click.option("--history-size", type=int, default=_FIELDS["broadcast_history_size"].default,
+              show_default=True,
               help="As the server's --broadcast-history-size (trims the channel's history on this publish).")
-@click.option("--history-ttl", type=float, default=_FIELDS["broadcast_history_ttl"].default, show_default=True,
+@click.option("--history-ttl", type=float, default=_FIELDS["broadcast_history_ttl"].default,
+              show_default=True,
               help="As the server's --broadcast-history-ttl.")
-def publish(url: str, channel: str, message: str, binary: bool, history_size: int, history_ttl: float) -> None:
+def publish(url: str, channel: str, message: str, binary: bool, history_size: int,
+            history_ttl: float) -> None:
     """Publish MESSAGE to CHANNEL through the Redis at URL; print its offset."""
     try:
         offset = asyncio.run(_publish(url, channel, message.encode() if binary else message,

@@ -15,9 +15,9 @@ from collections import deque
 from typing import Any
 
 from asgiws.broadcast.hub import Hub, Subscriber
-from asgiws.broadcast.offsets import Offset, Subscription, new_epoch, parse_offset
+from asgiws.broadcast.offsets import History, Offset, Subscription, new_epoch, parse_offset
 
-__all__ = ["Broker", "MemoryBroker", "RedisBroker", "create_broker", "history_covers"]
+__all__ = ["Broker", "MemoryBroker", "create_broker", "history_covers", "presence_json"]
 
 # history() returns at most this many messages per call, whatever `limit` asks.
 MAX_HISTORY_LIMIT = 10_000
@@ -81,8 +81,11 @@ class Broker:
     def unsubscribe(self, connection: Subscriber, channel: str) -> None:
         self.hub.unsubscribe(connection, channel)
 
-    async def history(self, channel: str, since: str | None = None, limit: int = 100) -> list[tuple[str, str | bytes]]:
-        """Up to `limit` (offset, data), oldest first: after `since`, or the latest ones. Raises BroadcastUnavailable."""
+    async def history(self, channel: str, since: str | None = None, limit: int = 100) -> History:
+        """Up to `limit` (offset, data), oldest first: after `since`, or the latest ones.
+
+        Raises BroadcastUnavailable.
+        """
         raise NotImplementedError
 
     async def presence(self, channel: str) -> list[Any]:
@@ -181,7 +184,7 @@ class MemoryBroker(Broker):
             self._add_local_presence(connection, channel, info_json)
         return Subscription(channel, latest, recovered, replayed)
 
-    async def history(self, channel: str, since: str | None = None, limit: int = 100) -> list[tuple[str, str | bytes]]:
+    async def history(self, channel: str, since: str | None = None, limit: int = 100) -> History:
         limit = max(0, min(limit, MAX_HISTORY_LIMIT))
         ring = self._rings.get(channel)
         if ring is None or not limit:

@@ -118,7 +118,7 @@ class Hub:
 
     def replay(self, connection: Subscriber, channel: str, entries: Iterable[tuple[str, str | bytes]],
                envelope: bool) -> None:
-        """Queue history `entries` ((offset, data), oldest first) for one connection, ahead of later deliveries."""
+        """Queue history `entries` ((offset, data), oldest first) for one connection, before later ones."""
         if envelope:
             messages = [PreparedMessage(envelope_text(channel, offset, data)) for offset, data in entries]
         else:

@@ -18,7 +18,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-__all__ = ["Offset", "Subscription", "envelope_text", "new_epoch", "parse_offset"]
+__all__ = ["History", "Offset", "Subscription", "envelope_text", "new_epoch", "parse_offset"]
+
+# What history() returns: (offset, data), oldest first.
+History = list[tuple[str, str | bytes]]
 
 
 class Offset(NamedTuple):

@@ -41,7 +41,7 @@ from typing import Any
 from asgiws.broadcast.brokers import MAX_HISTORY_LIMIT, Broker, presence_json
 from asgiws.broadcast.errors import BroadcastUnavailable
 from asgiws.broadcast.hub import Subscriber
-from asgiws.broadcast.offsets import Offset, Subscription, new_epoch, parse_offset
+from asgiws.broadcast.offsets import History, Offset, Subscription, new_epoch, parse_offset
 
 __all__ = ["CHANNEL_PREFIX", "PRESENCE_SCRIPT", "PUBLISH_SCRIPT", "READ_SCRIPT", "RedisBroker", "redis_keys"]
 
@@ -408,7 +408,7 @@ class RedisBroker(Broker):
             latest = max(latest, entries[-1][0], key=lambda offset: offset.seq)
         return latest, covered, entries
 
-    async def history(self, channel: str, since: str | None = None, limit: int = 100) -> list[tuple[str, str | bytes]]:
+    async def history(self, channel: str, since: str | None = None, limit: int = 100) -> History:
         limit = max(0, min(limit, MAX_HISTORY_LIMIT))
         if not limit:
             return []
@@ -709,7 +709,10 @@ class RedisBroker(Broker):
             raise self._unavailable(f"update the presence of {channel!r}", exc) from exc
 
     async def presence(self, channel: str) -> list[Any]:
-        """Every live subscriber's presence info on `channel`, from every worker. Raises BroadcastUnavailable."""
+        """Every live subscriber's presence info on `channel`, from every worker.
+
+        Raises BroadcastUnavailable.
+        """
         infos = await self._presence_call(channel, "get")
         return [json.loads(info) for info in infos]
 
@@ -730,7 +733,8 @@ class RedisBroker(Broker):
         while True:
             await asyncio.sleep(PRESENCE_REFRESH_INTERVAL)
             for channel, entries in list(self.local_presence.items()):
-                pairs = [item for connection, info in entries.items() for item in (self._member(connection), info)]
+                pairs = [item for connection, info in entries.items()
+                         for item in (self._member(connection), info)]
                 try:
                     await self._presence_call(channel, "add", *pairs)
                 except BroadcastUnavailable:

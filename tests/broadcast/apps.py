@@ -88,9 +88,10 @@ async def history(request: Request) -> JSONResponse:
 
 async def presence(request: Request) -> JSONResponse:
     try:
-        return JSONResponse(await Broadcast.from_scope(request.scope).presence(request.path_params["channel"]))
+        infos = await Broadcast.from_scope(request.scope).presence(request.path_params["channel"])
     except BroadcastUnavailable as exc:
         return JSONResponse({"error": str(exc)}, status_code=503)
+    return JSONResponse(infos)
 
 
 async def count(request: Request) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""A real redis-server per test on a free port (Debian: apt-get install redis-server), and asgiws server processes."""
+"""A real redis-server per test on a free port (Debian: apt-get install redis-server); asgiws processes."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ class RedisServer:
     restart after SIGKILL has every write Redis acknowledged.
     """
 
-    def __init__(self, binary: str, port: int, directory: str | None = None, appendfsync: str | None = None) -> None:
+    def __init__(self, binary: str, port: int, directory: str | None = None,
+                 appendfsync: str | None = None) -> None:
         self.binary = binary
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
@@ -110,7 +111,7 @@ class ServerProcess:
 
 
 def connected_workers(url: str) -> int:
-    """How many asgiws workers hold a Redis connection (each SUBSCRIBEs to its own asgiws-worker:* channel)."""
+    """How many asgiws workers hold a Redis connection (each SUBSCRIBEs to an asgiws-worker:* channel)."""
     import redis
 
     client = redis.Redis.from_url(url)

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from asgiws.broadcast import Broadcast, BroadcastNeedsAsgiws, BroadcastNotAvailable, BroadcastUnavailable
 from asgiws.broadcast.offsets import parse_offset
 from tests.broadcast.apps import app
-from tests.broadcast.conftest import RedisServer, redis_binary, free_port
+from tests.broadcast.conftest import RedisServer, free_port, redis_binary
 from tests.broadcast.resume_client import Resumer
 from tests.conftest import RunningServer, serve_in_thread
 
@@ -122,7 +122,7 @@ def test_resume_after_the_history_ttl_says_not_recovered(serve: Serve) -> None:
             async with httpx.AsyncClient() as http:
                 first = await publish(http, server, "brief", "0")
                 await publish(http, server, "brief", "1")
-                time.sleep(1.0)
+                await asyncio.sleep(1.0)
                 client = Resumer(server.url("", "ws"), "brief")
                 client.offset = first
                 assert (await client.connect())["recovered"] is False

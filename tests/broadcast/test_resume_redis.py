@@ -101,7 +101,8 @@ async def receive_all(clients: list[Resumer], publisher: Publisher, timeout: flo
         raise AssertionError(f"of {expected} messages, these subscribers got fewer: {short}") from None
 
 
-def test_subscribers_aborted_at_random_resume_with_every_message_once_in_order(redis_server: RedisServer) -> None:
+def test_subscribers_aborted_at_random_resume_with_every_message_once_in_order(
+        redis_server: RedisServer) -> None:
     """20 subscribers, 100 msg/s for 20 s, each TCP connection aborted about 10 times and resumed."""
     subscribers, rate, duration, aborts = 20, 100.0, 20.0, 10
     with cluster(redis_server) as (a, b):
@@ -203,7 +204,8 @@ def test_redis_restarted_empty_resume_from_an_old_offset_is_not_recovered(redis_
             await client.connect()
             async with httpx.AsyncClient() as http:
                 for i in range(3):
-                    assert (await http.post(f"http://{b.base}/publish/volatile", content=f"old{i}")).status_code == 200
+                    r = await http.post(f"http://{b.base}/publish/volatile", content=f"old{i}")
+                    assert r.status_code == 200
                 await client.receive_until(3)
                 await client.close()
                 redis_server.stop()
@@ -221,7 +223,8 @@ def test_redis_restarted_empty_resume_from_an_old_offset_is_not_recovered(redis_
         asyncio.run(main())
 
 
-def test_worker_sigkilled_its_clients_resume_on_the_other_worker_missing_nothing(redis_server: RedisServer) -> None:
+def test_worker_sigkilled_its_clients_resume_on_the_other_worker_missing_nothing(
+        redis_server: RedisServer) -> None:
     with cluster(redis_server) as (a, b):
         async def main() -> None:
             clients = [Resumer(f"ws://{a.base}", "survive") for _ in range(16)]
