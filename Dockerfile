@@ -30,9 +30,17 @@ RUN pip install --no-cache-dir /wheels/*.whl \
 USER asgiws
 
 EXPOSE 8000
-# Checks the whole path: a worker's event loop answers HTTP on the published port.
+# What the HEALTHCHECK requests: set them for an app that listens elsewhere or
+# has no / route, at build time (docker build --build-arg HEALTHCHECK_PATH=/healthz)
+# or at run time (docker run -e HEALTHCHECK_PATH=/healthz); docs/deployment.md.
+ARG HEALTHCHECK_PORT=8000
+ARG HEALTHCHECK_PATH=/
+ENV HEALTHCHECK_PORT=${HEALTHCHECK_PORT} \
+    HEALTHCHECK_PATH=${HEALTHCHECK_PATH}
+# Checks the whole path: a worker's event loop answers HTTP on the published
+# port. Healthy on 2xx (redirects followed); a 4xx/5xx or no answer is not.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s%s' % (os.environ['HEALTHCHECK_PORT'], os.environ['HEALTHCHECK_PATH']), timeout=4)"]
 
 # Exec form: asgiws is PID 1 and gets `docker stop`'s SIGTERM itself, so
 # workers drain gracefully (WebSockets get 1001) within the 10 s stop timeout.

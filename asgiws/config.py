@@ -19,6 +19,7 @@ from typing import Any, Literal
 LoopSetting = Literal["auto", "uvloop", "asyncio"]
 LifespanSetting = Literal["auto", "on", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+ProxyProtocolSetting = Literal["off", "v1", "v2", "auto"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -108,13 +109,28 @@ class Config:
     # -- HTTP ----------------------------------------------------------------------
     root_path: str = option("", "ASGI root_path, for apps mounted below a path prefix.")
     proxy_headers: bool = option(
-        True, "Honour X-Forwarded-Proto/For/Host from --forwarded-allow-ips.", boolean=True
+        True, "Honour X-Forwarded-Proto/For (and with --forwarded-host, Host) from --forwarded-allow-ips.",
+        boolean=True,
     )
     forwarded_allow_ips: str = option(
         None,
         default_factory=_default_forwarded_allow_ips,
-        help="Comma-separated IPs or networks trusted to send proxy headers ('*' for all). "
-        "Defaults to $FORWARDED_ALLOW_IPS or 127.0.0.1.",
+        help="Comma-separated IPs, networks, 'unix:' (peers on a UNIX socket) or '*' (any peer) trusted "
+        "to send proxy headers and PROXY protocol headers. Defaults to $FORWARDED_ALLOW_IPS or 127.0.0.1.",
+    )
+    # Off: nginx and HAProxy pass a client's own X-Forwarded-Host on unless told
+    # to set or clear it, and uvicorn does not read it at all.
+    forwarded_host: bool = option(
+        False, "Also take scope['server'] from X-Forwarded-Host (only if the proxy sets or clears it).",
+        boolean=True,
+    )
+    # Off: the PROXY protocol spec forbids guessing whether a header comes, so it
+    # is switched on only where a load balancer is known to send one.
+    proxy_protocol: ProxyProtocolSetting = option(
+        "off",
+        "Expect a PROXY protocol header (v1 text, v2 binary, or auto: either) from "
+        "--forwarded-allow-ips peers; their connections without one are closed.",
+        choices=("off", "v1", "v2", "auto"),
     )
     # Short: an idle keep-alive connection costs a socket and memory, and
     # clients reconnect cheaply. Same value as uvicorn's, so a switch changes nothing.
@@ -272,6 +288,12 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        from asgiws.protocols.utils import TrustedProxies
+
+        TrustedProxies(self.forwarded_allow_ips)  # raises ValueError naming a bad entry
+        if self.proxy_protocol != "off" and self.use_ssl:
+            # The header comes before the TLS ClientHello, which the TLS layer would read first.
+            raise ValueError("proxy_protocol cannot be combined with TLS: terminate TLS at the proxy")
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (Config itself is immutable)."""

@@ -19,6 +19,7 @@ from asgiws import broadcast
 from asgiws.config import Config
 from asgiws.importer import ImportFromStringError, import_from_string
 from asgiws.lifespan import LifespanOn
+from asgiws.protocols import proxy as proxy_protocol
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.http import HttpProtocol, build_default_headers
 from asgiws.protocols.utils import TrustedProxies
@@ -146,10 +147,10 @@ class Server:
                 raise StartupError(f"Application startup failed: {self.lifespan.error}")
         loop = asyncio.get_running_loop()
         trusted = TrustedProxies(config.forwarded_allow_ips)
-        factory = functools.partial(
+        factory = proxy_protocol.connection_factory(config, functools.partial(
             HttpProtocol, config=config, server_state=self.server_state, app=self.app, loop=loop,
             trusted_proxies=trusted,
-        )
+        ))
         ssl_context = load_ssl_context(config)
         owned = sockets is None
         listen = sockets if sockets is not None else [bind_socket(config)]

@@ -30,9 +30,14 @@ SERVER_CPU, LOAD_CPU = "0", "1"
 SERVERS = {
     "asgiws": lambda port: [PY, "-m", "asgiws", "bench.app:app", "--host", "127.0.0.1", "--port", str(port),
                             "--log-level", "warning", "--no-access-log"],
+    # uvicorn's default WebSocket implementation (--ws auto picks websockets-sansio when websockets is
+    # installed, uvicorn 0.54); the legacy websockets implementation and wsproto are rows of their own.
     "uvicorn": lambda port: [PY, "-m", "uvicorn", "bench.app:app", "--host", "127.0.0.1", "--port", str(port),
-                             "--loop", "uvloop", "--http", "httptools", "--ws", "websockets",
+                             "--loop", "uvloop", "--http", "httptools", "--ws", "auto",
                              "--log-level", "warning", "--no-access-log", "--workers", "1"],
+    "uvicorn-legacy": lambda port: [PY, "-m", "uvicorn", "bench.app:app", "--host", "127.0.0.1", "--port",
+                                    str(port), "--loop", "uvloop", "--http", "httptools", "--ws", "websockets",
+                                    "--log-level", "warning", "--no-access-log", "--workers", "1"],
     "uvicorn-wsproto": lambda port: [PY, "-m", "uvicorn", "bench.app:app", "--host", "127.0.0.1", "--port", str(port),
                                      "--loop", "uvloop", "--http", "httptools", "--ws", "wsproto",
                                      "--log-level", "warning", "--no-access-log", "--workers", "1"],
@@ -67,7 +72,7 @@ EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", Fals
          "fanout": _FANOUT_CPU, "fanout_queue": _FANOUT_CPU,
          "churn": [("handshakes_per_cpu_s", "handshakes per server CPU second", "1/s", True)]}
 # scenarios that only some servers can run (others: n/a); stall needs permessage-deflate
-ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-wsproto", "hypercorn"}}
+ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-legacy", "uvicorn-wsproto", "hypercorn"}}
 # per-run loads, seconds unless said otherwise: full / --quick
 # wrk takes whole seconds only ("2.5s" is rejected with its usage text).
 DUR = {

@@ -181,6 +181,16 @@ def test_header_and_no_server_header(app_dir):
     assert "server" not in response.headers
 
 
+@pytest.mark.parametrize(("header", "reason"), [
+    ("x y: 1", "the name is not an RFC 9110 token"),
+    ("x-cr: a\rSet-Cookie: b", "the value b'a\\rSet-Cookie: b' contains CR, LF or NUL"),
+])
+def test_header_that_no_response_could_carry_is_one_line_error(app_dir, header, reason):
+    result = asgiws("cliapp:app", "--app-dir", str(app_dir), "--port", "0", "--header", header)
+    assert result.returncode != 0
+    assert single_error_line(result.stderr) == f"ERROR:     invalid --header {header!r}: {reason}"
+
+
 def test_env_file_and_factory(app_dir):
     env_file = app_dir / ".env"
     env_file.write_text("# comment\nexport GREETING='from env file'\n")

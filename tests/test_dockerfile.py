@@ -21,6 +21,7 @@ import fnmatch
 import glob
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -67,13 +68,18 @@ def exec_form(arguments: str) -> list[str]:
     return value
 
 
-def env_of(parsed: list[tuple[str, str]]) -> dict[str, str]:
+def env_of(parsed: list[tuple[str, str]], build_args: dict[str, str] | None = None) -> dict[str, str]:
+    """A stage's ENV, with ${NAME} of its ARGs replaced (by `build_args`, else the ARG's default)."""
+    args: dict[str, str] = {}
     env: dict[str, str] = {}
     for name, arguments in parsed:
-        if name == "ENV":
+        if name == "ARG":
+            key, _, default = arguments.partition("=")
+            args[key] = (build_args or {}).get(key, default)
+        elif name == "ENV":
             for pair in shlex.split(arguments):
                 key, _, value = pair.partition("=")
-                env[key] = value
+                env[key] = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), ""), value)
     return env
 
 
@@ -246,10 +252,8 @@ def test_dockerfile_install_cmd_and_healthcheck_run(tmp_path):
                 assert server.poll() is None and time.monotonic() < deadline, "server did not start"
                 time.sleep(0.1)
 
-        healthcheck = one(parsed, "HEALTHCHECK")
-        probe = exec_form(healthcheck[healthcheck.index("CMD [") + 4:])
-        probe = [part.replace("8000", str(port)) for part in probe]
-        probe[0] = str(build.venv / "bin" / probe[0])
+        probe = healthcheck_command(python)
+        env = dict(env, HEALTHCHECK_PORT=str(port))  # as `docker run -e HEALTHCHECK_PORT=...` would
         assert subprocess.run(probe, check=False, env=env, timeout=15).returncode == 0
 
         server.send_signal(signal.SIGTERM)  # what `docker stop` sends to PID 1
@@ -261,3 +265,35 @@ def test_dockerfile_install_cmd_and_healthcheck_run(tmp_path):
             server.wait(5)
         output = server.stdout.read().decode(errors="replace") if server.stdout else ""
     assert "Shutting down" in output
+
+
+def healthcheck_command(python: str) -> list[str]:
+    healthcheck = one(final_stage(), "HEALTHCHECK")
+    probe = exec_form(healthcheck[healthcheck.index("CMD [") + 4:])
+    assert probe[0] == "python"
+    return [python, *probe[1:]]
+
+
+def test_healthcheck_port_and_path_default_to_8000_and_root():
+    defaults = env_of(final_stage())
+    assert (defaults["HEALTHCHECK_PORT"], defaults["HEALTHCHECK_PATH"]) == ("8000", "/")
+    built = env_of(final_stage(), {"HEALTHCHECK_PATH": "/healthz", "HEALTHCHECK_PORT": "9000"})
+    assert (built["HEALTHCHECK_PATH"], built["HEALTHCHECK_PORT"]) == ("/healthz", "9000")
+
+
+def test_healthcheck_follows_the_path_it_is_given(run_server):
+    """An app with no / route: unhealthy by default, healthy with HEALTHCHECK_PATH=/healthz."""
+
+    async def app(scope, receive, send):
+        status = 200 if scope["path"] == "/healthz" else 404
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    with run_server(app) as server:
+        defaults = env_of(final_stage())
+        env = {**os.environ, **defaults, "HEALTHCHECK_PORT": str(server.port)}
+        probe = healthcheck_command(sys.executable)
+        default = subprocess.run(probe, env=env, timeout=15, capture_output=True, text=True, check=False)
+        assert default.returncode != 0 and "HTTP Error 404" in default.stderr
+        healthz = subprocess.run(probe, env=dict(env, HEALTHCHECK_PATH="/healthz"), timeout=15, check=False)
+        assert healthz.returncode == 0

@@ -14,6 +14,7 @@ from websockets.asyncio.client import connect
 
 from asgiws.config import Config
 from asgiws.sockets import create_ssl_context
+from asgiws.testing import StartupError
 from tests.supervisor.cluster import Cluster
 
 
@@ -136,7 +137,7 @@ def test_https_and_wss_through_the_supervisor(ca, certs, tmp_path):
 
 def test_unreadable_key_is_a_one_line_startup_error(run_server, certs, tmp_path):
     missing = str(tmp_path / "missing-key.pem")
-    with pytest.raises(RuntimeError, match="could not load the TLS certificate or key"):
+    with pytest.raises(StartupError, match="could not load the TLS certificate or key"):
         with run_server(echo_app, ssl_certfile=certs["ssl_certfile"], ssl_keyfile=missing):
             pass
     server = Cluster(tmp_path, "tests.supervisor.apps:app", "--workers", "2",

@@ -9,20 +9,27 @@ together with the bytes that followed its head.
 from __future__ import annotations
 
 import asyncio
-import http
 import logging
 import re
-import time
 from collections import deque
-from email.utils import formatdate
 from typing import Callable
 from urllib.parse import unquote
 
 import httptools
 
 from asgiws.config import Config
+from asgiws.exceptions import ClientDisconnected
 from asgiws.logging import TRACE_LOG_LEVEL, log_access
 from asgiws.protocols.common import ServerState
+from asgiws.protocols.response import (
+    NO_BODY_STATUS,
+    add_default_fields,
+    app_field_line,
+    build_default_headers,
+    error_response,
+    format_fields,
+    status_line,
+)
 from asgiws.protocols.utils import (
     FORWARDED_FIELDS,
     TrustedProxies,
@@ -30,68 +37,22 @@ from asgiws.protocols.utils import (
     get_local_addr,
     get_remote_addr,
     is_ssl,
+    peer_name,
 )
 from asgiws.types import ASGIApp, Message, Scope
 
+# build_default_headers lives in protocols/response.py; server.py imports it from here.
+__all__ = ["HttpProtocol", "RequestCycle", "build_default_headers"]
+
 logger = logging.getLogger("asgiws.error")
 
-# RFC 9110 5.6.2 token characters, for header names the app sends (fullmatch:
-# "$" would let a name end in a newline).
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# RFC 9110 5.5: CR, LF and NUL are never allowed in a field value.
-_BAD_VALUE = re.compile(rb"[\r\n\0]")
 # Bytes handed to httptools at once without looking for request heads in them
 # (the end of a read, a piece of a chunked body): a request is at least ~18
 # bytes, so one slice adds at most ~56 requests past the pipeline bound.
 _PARSE_SLICE = 1024
 # Empty lines before a request line, which httptools skips (RFC 9112 2.2 allows it).
 _EMPTY_LINES = re.compile(rb"[\r\n]*")
-_NO_BODY_STATUS = frozenset({204, 304}) | frozenset(range(100, 200))
 _NO_NAMES: set[bytes] = set()  # never added to: the app set no response fields yet
-
-
-def _status_line(status: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    return b"HTTP/1.1 %d %s\r\n" % (status, phrase.encode("ascii"))
-
-
-_STATUS_LINES = {status.value: _status_line(status.value) for status in http.HTTPStatus}
-
-# (second, whole "date: ...\r\n" line): recomputed at most once per second.
-_date_cache: tuple[int, bytes] = (0, b"")
-
-
-def _date_line() -> bytes:
-    """The Date header line of a response, formatted at most once per second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, b"date: %s\r\n" % formatdate(now, usegmt=True).encode("latin-1"))
-    return _date_cache[1]
-
-
-def build_default_headers(config: Config) -> list[tuple[bytes, bytes]]:
-    """Server header and --header values, encoded once per server.
-
-    Raises ValueError for a --header without a colon.
-    """
-    headers: list[tuple[bytes, bytes]] = []
-    custom: list[tuple[bytes, bytes]] = []
-    for item in config.headers:
-        name, sep, value = item.partition(":")
-        if not sep or not name.strip():
-            raise ValueError(f"invalid --header {item!r}: expected NAME:VALUE")
-        custom.append((name.strip().lower().encode("latin-1"), value.strip().encode("latin-1")))
-    if config.server_header and not any(name == b"server" for name, _ in custom):
-        headers.append((b"server", b"asgiws"))
-    return headers + custom
-
-
-class ClientDisconnected(OSError):
-    """send() was called after the client went away (ASGI 2.4)."""
 
 
 class _Abort(Exception):
@@ -175,13 +136,33 @@ class HttpProtocol(asyncio.BufferedProtocol):
     # -- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        client = get_remote_addr(transport)
+        peer = client[0] if client is not None else peer_name(transport)
+        self.connection_made_as(transport, client, get_local_addr(transport), peer)
+
+    def connection_made_as(
+        self,
+        transport: asyncio.BaseTransport,
+        client: tuple[str, int] | None,
+        server: tuple[str, int | None] | None,
+        peer: str | None,
+        *,
+        tls: bool = False,
+    ) -> None:
+        """Start serving `transport` for `client` connected to `server`.
+
+        `peer` is what --forwarded-allow-ips is matched against (see
+        utils.peer_name). asgiws.protocols.proxy calls this with the addresses a
+        PROXY protocol header named, once it has read the header, and `tls` when
+        the header says the client spoke TLS to the proxy.
+        """
         self.transport = transport  # type: ignore[assignment]
-        self.client = get_remote_addr(transport)
-        self.server = get_local_addr(transport)
-        self.client_ip = self.client[0] if self.client else None
+        self.client = client
+        self.server = server
+        self.client_ip = client[0] if client else None
         # The peer does not change: whether its X-Forwarded-* fields count is decided once.
-        self._proxy_trusted = self.config.proxy_headers and self.client_ip in self.trusted
-        self.scheme = "https" if is_ssl(transport) else "http"
+        self._proxy_trusted = self.config.proxy_headers and self.trusted.trusts_peer(peer)
+        self.scheme = "https" if tls or is_ssl(transport) else "http"
         over_limit = self.server_state.over_connection_limit(
             self.client_ip, self.config.limit_connections_per_ip
         )
@@ -369,7 +350,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         if hosts > 1 or (hosts == 0 and scope["http_version"] == "1.1"):
             raise self._set_abort(400, "Invalid HTTP request: missing or repeated Host header")
         if self._forwarded and self._proxy_trusted:
-            rewrite_from_forwarded(scope, self.trusted)
+            rewrite_from_forwarded(scope, self.trusted, forwarded_host=self.config.forwarded_host)
         if self._wants_websocket:
             method = scope.pop("method")
             scope["type"] = "websocket"
@@ -561,7 +542,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
             if cycle.response_started:
                 self._close()
             else:
-                cycle._simple(status, reason.encode("utf-8") + b"\n")
+                cycle._simple(status, reason)
             cycle.on_disconnect()
             return
         if self._parsing is not None:
@@ -574,32 +555,25 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._enqueue(lambda: self._send_error(status, reason))
 
     def _send_error(self, status: int, reason: str) -> None:
-        body = reason.encode("utf-8") + b"\n"
-        head = [
-            _STATUS_LINES.get(status) or _status_line(status),
-            b"content-type: text/plain; charset=utf-8\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n",
-        ]
-        self._add_default_header_lines(head, set())
-        head.append(b"\r\n")
-        head.append(body)
         if not self.transport.is_closing():
-            self.transport.writelines(head)
+            self.transport.writelines(self._error_response(status, reason, keep_alive=False, body=True))
         self._close()
+
+    def _error_response(self, status: int, reason: str, *, keep_alive: bool, body: bool) -> list[bytes]:
+        defaults = self.server_state.default_headers
+        return error_response(status, reason, defaults, self._formatted_defaults(), date=self.config.date_header,
+                              keep_alive=keep_alive, body=body)
+
+    def _formatted_defaults(self) -> list[bytes]:
+        # The lines formatted once per connection serve every response.
+        if self._default_lines is None:
+            self._default_lines = format_fields(self.server_state.default_headers)
+        return self._default_lines
 
     def _add_default_header_lines(self, lines: list[bytes], app_names: set[bytes]) -> None:
         """Append the Server, --header and Date lines, less those the app sent itself."""
-        defaults = self.server_state.default_headers
-        if app_names and any(name in app_names for name, _ in defaults):
-            lines.extend(b"%s: %s\r\n" % (name, value) for name, value in defaults if name not in app_names)
-        else:
-            # The usual case: the lines formatted once per connection serve every response.
-            if self._default_lines is None:
-                self._default_lines = [b"%s: %s\r\n" % (name, value) for name, value in defaults]
-            lines.extend(self._default_lines)
-        if self.config.date_header and b"date" not in app_names:
-            lines.append(_date_line())
+        add_default_fields(lines, self.server_state.default_headers, self._formatted_defaults(), app_names,
+                           date=self.config.date_header)
 
     def _close(self) -> None:
         self._closing = True
@@ -797,7 +771,7 @@ class RequestCycle:
         if protocol.concurrency_exceeded():
             logger.warning("Exceeded concurrency limit.")
             self.keep_alive = False
-            self._simple(503, b"Service Unavailable")
+            self._simple(503, "Service Unavailable")
             return
         task = protocol.loop.create_task(self.run_asgi(protocol.app))
         protocol.server_state.tasks.add(task)
@@ -816,7 +790,7 @@ class RequestCycle:
         except BaseException as exc:
             logger.error("Exception in ASGI application", exc_info=exc)
             if not self.response_started:
-                self._simple(500, b"Internal Server Error")
+                self._simple(500, "Internal Server Error")
             elif not self.response_complete:
                 self.keep_alive = False
                 self.protocol._close()
@@ -825,29 +799,20 @@ class RequestCycle:
         else:
             if not self.response_started and not self.disconnected:
                 logger.error("ASGI callable returned without starting response.")
-                self._simple(500, b"Internal Server Error")
+                self._simple(500, "Internal Server Error")
             elif not self.response_complete and not self.disconnected:
                 logger.error("ASGI callable returned without completing response.")
                 self.keep_alive = False
                 self.protocol._close()
 
-    def _simple(self, status: int, body: bytes) -> None:
+    def _simple(self, status: int, reason: str) -> None:
         """A server-made response (500, 503) in place of the app's."""
         self.response_started = True
         self.status = status
-        head = [
-            _STATUS_LINES[status],
-            b"content-type: text/plain; charset=utf-8\r\n",
-            b"content-length: %d\r\n" % len(body),
-        ]
-        if not self.keep_alive:
-            head.append(b"connection: close\r\n")
-        self.protocol._add_default_header_lines(head, set())
-        head.append(b"\r\n")
         if not self.transport.is_closing():
-            self.transport.writelines(head)
-            if not self.is_head:
-                self.transport.write(body)
+            self.transport.writelines(
+                self.protocol._error_response(status, reason, keep_alive=self.keep_alive, body=not self.is_head)
+            )
         self._log()
         self._complete()
 
@@ -908,14 +873,13 @@ class RequestCycle:
     def _start(self, message: Message) -> None:
         if self.response_started:
             raise RuntimeError("response already started")
-        status = int(message["status"])
-        lines = [_STATUS_LINES.get(status) or _status_line(status)]
+        status = message["status"]
+        lines = [status_line(status)]
         app_names: set[bytes] = set()
         for name, value in message.get("headers", ()):
             name = bytes(name).lower()
             value = bytes(value)
-            if _TOKEN.fullmatch(name) is None or _BAD_VALUE.search(value):
-                raise RuntimeError(f"invalid response header {name!r}: {value!r}")
+            line = app_field_line(name, value)
             if name == b"content-length":
                 self.expected_length = int(value)
             elif name == b"transfer-encoding":
@@ -925,7 +889,7 @@ class RequestCycle:
             elif name == b"connection" and b"close" in value.lower():
                 self.keep_alive = False
             app_names.add(name)
-            lines.append(b"%s: %s\r\n" % (name, value))
+            lines.append(line)
         self.protocol._add_default_header_lines(lines, app_names)
         self.response_started = True
         self.status = status
@@ -934,7 +898,7 @@ class RequestCycle:
         self.expect_100 = False
 
     def _finish_head(self, lines: list[bytes], body: bytes, more_body: bool) -> bytes:
-        no_body = self.status in _NO_BODY_STATUS
+        no_body = self.status in NO_BODY_STATUS
         if no_body:
             self.chunked = False
         elif self.expected_length is None and not self.chunked:
@@ -974,7 +938,7 @@ class RequestCycle:
             head = self._finish_head(self._lines, body, more_body)
             self._lines = None
         transport = self.transport
-        if self.is_head or self.status in _NO_BODY_STATUS:
+        if self.is_head or self.status in NO_BODY_STATUS:
             if head:
                 transport.write(head)
         elif self.chunked:

@@ -20,15 +20,16 @@ import logging
 import os
 from collections import deque
 from collections.abc import Awaitable, Callable
-from http import HTTPStatus
 from typing import Any
 
 from asgiws.broadcast import SCOPE_EXTENSION, broker_for
 from asgiws.broadcast.prepared import PreparedMessage
 from asgiws.config import WS_FRAGMENT_SIZE, Config
+from asgiws.exceptions import ClientDisconnected
 from asgiws.logging import TRACE_LOG_LEVEL, log_access
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.origins import origin_allowed
+from asgiws.protocols.response import denial_head, error_response, format_fields
 from asgiws.types import ASGIApp, Message, Scope
 from asgiws.websocket import (
     BinaryMessage,
@@ -59,10 +60,6 @@ _JOIN_WRITES_LIMIT = 64 * 1024
 # Frames the codec produced in one go are joined when each is at most this
 # big (a frame's header and payload are already one chunk up to 4 KiB).
 _JOIN_CHUNK_LIMIT = 4096
-
-
-class ClientDisconnected(OSError):
-    """Raised by send() once the client is gone (ASGI spec: a subclass of OSError)."""
 
 
 class State(enum.Enum):
@@ -205,10 +202,9 @@ class WebSocketProtocol(asyncio.Protocol):
         self.transport = transport
         transport.set_protocol(self)
         self.server_state.hand_over(previous, self)  # type: ignore[arg-type]
-        # The per-IP count is of the TCP peer, as HttpProtocol counted it; the
-        # scope's client may be a proxied address (X-Forwarded-For).
-        peer = transport.get_extra_info("peername")
-        self.client_ip = peer[0] if isinstance(peer, tuple) else None
+        # The per-IP count is of the address HttpProtocol counted (the TCP peer, or
+        # the client a PROXY protocol header named), never X-Forwarded-For's.
+        self.client_ip = getattr(previous, "client_ip", None)
         self.scope = scope
         self._early_input += trailing_data
         try:
@@ -465,9 +461,9 @@ class WebSocketProtocol(asyncio.Protocol):
 
     async def _send_response_start(self, message: Message) -> None:
         status = message["status"]
-        headers = [_encode_header(name, value) for name, value in message.get("headers") or ()]
-        head = self._response_head(status, headers, chunked=not any(n.lower() == b"content-length" for n, _ in headers))
-        self._response_chunked = b"transfer-encoding: chunked" in head
+        head, self._response_chunked = denial_head(
+            status, message.get("headers") or (), self.server_state.default_headers, date=self.config.date_header
+        )
         self.transport.write(head)
         self._response_status = status
         self._enter(State.RESPONSE)
@@ -612,26 +608,10 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- rejecting the upgrade with an HTTP response ------------------------------------------
 
-    def _response_head(self, status: int, headers: list[tuple[bytes, bytes]], *, chunked: bool) -> bytes:
-        try:
-            phrase = HTTPStatus(status).phrase.encode()
-        except ValueError:
-            phrase = b""
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
-        for name, value in list(self.server_state.default_headers) + headers:
-            if any(c in name + value for c in (b"\r", b"\n", b"\0")):
-                raise RuntimeError(f"Invalid response header {name!r}: CR, LF and NUL are not allowed")
-            lines.append(b"%s: %s\r\n" % (name, value))
-        if chunked:
-            lines.append(b"transfer-encoding: chunked\r\n")
-        lines.append(b"connection: close\r\n\r\n")
-        return b"".join(lines)
-
     def _reject(self, status: int, reason: str, headers: list[tuple[bytes, bytes]]) -> None:
-        body = (reason + "\n").encode() if reason else b""
-        head_headers = list(headers) + [(b"content-type", b"text/plain; charset=utf-8"),
-                                         (b"content-length", str(len(body)).encode())]
-        self.transport.write(self._response_head(status, head_headers, chunked=False) + body)
+        defaults = self.server_state.default_headers
+        self.transport.writelines(error_response(status, reason, defaults, format_fields(defaults),
+                                                 date=self.config.date_header, fields=headers))
         self._log_access(status)
         self._finish_rejected()
 

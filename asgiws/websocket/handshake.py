@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
+
+from asgiws.headers import TOKEN, field_line, status_line
 
 __all__ = ["HandshakeError", "UpgradeRequest", "accept_key", "accept_response", "validate_upgrade_request"]
 
@@ -14,7 +15,6 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Sec-WebSocket-Protocol and -Extensions together: browsers send well under
 # 1 KiB; the bound keeps parsing them cheap whatever a client sends.
 MAX_NEGOTIATION_HEADER_SIZE = 4096
-_FORBIDDEN = (b"\r", b"\n", b"\0")
 
 
 class HandshakeError(Exception):
@@ -38,9 +38,6 @@ class UpgradeRequest:
         self.subprotocols = subprotocols
         self.extension_header_values = extension_header_values
         self.origin = origin
-
-
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _tokens(values: list[bytes]) -> set[bytes]:
@@ -88,7 +85,7 @@ def validate_upgrade_request(method: str, http_version: str, headers: list[tuple
     # 4.1: each subprotocol is a token (RFC 2616 2.2 / RFC 9110 5.6.2), so
     # "a b" or "chat;v=1" is not an offer the app could ever accept.
     for subprotocol in subprotocols:
-        if not _TOKEN.fullmatch(subprotocol):
+        if TOKEN.fullmatch(subprotocol.encode("ascii")) is None:
             raise HandshakeError(400, f"invalid subprotocol {subprotocol!r} in Sec-WebSocket-Protocol")
     origins = by_name.get(b"origin")
     origin = origins[0].decode("latin-1") if origins else None
@@ -100,31 +97,27 @@ def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
-def _check_header(value: bytes) -> bytes:
-    if any(char in value for char in _FORBIDDEN):
-        raise ValueError(f"header contains CR, LF or NUL: {value!r}")
-    return value
-
-
 def accept_response(request: UpgradeRequest, *, subprotocol: str | None, extensions_header: bytes | None,
                     headers: list[tuple[bytes, bytes]]) -> bytes:
     """The whole `101 Switching Protocols` response.
 
     Raises ValueError if `subprotocol` was not offered by the client, or a
-    header name or value contains CR, LF or NUL.
+    header name is not an RFC 9110 token or a value contains CR, LF or NUL
+    (the checks of every response the server writes, `asgiws.headers`).
     """
     lines = [
-        b"HTTP/1.1 101 Switching Protocols",
-        b"Upgrade: websocket",
-        b"Connection: Upgrade",
-        b"Sec-WebSocket-Accept: " + accept_key(request.key),
+        status_line(101, b"Switching Protocols"),
+        b"Upgrade: websocket\r\n",
+        b"Connection: Upgrade\r\n",
+        b"Sec-WebSocket-Accept: %s\r\n" % accept_key(request.key),
     ]
     if subprotocol is not None:
         if subprotocol not in request.subprotocols:
             raise ValueError(f"subprotocol {subprotocol!r} was not offered by the client")
-        lines.append(b"Sec-WebSocket-Protocol: " + _check_header(subprotocol.encode("ascii")))
+        lines.append(field_line(b"Sec-WebSocket-Protocol", subprotocol.encode("ascii")))
     if extensions_header is not None:
-        lines.append(b"Sec-WebSocket-Extensions: " + _check_header(extensions_header))
+        lines.append(field_line(b"Sec-WebSocket-Extensions", extensions_header))
     for name, value in headers:
-        lines.append(_check_header(name) + b": " + _check_header(value))
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+        lines.append(field_line(name, value))
+    lines.append(b"\r\n")
+    return b"".join(lines)

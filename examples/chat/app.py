@@ -3,15 +3,28 @@
 Open http://127.0.0.1:8000/ in a few browser tabs. With several workers, add
 `--broadcast-url redis://127.0.0.1:6379` so that every worker's clients meet.
 
-Wire format, both directions: JSON objects `{"type", "payload", "timestamp"}`.
+Wire format, both directions: JSON objects `{"type", "payload", "timestamp"}`
+(timestamp: seconds since the epoch, set by the server on what it sends).
 
 Client -> server                                  Server -> client
-  {"type": "join",    "payload": {"room"}}          welcome  {"name", "rooms"}
+  {"type": "join",    "payload": {"room"}}          welcome  {"name", "id", "rooms"}
   {"type": "leave",   "payload": {"room"}}          joined / left  {"room"}   (to the sender)
-  {"type": "message", "payload": {"room", "text"}}  notice   {"room", "user", "event": "join"|"leave"}
-  {"type": "private", "payload": {"to", "text"}}    message  {"room", "from", "text"}
-                                                    private  {"from", "to", "text"}
+  {"type": "here",    "payload": {"room"}}          notice   {"room", "user", "id", "event"}
+  {"type": "message", "payload": {"room", "text"}}  message  {"room", "from", "id", "text"}
+  {"type": "private", "payload": {"to", "text"}}    private  {"from", "to", "text"}
                                                     error    {"message"}  (to the sender only)
+
+Every connection joins the lobby as soon as it is accepted.
+
+Who is in a room is kept by the pages, through the room's own channel, so it
+is right across workers and machines (every worker's subscribers see every
+notice) without any shared store: a notice "join" (or "leave") goes to the
+room when a connection joins (or leaves, or disconnects); every page already
+in the room answers a "join" it did not send with a "here", which the server
+publishes as a notice "here", so the newcomer learns who was there before it.
+Notices carry the connection id, so a name open in two tabs stays listed
+until both have left. (A worker killed with SIGKILL sends no "leave": its
+users stay listed until the pages there reconnect and the others reload.)
 
 Close codes: 1008 for a bad user name (the page does not reconnect),
 1000 when the client leaves; 1001/1012 when the server stops or restarts
@@ -22,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +50,7 @@ MAX_FRAME_CHARS = 4096  # a whole incoming JSON text
 MAX_TEXT_CHARS = 500  # one chat message
 MAX_ROOMS_PER_USER = 10
 NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,24}")  # user and room names
+LOBBY = "lobby"  # the room every connection joins on connect
 
 PAGE = (Path(__file__).parent / "index.html").read_text(encoding="utf-8")
 
@@ -100,6 +115,8 @@ class Session:
     def __init__(self, websocket: WebSocket, name: str) -> None:
         self.websocket = websocket
         self.name = name
+        # Tells apart two tabs open under one name, on any worker (presence is per connection).
+        self.id = secrets.token_hex(6)
         self.rooms: set[str] = set()
         self.broadcast = Broadcast.from_scope(websocket.scope)
 
@@ -115,8 +132,18 @@ class Session:
         await self.broadcast.subscribe(self.websocket.scope, room_channel(room))
         self.rooms.add(room)
         await self.send("joined", {"room": room})
-        await self.broadcast.publish(room_channel(room), envelope("notice", {"room": room, "user": self.name,
-                                                                             "event": "join"}))
+        await self.notice(room, "join")
+
+    async def here(self, payload: dict[str, Any]) -> None:
+        """The page answers another's join: tell the room (the newcomer) that this connection is in it."""
+        room = _name(payload, "room")
+        if room not in self.rooms:
+            raise InvalidMessage(f"not in room {room!r}")
+        await self.notice(room, "here")
+
+    async def notice(self, room: str, event: str) -> None:
+        payload = {"room": room, "user": self.name, "id": self.id, "event": event}
+        await self.broadcast.publish(room_channel(room), envelope("notice", payload))
 
     async def leave(self, payload: dict[str, Any]) -> None:
         room = _name(payload, "room")
@@ -128,15 +155,14 @@ class Session:
     async def _leave(self, room: str) -> None:
         self.rooms.discard(room)
         await self.broadcast.unsubscribe(self.websocket.scope, room_channel(room))
-        await self.broadcast.publish(room_channel(room), envelope("notice", {"room": room, "user": self.name,
-                                                                             "event": "leave"}))
+        await self.notice(room, "leave")
 
     async def message(self, payload: dict[str, Any]) -> None:
         room, text = _name(payload, "room"), _text(payload)
         if room not in self.rooms:
             raise InvalidMessage(f"join room {room!r} before writing to it")
-        await self.broadcast.publish(room_channel(room), envelope("message", {"room": room, "from": self.name,
-                                                                              "text": text}))
+        payload = {"room": room, "from": self.name, "id": self.id, "text": text}
+        await self.broadcast.publish(room_channel(room), envelope("message", payload))
 
     async def private(self, payload: dict[str, Any]) -> None:
         to, text = _name(payload, "to"), _text(payload)
@@ -153,7 +179,23 @@ class Session:
                 pass
 
 
-HANDLERS = {"join": Session.join, "leave": Session.leave, "message": Session.message, "private": Session.private}
+HANDLERS = {
+    "join": Session.join,
+    "leave": Session.leave,
+    "here": Session.here,
+    "message": Session.message,
+    "private": Session.private,
+}
+
+
+async def handle(session: Session, handler: Any, payload: dict[str, Any]) -> None:
+    """Run one client request; what goes wrong is told to that client only."""
+    try:
+        await handler(session, payload)
+    except InvalidMessage as exc:
+        await session.send("error", {"message": str(exc)})
+    except BroadcastUnavailable:
+        await session.send("error", {"message": "chat is temporarily unavailable, try again"})
 
 
 @app.get("/", response_class=HTMLResponse)
@@ -176,19 +218,19 @@ async def chat(websocket: WebSocket) -> None:
         return
     session = Session(websocket, name)
     await session.broadcast.subscribe(websocket.scope, user_channel(name))
-    await session.send("welcome", {"name": name, "rooms": []})
+    await session.send("welcome", {"name": name, "id": session.id, "rooms": [LOBBY]})
     try:
+        await handle(session, Session.join, {"room": LOBBY})
         while True:
             frame = await websocket.receive()
             if frame["type"] == "websocket.disconnect":
                 break
             try:
                 type_, payload = parse(frame.get("text"))
-                await HANDLERS[type_](session, payload)
             except InvalidMessage as exc:
                 await session.send("error", {"message": str(exc)})
-            except BroadcastUnavailable:
-                await session.send("error", {"message": "chat is temporarily unavailable, try again"})
+                continue
+            await handle(session, HANDLERS[type_], payload)
     except WebSocketDisconnect:
         pass
     finally:

@@ -2,31 +2,32 @@
 
 Never a downloaded browser: executable_path is the system's /usr/bin/chromium
 (Debian package `chromium`); the Playwright Python package only drives it.
+Set CHAT_SCREENSHOTS=DIR to keep the screenshots the tests take (PNG).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
+import re
 import shutil
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
 
 from asgiws.protocols.websocket import WebSocketProtocol
 from asgiws.websocket.permessage_deflate import PerMessageDeflate
 from examples.chat.app import app
-from tests.broadcast.conftest import free_port
+from tests.broadcast.conftest import RedisServer, free_port
+from tests.broadcast.test_redis import wait_for_pattern_subscribers
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 TIMEOUT_MS = 15_000
+CLOCK = re.compile(r"\d{1,2}:\d{2}")
 
 
 def chromium_path() -> str:
@@ -35,6 +36,51 @@ def chromium_path() -> str:
         pytest.fail("chromium is not installed: apt-get install -y chromium (Debian package; "
                     "the Playwright Python package drives it, never a downloaded browser)")
     return path if os.path.exists(path) else str(shutil.which("chromium"))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """A Chromium context on a fresh profile; new_page() for each user."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1100, "height": 640},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+def screenshot(page: Any, name: str, tmp_path: Path) -> None:
+    directory = Path(os.environ.get("CHAT_SCREENSHOTS") or tmp_path)
+    directory.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(directory / f"chat-{name}.png"))
+
+
+def sign_in(context: Any, url: str, name: str) -> Any:
+    from playwright.sync_api import expect
+
+    page = context.new_page()
+    page.goto(url)
+    page.fill("#name", name)
+    page.click("#login button")
+    expect(page.locator("#state")).to_have_attribute("data-state", "live", timeout=TIMEOUT_MS)
+    expect(page.locator("#room-title")).to_have_text("# lobby", timeout=TIMEOUT_MS)  # joined on connect
+    return page
+
+
+def expect_people(page: Any, *names: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#people li button")).to_have_text(sorted(names), timeout=TIMEOUT_MS)
+
+
+def say(page: Any, text: str) -> None:
+    page.fill("#text", text)
+    page.click("#send")
 
 
 def negotiated_extensions(server: Any, query: bytes) -> list[Any]:
@@ -48,93 +94,114 @@ def negotiated_extensions(server: Any, query: bytes) -> list[Any]:
     return server.call(look)  # type: ignore[no-any-return]
 
 
-class PythonClient:
-    """A websockets client on its own loop thread (Playwright's sync API owns this thread's loop)."""
+def test_three_pages_presence_own_messages_unread_and_reconnect_after_restart(
+    run_server: Any, browser: Any, tmp_path: Path,
+) -> None:
+    from playwright.sync_api import expect
 
-    def __init__(self, server: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.ws = self._run(self._login(server))
-
-    def _run(self, coroutine: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(15)
-
-    async def _login(self, server: Any) -> Any:
-        ws = await connect(server.url("/ws?name=py", "ws"))
-        assert json.loads(await ws.recv())["type"] == "welcome"
-        await ws.send(json.dumps({"type": "join", "payload": {"room": "lobby"}}))
-        assert json.loads(await ws.recv())["type"] == "joined"
-        return ws
-
-    def say(self, text: str) -> None:
-        self._run(self.ws.send(json.dumps({"type": "message", "payload": {"room": "lobby", "text": text}})))
-
-    def wait_for_message(self, sender: str, prefix: str) -> None:
-        async def wait() -> None:
-            while True:
-                message = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
-                payload = message["payload"]
-                if message["type"] == "message" and payload["from"] == sender and payload["text"].startswith(prefix):
-                    return
-        self._run(wait())
-
-    def close(self) -> None:
-        self._run(self.ws.close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
-def test_chat_page_in_chromium_deflate_and_reconnect_after_restart(run_server, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
-
-    executable = chromium_path()
     port = free_port()
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=executable, headless=True, args=CHROMIUM_FLAGS,
-        )
-        try:
-            page = context.new_page()
-            log, state = page.locator("#log"), page.locator("#state")
-            with run_server(app, port=port) as server:
-                page.goto(server.url("/"))
-                page.fill("#name", "web")
-                page.click("#login button")
-                expect(state).to_have_attribute("data-state", "open", timeout=TIMEOUT_MS)
-                page.click("#room button[name=join]")
-                expect(log).to_contain_text("you joined #lobby", timeout=TIMEOUT_MS)
+    with run_server(app, port=port) as server:
+        alice = sign_in(browser, server.url("/"), "alice")
+        bob = sign_in(browser, server.url("/"), "bob")
+        expect_people(alice, "alice", "bob")  # alice saw bob join; bob learned alice was here
+        expect_people(bob, "alice", "bob")
+        carol = sign_in(browser, server.url("/"), "carol")
+        for page in (alice, bob, carol):
+            expect_people(page, "alice", "bob", "carol")
+            expect(page.locator("#room-sub")).to_have_text("3 here", timeout=TIMEOUT_MS)
+        # Chromium offers permessage-deflate; the server agreed to it.
+        assert [type(e) for e in negotiated_extensions(server, b"name=alice")] == [PerMessageDeflate]
 
-                # Chromium offers permessage-deflate; the server agreed to it.
-                extensions = negotiated_extensions(server, b"name=web")
-                assert [type(e) for e in extensions] == [PerMessageDeflate], extensions
+        say(alice, "hello everyone " + "long " * 60)  # over the deflate min size: compressed both ways
+        mine = alice.locator(".msg.mine")
+        expect(mine).to_have_count(1, timeout=TIMEOUT_MS)
+        expect(mine.locator(".meta b")).to_have_text("You")
+        theirs = bob.locator(".msg:not(.mine)")
+        expect(theirs).to_have_count(1, timeout=TIMEOUT_MS)
+        expect(theirs.locator(".meta b")).to_have_text("alice")
+        assert CLOCK.search(theirs.locator(".meta").inner_text()), theirs.locator(".meta").inner_text()
+        expect(theirs.locator(".body")).to_contain_text("hello everyone")
 
-                py = PythonClient(server)
-                py.say("hi browser")
-                expect(log).to_contain_text("<py> hi browser", timeout=TIMEOUT_MS)
-                page.fill("#text", "hello from chromium " + "long " * 60)  # over min size: compressed
-                page.click("#send button")
-                # The page's message reaches the other client and, through the room, the page itself.
-                py.wait_for_message("web", "hello from chromium")
-                expect(log).to_contain_text("<web> hello from chromium", timeout=TIMEOUT_MS)
-                py.close()
-                server.server.shutdown_close_code = 1012  # what a supervisor restart sends
-            # Server gone: the page saw 1012 and is backing off.
-            expect(log).to_contain_text("connection closed (1012), reconnecting", timeout=TIMEOUT_MS)
-            expect(state).to_have_attribute("data-state", "reconnecting", timeout=TIMEOUT_MS)
+        # bob and carol open #dev; carol goes back to the lobby and gets unread counts for #dev.
+        for page in (bob, carol):
+            page.fill("#roomname", "dev")
+            page.click("#join button")
+            expect(page.locator("#room-title")).to_have_text("# dev", timeout=TIMEOUT_MS)
+        expect_people(bob, "bob", "carol")
+        carol.click("#rooms .room[data-room=lobby]")
+        say(bob, "standup in 5")
+        say(bob, "bring coffee")
+        expect(carol.locator("#rooms .room[data-room=dev] .unread")).to_have_text("2", timeout=TIMEOUT_MS)
+        expect(alice.locator("#rooms .room[data-room=dev]")).to_have_count(0)  # alice never joined it
+        say(alice, "/msg carol psst")
+        direct = carol.locator("#rooms .room[data-room='@direct'] .unread")
+        expect(direct).to_have_text("1", timeout=TIMEOUT_MS)
+        screenshot(carol, "1-live", tmp_path)
+        carol.click("#rooms .room[data-room=dev]")
+        expect(carol.locator("#rooms .room[data-room=dev] .unread")).to_have_count(0)
+        expect(carol.locator("#messages .msg .body")).to_have_text(["standup in 5", "bring coffee"])
+        server.server.shutdown_close_code = 1012  # what a supervisor restart sends
 
-            with run_server(app, port=port) as server:
-                # Reconnected by itself, and rejoined its room.
-                expect(state).to_have_attribute("data-state", "open", timeout=TIMEOUT_MS)
-                expect(log.locator("text=you joined #lobby")).to_have_count(2, timeout=TIMEOUT_MS)
+    # The server is gone: every page says so and counts down to its next try.
+    for page in (alice, bob, carol):
+        expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting", timeout=TIMEOUT_MS)
+    expect(carol.locator("#messages")).to_contain_text("Connection closed (1012, server restarting)")
+    expect(carol.locator("#banner")).to_contain_text("Reconnecting in", timeout=TIMEOUT_MS)
+    expect(carol.locator("#send")).to_be_disabled()
+    screenshot(carol, "2-restarting", tmp_path)
 
-                py = PythonClient(server)
-                py.say("welcome back")
-                expect(log).to_contain_text("<py> welcome back", timeout=TIMEOUT_MS)
-                page.fill("#text", "still here")
-                page.click("#send button")
-                py.wait_for_message("web", "still here")
-                expect(log).to_contain_text("<web> still here", timeout=TIMEOUT_MS)
-                py.close()
-        finally:
-            context.close()
+    with run_server(app, port=port):
+        # Back by themselves, in the lobby and in #dev again, and everyone listed again.
+        for page in (alice, bob, carol):
+            expect(page.locator("#state")).to_have_attribute("data-state", "live", timeout=TIMEOUT_MS)
+        expect_people(carol, "bob", "carol")  # carol is looking at #dev
+        carol.click("#rooms .room[data-room=lobby]")
+        expect_people(carol, "alice", "bob", "carol")
+        expect_people(alice, "alice", "bob", "carol")
+        say(carol, "still here")
+        expect(alice.locator(".msg:not(.mine) .body").last).to_have_text("still here", timeout=TIMEOUT_MS)
+        expect(bob.locator("#rooms .room[data-room=lobby] .unread")).to_have_text("1", timeout=TIMEOUT_MS)
+        say(bob, "back in dev")
+        expect(carol.locator("#rooms .room[data-room=dev] .unread")).to_have_text("1", timeout=TIMEOUT_MS)
+        screenshot(carol, "3-after-restart", tmp_path)
+
+
+def test_changing_name_keeps_the_new_connection(run_server: Any, browser: Any, tmp_path: Path) -> None:
+    """The old socket closes after the new one opened; its onclose must not clear the new one."""
+    from playwright.sync_api import expect
+
+    with run_server(app) as server:
+        first = sign_in(browser, server.url("/"), "dave")
+        other = sign_in(browser, server.url("/"), "erin")
+        expect_people(other, "dave", "erin")
+        first.once("dialog", lambda dialog: dialog.accept("dave2"))
+        first.click("#rename")
+        expect(first.locator("#me")).to_have_text("dave2", timeout=TIMEOUT_MS)
+        expect(first.locator("#state")).to_have_attribute("data-state", "live", timeout=TIMEOUT_MS)
+        expect_people(other, "dave2", "erin")  # dave's old connection left, dave2's joined
+        first.wait_for_timeout(500)  # the old socket's close handshake is over by now
+        say(first, "renamed")
+        expect(first.locator(".msg.mine .body")).to_have_text("renamed", timeout=TIMEOUT_MS)
+        expect(other.locator(".msg .meta b")).to_have_text("dave2", timeout=TIMEOUT_MS)
+        expect(first.locator("#state")).to_have_attribute("data-state", "live")
+        expect(first.locator("#messages")).not_to_contain_text("Not connected")
+
+
+def test_two_workers_sharing_redis_list_each_others_users(
+    run_server: Any, browser: Any, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """Two servers, each on its own loop and broker, meet through Redis: presence is right on both."""
+    from playwright.sync_api import expect
+
+    with run_server(app, broadcast_url=redis_server.url) as one, \
+            run_server(app, broadcast_url=redis_server.url) as two:
+        wait_for_pattern_subscribers(redis_server.url, 2)
+        ann = sign_in(browser, one.url("/"), "ann")
+        ben = sign_in(browser, two.url("/"), "ben")
+        expect_people(ann, "ann", "ben")
+        expect_people(ben, "ann", "ben")
+        say(ben, "hi from the other worker")
+        expect(ann.locator(".msg .body")).to_have_text(["hi from the other worker"], timeout=TIMEOUT_MS)
+        ben.close()
+        expect_people(ann, "ann")
+        expect(ann.locator("#messages")).to_contain_text("ben left", timeout=TIMEOUT_MS)

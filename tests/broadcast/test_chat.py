@@ -17,6 +17,7 @@ from examples.chat.app import MAX_TEXT_CHARS, app
 class Client:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
+        self.id = ""
 
     async def send(self, type_: str, payload: Any) -> None:
         await self.ws.send(json.dumps({"type": type_, "payload": payload}))
@@ -39,8 +40,12 @@ class Client:
 
 
 async def login(server: Any, name: str) -> Client:
+    """Connect as `name`: welcome, then the lobby joined on connect and its own join notice."""
     client = Client(await connect(server.url(f"/ws?name={name}", "ws")))
-    await client.expect("welcome", name=name)
+    welcome = await client.expect("welcome", name=name, rooms=["lobby"])
+    client.id = welcome["id"]
+    await client.expect("joined", room="lobby")
+    await client.expect("notice", room="lobby", user=name, id=client.id, event="join")
     return client
 
 
@@ -56,15 +61,21 @@ def test_chat_rooms_notices_and_private_messages(run_server) -> None:
             async with httpx.AsyncClient() as http:
                 page = await http.get(server.url("/"))
                 assert page.status_code == 200 and "new WebSocket(url)" in page.text
-            alice, bob, carol = [await login(server, n) for n in ("alice", "bob", "carol")]
-            await join(alice, "lobby", "alice")
-            await join(bob, "lobby", "bob")
-            await alice.expect("notice", room="lobby", user="bob", event="join")
+            alice = await login(server, "alice")
+            bob = await login(server, "bob")
+            await alice.expect("notice", room="lobby", user="bob", id=bob.id, event="join")
+            carol = await login(server, "carol")
+            for client in (alice, bob):
+                await client.expect("notice", room="lobby", user="carol", event="join")
+            await carol.send("leave", {"room": "lobby"})
+            await carol.expect("left", room="lobby")
+            for client in (alice, bob):
+                await client.expect("notice", room="lobby", user="carol", event="leave")
             await join(carol, "other", "carol")
 
             await bob.send("message", {"room": "lobby", "text": "hi all"})
             for client in (alice, bob):
-                await client.expect("message", room="lobby", text="hi all", **{"from": "bob"})
+                await client.expect("message", room="lobby", text="hi all", id=bob.id, **{"from": "bob"})
             await carol.silent()
 
             await alice.send("private", {"to": "carol", "text": "psst"})
@@ -92,6 +103,26 @@ def test_chat_rooms_notices_and_private_messages(run_server) -> None:
         asyncio.run(main())
 
 
+def test_chat_here_tells_a_newcomer_who_was_in_the_room(run_server) -> None:
+    """Presence without a shared store: members answer a join with "here", through the room's channel."""
+    with run_server(app) as server:
+        async def main() -> None:
+            first = await login(server, "tab")
+            second = await login(server, "tab")  # the same name in a second tab: another id
+            assert second.id != first.id
+            await first.expect("notice", user="tab", id=second.id, event="join")
+            await first.send("here", {"room": "lobby"})
+            for client in (first, second):
+                await client.expect("notice", room="lobby", user="tab", id=first.id, event="here")
+            await first.send("here", {"room": "elsewhere"})
+            assert "not in room 'elsewhere'" in (await first.expect("error"))["message"]
+            await second.ws.close()
+            await first.expect("notice", room="lobby", id=second.id, event="leave")
+            await first.ws.close()
+
+        asyncio.run(main())
+
+
 INVALID = [
     ("not json", "not valid JSON"),
     ("[1, 2]", "expected a JSON object"),
@@ -112,8 +143,6 @@ def test_chat_answers_invalid_input_with_an_error_to_the_sender_only(run_server)
     with run_server(app) as server:
         async def main() -> None:
             dave, erin = await login(server, "dave"), await login(server, "erin")
-            await join(dave, "lobby", "dave")
-            await join(erin, "lobby", "erin")
             await dave.expect("notice", user="erin")
             for raw, error in INVALID:
                 await dave.ws.send(raw)

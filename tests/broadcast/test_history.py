@@ -15,12 +15,12 @@ from websockets.asyncio.client import connect
 
 from asgiws.broadcast import Broadcast, BroadcastNeedsAsgiws, BroadcastNotAvailable, BroadcastUnavailable
 from asgiws.broadcast.offsets import parse_offset
+from asgiws.testing import LiveServer, serve_in_thread
 from tests.broadcast.apps import app
 from tests.broadcast.conftest import RedisServer, free_port, redis_binary
 from tests.broadcast.resume_client import Resumer
-from tests.conftest import RunningServer, serve_in_thread
 
-Serve = Callable[..., contextlib.AbstractContextManager[RunningServer]]
+Serve = Callable[..., contextlib.AbstractContextManager[LiveServer]]
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -37,7 +37,7 @@ def serve(request: pytest.FixtureRequest) -> Iterator[Serve]:
         redis_server.stop()
 
 
-async def publish(http: httpx.AsyncClient, server: RunningServer, channel: str, text: str) -> str:
+async def publish(http: httpx.AsyncClient, server: LiveServer, channel: str, text: str) -> str:
     r = await http.post(server.url(f"/publish/{channel}"), content=text)
     assert r.status_code == 200, r.text
     return r.text

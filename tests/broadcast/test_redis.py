@@ -19,6 +19,10 @@ from tests.broadcast.conftest import RedisServer, free_port, wait_for_port, wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Workers no longer hold a pattern subscription (they SUBSCRIBE per watched
+# channel); the name stays for the tests that wait for workers with it.
+wait_for_pattern_subscribers = wait_for_workers
+
 
 async def join(url: str) -> tuple[object, str]:
     ws = await connect(url)
@@ -186,8 +190,9 @@ def test_workers_subscribe_only_to_the_channels_their_clients_watch(redis_server
     client = redis.Redis.from_url(redis_server.url)
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "asgiws", "tests.broadcast.apps:app", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "2", "--broadcast-url", redis_server.url, "--lifespan", "off", "--no-access-log"],
+        [sys.executable, "-m", "asgiws", "tests.broadcast.apps:app", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "2", "--broadcast-url", redis_server.url, "--lifespan", "off",
+         "--no-access-log"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:

@@ -15,6 +15,11 @@ from asgiws.protocols.origins import origin_allowed
 from tests.hostile.apps import ws_echo as echo_app
 from tests.rawws import RawWebSocket, frame, handshake_request
 
+# Hostile clients rarely answer the server's close frame and never need its
+# keep-alive pings: wait 0.5 s for a close, not 5 s, and send no pings (pings
+# are tested on their own in tests/ws).
+pytestmark = pytest.mark.server_defaults(ws_close_timeout=0.5, ws_ping_interval=None)
+
 TEXT = 0x1
 
 

@@ -20,6 +20,11 @@ import pytest
 from tests.http.rawhttp import RawClient
 from tests.hostile.memory import ServerProcess
 
+# Hostile clients rarely answer the server's close frame and never need its
+# keep-alive pings: wait 0.5 s for a close, not 5 s, and send no pings (pings
+# are tested on their own in tests/ws).
+pytestmark = pytest.mark.server_defaults(ws_close_timeout=0.5, ws_ping_interval=None)
+
 
 async def hello(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})

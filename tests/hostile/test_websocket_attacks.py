@@ -21,6 +21,11 @@ from tests.hostile.apps import ws_echo as echo_app
 from tests.hostile.memory import ServerProcess, open_fds
 from tests.rawws import RawWebSocket, close_payload, frame, handshake_request
 
+# Hostile clients rarely answer the server's close frame and never need its
+# keep-alive pings: wait 0.5 s for a close, not 5 s, and send no pings (pings
+# are tested on their own in tests/ws).
+pytestmark = pytest.mark.server_defaults(ws_close_timeout=0.5, ws_ping_interval=None)
+
 TEXT, BINARY, CLOSE, PING, PONG, CONT = 0x1, 0x2, 0x8, 0x9, 0xA, 0x0
 
 

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from asgiws.config import HTTP_READ_SIZE
+from asgiws.exceptions import ClientDisconnected
 from rawhttp import RawClient
 
 
@@ -357,9 +358,8 @@ def test_app_exception_before_start_is_500_and_logged(run_server, caplog):
     async def app(scope, receive, send):
         raise RuntimeError("boom")
 
-    with caplog.at_level(logging.ERROR, logger="asgiws.error"):
-        with run_server(app) as server:
-            response = httpx.get(server.url())
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        response = httpx.get(server.url())
     assert response.status_code == 500
     assert "boom" in caplog.text and "Traceback" in caplog.text
 
@@ -392,14 +392,81 @@ def test_header_with_crlf_is_500_and_not_written(run_server, caplog):
                     "headers": [(b"x-evil", b"a\r\nSet-Cookie: owned=1")]})
         await send({"type": "http.response.body", "body": b""})
 
-    with caplog.at_level(logging.ERROR, logger="asgiws.error"):
-        with run_server(app) as server:
-            client = RawClient(server.port)
-            client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            response = client.read_response()
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = client.read_response()
     assert response.status == 500
     assert b"owned" not in response.raw_head
     assert "invalid response header" in caplog.text
+
+
+@pytest.mark.parametrize("name", [b"x y", b"a:b", b"", b"x\r\ny"])
+def test_header_name_that_is_not_a_token_is_500_and_not_written(run_server, caplog, name):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(name, b"1")]})
+        await send({"type": "http.response.body", "body": b"app body"})
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = client.read_response()
+    assert response.status == 500
+    assert response.body == b"Internal Server Error\n"
+    assert b"\r\n" + name + b": 1\r\n" not in response.raw_head
+    assert f"invalid response header {name!r}: the name is not an RFC 9110 token" in caplog.text
+
+
+@pytest.mark.parametrize("status", [700, 99, 1000, 0, -200, "200", True, 200.0, None])
+def test_status_outside_100_to_599_is_500_and_logged_never_written(run_server, caplog, status):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"app body"})
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        first = client.read_response()
+        second = client.read_response()  # the connection still serves the next request
+    for response in (first, second):
+        assert response.raw_head.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+        assert response.body == b"Internal Server Error\n"
+    assert f"invalid HTTP status {status!r}: expected a three-digit code from 100 to 599" in caplog.text
+
+
+def test_valid_statuses_without_a_phrase_are_written(run_server):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 599, "headers": []})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = client.read_response()
+    assert response.raw_head.startswith(b"HTTP/1.1 599 \r\n")
+    assert response.body == b"x"
+
+
+def test_send_after_disconnect_raises_the_one_client_disconnected(run_server):
+    raised = []
+    done = threading.Event()
+
+    async def app(scope, receive, send):
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        except OSError as exc:
+            raised.append(exc)
+        done.set()
+
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        time.sleep(0.1)
+        client.close()
+        assert done.wait(5)
+    assert type(raised[0]) is ClientDisconnected
 
 
 @pytest.mark.parametrize("request_bytes", [
@@ -523,7 +590,7 @@ def test_slowloris_head_trickled_past_timeout_handshake_is_dropped(run_server):
 
 def test_proxy_headers_from_trusted_peer(run_server):
     app, scopes = make_echo_scope()
-    with run_server(app, forwarded_allow_ips="127.0.0.1") as server:
+    with run_server(app, forwarded_allow_ips="127.0.0.1", forwarded_host=True) as server:
         httpx.get(server.url(), headers={
             "X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7, 127.0.0.1",
             "X-Forwarded-Host": "example.com:8443",

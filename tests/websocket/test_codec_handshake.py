@@ -118,6 +118,14 @@ def test_accept_response_rejects_header_injection(bad: bytes) -> None:
         accept_response(request, subprotocol=None, extensions_header=None, headers=[(bad, b"v")])
 
 
+@pytest.mark.parametrize("name", [b"x y", b"a:b", b"", b"caf\xc3\xa9"])
+def test_accept_response_rejects_header_name_that_is_not_a_token(name: bytes) -> None:
+    # The same rule as an HTTP response's fields (RFC 9110 5.1: a field name is a token).
+    request = validate_upgrade_request("GET", "1.1", headers())
+    with pytest.raises(ValueError, match="the name is not an RFC 9110 token"):
+        accept_response(request, subprotocol=None, extensions_header=None, headers=[(name, b"v")])
+
+
 @pytest.mark.parametrize("offer", [b"a b", b"chat;v=1", b"chat, x y", b'"quoted"'])
 def test_subprotocol_that_is_not_a_token_is_rejected_400(offer: bytes) -> None:
     with pytest.raises(HandshakeError) as info:

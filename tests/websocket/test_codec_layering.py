@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import asgiws.websocket
 
 FORBIDDEN = {"asyncio", "uvloop", "httptools", "click"}
@@ -26,13 +28,15 @@ def test_websocket_package_source_imports_no_io_library() -> None:
                 assert name.split(".")[0] not in FORBIDDEN, f"{path.name} imports {name}"
 
 
-def test_importing_the_codec_loads_no_io_library() -> None:
+@pytest.mark.parametrize("module", ["asgiws.websocket", "asgiws.headers", "asgiws.exceptions"])
+def test_importing_the_codec_loads_no_io_library(module: str) -> None:
     # asgiws/__init__.py imports the server; stand in for it so that only
-    # the codec's own imports are measured.
+    # the codec's own imports are measured (and those of the two modules any
+    # layer may import: the header checks and the exceptions).
     code = (
         "import sys, types; pkg = types.ModuleType('asgiws'); "
         f"pkg.__path__ = [{str(PACKAGE.parent)!r}]; sys.modules['asgiws'] = pkg; "
-        "import asgiws.websocket; "
+        f"import {module}; "
         f"print(sorted(m for m in {sorted(FORBIDDEN)!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -13,8 +13,12 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from asgiws.exceptions import ClientDisconnected
 from examples.hello import websocket_echo
 from tests.rawws import RawWebSocket, close_payload, frame, handshake_request
+
+# Raw clients here rarely answer the server's close frame: do not wait 5 s for each.
+pytestmark = pytest.mark.server_defaults(ws_close_timeout=0.5)
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -22,17 +26,6 @@ TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 async def echo_app(scope, receive, send):
     assert scope["type"] == "websocket"
     await websocket_echo(receive, send)
-
-
-@pytest.fixture
-def run_server(run_server):
-    """Raw clients here rarely answer the server's close frame: do not wait 5 s for each."""
-
-    def start(app, **overrides):
-        overrides.setdefault("ws_close_timeout", 0.5)
-        return run_server(app, **overrides)
-
-    return start
 
 
 def url(server, path="/"):
@@ -194,6 +187,106 @@ def test_denial_response_extension(run_server):
         assert ws.headers["transfer-encoding"] == "chunked"
         body = ws.read_body()
         assert b"who are " in body and b"you?" in body and body.endswith(b"0\r\n\r\n")
+
+
+@pytest.mark.parametrize("name", [b"x y", b"a:b", b"x\r\ny"])
+def test_accept_with_header_name_that_is_not_a_token_is_500_and_not_written(run_server, caplog, name):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept", "headers": [(name, b"1")]})
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        ws = RawWebSocket(server.port)
+        assert ws.status_line == "HTTP/1.1 500 Internal Server Error"
+        assert ws.read_body() == b"Internal Server Error\n"
+        assert b"\r\n" + name + b": 1\r\n" not in ws.buffer
+    assert f"Invalid websocket.accept: invalid response header {name!r}: the name is not an RFC 9110 token" \
+        in caplog.text
+
+
+@pytest.mark.parametrize("name", [b"x y", b"a:b", b"x\r\ny", "x y"])
+def test_denial_with_header_name_that_is_not_a_token_is_500_and_not_written(run_server, caplog, name):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 401, "headers": [(name, b"1")]})
+        await send({"type": "websocket.http.response.body", "body": b"denied"})
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        ws = RawWebSocket(server.port)
+        assert ws.status_line == "HTTP/1.1 500 Internal Server Error"
+        assert ws.read_body() == b"Internal Server Error\n"
+    encoded = name.encode() if isinstance(name, str) else name
+    assert f"invalid response header {encoded!r}: the name is not an RFC 9110 token" in caplog.text
+
+
+def test_denial_with_header_value_holding_crlf_is_500_and_not_written(run_server, caplog):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 401,
+                    "headers": [(b"x-evil", b"a\r\nSet-Cookie: owned=1")]})
+        await send({"type": "websocket.http.response.body", "body": b"denied"})
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        ws = RawWebSocket(server.port)
+        assert ws.status == 500
+        assert b"owned" not in ws.read_body()
+    assert "invalid response header b'x-evil': the value" in caplog.text
+
+
+@pytest.mark.parametrize("status", [700, 99, "401", None])
+def test_denial_with_status_outside_100_to_599_is_500_and_logged_never_written(run_server, caplog, status):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": status, "headers": []})
+        await send({"type": "websocket.http.response.body", "body": b"denied"})
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        ws = RawWebSocket(server.port)
+        assert ws.status_line == "HTTP/1.1 500 Internal Server Error"
+        assert ws.read_body() == b"Internal Server Error\n"
+    assert f"invalid HTTP status {status!r}: expected a three-digit code from 100 to 599" in caplog.text
+
+
+def test_denial_head_carries_server_and_date_once(run_server):
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.http.response.start", "status": 403,
+                    "headers": [("Content-Length", "6"), ("server", "mine")]})
+        await send({"type": "websocket.http.response.body", "body": b"denied"})
+
+    with run_server(app) as server:
+        ws = RawWebSocket(server.port)
+        assert ws.status_line == "HTTP/1.1 403 Forbidden"
+        assert ws.headers["server"] == "mine"
+        assert "date" in ws.headers and ws.headers["connection"] == "close"
+        assert "transfer-encoding" not in ws.headers
+        assert ws.read_body() == b"denied"
+
+
+def test_send_after_close_raises_the_one_client_disconnected(run_server):
+    raised = []
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        try:
+            await send({"type": "websocket.send", "text": "late"})
+        except OSError as exc:
+            raised.append(exc)
+
+    async def main(server):
+        async with connect(url(server), compression=None) as ws:
+            await ws.close()
+        for _ in range(100):
+            if raised:
+                break
+            await asyncio.sleep(0.05)
+
+    with run_server(app) as server:
+        run(main(server))
+    assert type(raised[0]) is ClientDisconnected
 
 
 def test_app_exception_before_accept_is_500(run_server):
