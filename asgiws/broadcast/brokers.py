@@ -9,6 +9,8 @@ envelopes, history and presence.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from collections import deque
@@ -107,26 +109,60 @@ class Broker:
 
 
 class _Ring:
-    """One channel's in-process history: the last `size` messages and the channel's counters."""
+    """One channel's in-process history: the last `size` messages and the channel's counters.
 
-    __slots__ = ("entries", "ms", "seq")
+    Each ring has its own epoch: a ring dropped when idle and made again later
+    cannot take an offset of the old one for a position in the new one.
+    """
+
+    __slots__ = ("entries", "epoch", "ms", "seq")
 
     def __init__(self, size: int) -> None:
         self.entries: deque[tuple[Offset, str | bytes]] = deque(maxlen=size)
+        self.epoch = new_epoch()
         self.ms = 0
         self.seq = 0
+
+
+# An in-process channel with no subscriber and nothing left in its history is
+# dropped at most this many seconds after that (a sweep), so that channels
+# made per user or per request do not pile up in a long-running worker.
+IDLE_SWEEP_INTERVAL = 60.0
 
 
 class MemoryBroker(Broker):
     """In-process: reaches the subscribers of this worker only; history lives as long as the server.
 
-    One epoch per server start, so offsets from before a restart say `recovered = False`.
+    Epochs are made per channel and server start, so offsets from before a
+    restart (or from a channel dropped when idle) say `recovered = False`.
     """
 
     def __init__(self, history_size: int, history_ttl: float) -> None:
         super().__init__(history_size, history_ttl)
-        self.epoch = new_epoch()
         self._rings: dict[str, _Ring] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_INTERVAL)
+            self.sweep()
+
+    def sweep(self) -> int:
+        """Drop the channels nobody here watches whose history holds nothing live; return how many."""
+        idle = [channel for channel, ring in self._rings.items()
+                if not self.hub.subscribers(channel) and not self._live_entries(ring)]
+        for channel in idle:
+            del self._rings[channel]
+        return len(idle)
 
     def _ring(self, channel: str) -> _Ring:
         ring = self._rings.get(channel)
@@ -144,13 +180,13 @@ class MemoryBroker(Broker):
         return entries
 
     def _latest(self, ring: _Ring) -> Offset:
-        return Offset(self.epoch, ring.ms, ring.seq)
+        return Offset(ring.epoch, ring.ms, ring.seq)
 
     async def publish(self, channel: str, data: str | bytes) -> str:
         ring = self._ring(channel)
         ring.seq += 1
         ring.ms = max(ring.ms, int(time.time() * 1000))
-        offset = Offset(self.epoch, ring.ms, ring.seq)
+        offset = Offset(ring.epoch, ring.ms, ring.seq)
         if self.history_size:
             ring.entries.append((offset, data))
             self._live_entries(ring)
@@ -161,7 +197,7 @@ class MemoryBroker(Broker):
     def _after(self, ring: _Ring, since: Offset) -> tuple[bool, list[tuple[Offset, str | bytes]]]:
         entries = self._live_entries(ring)
         first_seq = entries[0][0].seq if entries else None
-        if not history_covers(since, self.epoch, ring.seq, first_seq):
+        if not history_covers(since, ring.epoch, ring.seq, first_seq):
             return False, []
         return True, [entry for entry in entries if entry[0].seq > since.seq]
 
@@ -194,7 +230,7 @@ class MemoryBroker(Broker):
         if since_offset is None:
             chosen = entries[-limit:]
         else:
-            after = since_offset.seq if since_offset.epoch == self.epoch else 0
+            after = since_offset.seq if since_offset.epoch == ring.epoch else 0
             chosen = [entry for entry in entries if entry[0].seq > after][:limit]
         return [(str(offset), data) for offset, data in chosen]
 
