@@ -12,14 +12,31 @@ Units: sizes are bytes (`*_size`), durations are seconds (`timeout_*`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import ssl
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-LoopSetting = Literal["auto", "uvloop", "asyncio"]
+# The choices of an option are its Literal's values (the CLI and the checks read them from here).
+# "zuvloop", "zttp", "h11", "websockets", "websockets-sansio" and "wsproto" are uvicorn's names: accepted
+# so that a uvicorn command line runs unchanged, each answered with one log line (asgiws.compat).
+LoopSetting = Literal["auto", "uvloop", "asyncio", "zuvloop"]
 LifespanSetting = Literal["auto", "on", "off"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+HttpSetting = Literal["auto", "httptools", "h11", "zttp"]
+WsSetting = Literal["auto", "websockets", "websockets-sansio", "wsproto", "none"]
+InterfaceSetting = Literal["auto", "asgi3", "asgi2", "wsgi"]
 ProxyProtocolSetting = Literal["off", "v1", "v2", "auto"]
+
+# Query parameters whose values the access log replaces with "[redacted]": browsers cannot set headers
+# on a WebSocket, so tokens travel in the query string, and access logs are kept and shipped widely.
+REDACTED_QUERY_PARAMS = (
+    "token", "access_token", "refresh_token", "id_token", "auth", "authorization", "api_key", "apikey",
+    "key", "secret", "client_secret", "password", "passwd", "signature", "sig", "session", "sessionid",
+    "jwt", "code", "ticket",
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -43,24 +60,27 @@ def option(
     *,
     default_factory: Any = None,
     flag: str | None = None,
-    choices: tuple[str, ...] | None = None,
     multiple: bool = False,
     boolean: bool = False,
+    boolean_value: bool = False,
     cli: bool = True,
 ) -> Any:
     """A Config field with what the CLI needs to offer it.
 
-    `flag` overrides the derived option name (`--ws-max-size` from
-    `ws_max_size`); `boolean` makes an on/off pair (`--access-log/--no-access-log`);
-    `multiple` makes a repeatable option collected into a tuple;
-    `default_factory` computes the default at construction (from the environment).
+    The option's type comes from the field's annotation (a Literal gives the
+    choices, `X | None` also accepts "none"). `flag` overrides the derived
+    option name (`--ws-max-size` from `ws_max_size`); `boolean` makes an on/off
+    pair (`--access-log/--no-access-log`); `boolean_value` also takes uvicorn's
+    value form (`--ws-per-message-deflate false`); `multiple` makes a repeatable
+    option collected into a tuple; `default_factory` computes the default at
+    construction (from the environment).
     """
     metadata = {
         "help": help,
         "flag": flag,
-        "choices": choices,
         "multiple": multiple,
-        "boolean": boolean,
+        "boolean": boolean or boolean_value,
+        "boolean_value": boolean_value,
         "cli": cli,
     }
     if isinstance(default, (list, dict, set)):
@@ -68,6 +88,38 @@ def option(
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work: `name` is the Config field, `rule` what it must be.
+
+    str() is "ws_max_size must be at least 1"; the CLI says the flag instead
+    ("--ws-max-size must be at least 1").
+    """
+
+    def __init__(self, name: str, rule: str) -> None:
+        super().__init__(f"{name} {rule}")
+        self.name = name
+        self.rule = rule
+
+
+def origin_pattern_problem(pattern: str) -> str | None:
+    """Why `pattern` can never match a browser's Origin header, or None when it can.
+
+    RFC 6454 7: Origin is serialised as scheme "://" host [":" port], so an entry without a
+    scheme (a bare host, "*.example.com") would refuse every browser.
+    """
+    scheme, sep, rest = pattern.partition("://")
+    if pattern == "null":
+        return None
+    if not sep or not scheme or not rest:
+        hint = f"https://{pattern}" if not sep else "https://app.example.com"
+        return f"entry {pattern!r} has no scheme: browsers send Origin as scheme://host, e.g. {hint}"
+    if "*" in rest and not (rest.startswith("*.") and "*" not in rest[2:]):
+        return f"entry {pattern!r}: a wildcard may only stand for the leftmost labels, as in https://*.example.com"
+    if "/" in rest:
+        return f"entry {pattern!r}: an Origin has no path"
+    return None
 
 
 def _default_workers() -> int:
@@ -100,8 +152,8 @@ class Config:
     workers: int = option(
         None, default_factory=_default_workers, help="Number of worker processes. Defaults to $WEB_CONCURRENCY or 1."
     )
-    loop: LoopSetting = option("auto", "Event loop implementation.", choices=("auto", "uvloop", "asyncio"))
-    lifespan: LifespanSetting = option("auto", "Lifespan protocol.", choices=("auto", "on", "off"))
+    loop: LoopSetting = option("auto", "Event loop implementation (auto: uvloop where installed).")
+    lifespan: LifespanSetting = option("auto", "Lifespan protocol.")
     factory: bool = option(False, "Treat APP as a factory: call it with no arguments to get the app.", boolean=True)
     app_dir: str = option(".", "Look for the app in this directory (put on sys.path).")
     env_file: str | None = option(None, "Load environment variables from this file first.")
@@ -130,7 +182,6 @@ class Config:
         "off",
         "Expect a PROXY protocol header (v1 text, v2 binary, or auto: either) from "
         "--forwarded-allow-ips peers; their connections without one are closed.",
-        choices=("off", "v1", "v2", "auto"),
     )
     # Short: an idle keep-alive connection costs a socket and memory, and
     # clients reconnect cheaply. Same value as uvicorn's, so a switch changes nothing.
@@ -172,14 +223,15 @@ class Config:
     )
     # Long enough for a WebSocket close handshake and a typical request, short
     # enough to fit inside `docker stop`'s default 10 s before SIGKILL.
-    timeout_graceful_shutdown: float = option(
-        8.0, "Seconds to let requests finish and WebSockets close on shutdown before cancelling."
+    timeout_graceful_shutdown: float | None = option(
+        8.0,
+        "Seconds to let requests finish and WebSockets close on shutdown before cancelling (none: no bound).",
     )
 
     # -- WebSocket -------------------------------------------------------------------
     # 20 s: below the 30-60 s idle timeouts of common proxies and NATs, so the
     # heartbeat also keeps the path open; python-websockets uses the same.
-    ws_ping_interval: float | None = option(20.0, "Send a ping every this many seconds (None: never).")
+    ws_ping_interval: float | None = option(20.0, "Send a ping every this many seconds (none: never).")
     ws_ping_timeout: float | None = option(20.0, "Close with 1011 when no pong comes within this many seconds.")
     # 16 MiB: the usual largest message in practice, and a bounded cost per
     # connection; also uvicorn's default, so a switch changes nothing.
@@ -205,7 +257,7 @@ class Config:
     )
 
     # -- permessage-deflate (RFC 7692) -------------------------------------------------
-    ws_per_message_deflate: bool = option(True, "Offer permessage-deflate compression.", boolean=True)
+    ws_per_message_deflate: bool = option(True, "Offer permessage-deflate compression.", boolean_value=True)
     # 12 bits (4 KiB window) instead of zlib's 15 (32 KiB): compression ratio on
     # typical JSON messages drops by only a few percent, while each compressor
     # costs ~1/8 the memory (zlib needs about 2**(wbits+2) + 2**(memlevel+9) bytes).
@@ -220,11 +272,11 @@ class Config:
     )
 
     # -- logging ----------------------------------------------------------------------
-    log_level: LogLevel = option(
-        "info", "Log level.", choices=("critical", "error", "warning", "info", "debug", "trace")
-    )
+    # None (Python API): leave the levels to --log-config.
+    log_level: LogLevel | None = option("info", "Log level.")
     access_log: bool = option(True, "Log one line per request and per WebSocket handshake.", boolean=True)
-    log_config: str | None = option(None, "Logging configuration file (.json, .yaml or .ini).")
+    # From the Python API also a dictConfig dict, a ConfigParser or an open file, as uvicorn takes.
+    log_config: Any = option(None, "Logging configuration file (.json, .yaml or .ini).")
 
     # -- supervisor, health and reload --------------------------------------------------
     # A loop that cannot answer within 30 s is stuck, not busy: gunicorn's
@@ -249,7 +301,49 @@ class Config:
     ssl_ca_certs: str | None = option(None, "CA certificates file, to verify client certificates.")
     # 0 is ssl.CERT_NONE: clients are not asked for certificates unless configured.
     ssl_cert_reqs: int = option(0, "Client certificate requirement (0 none, 1 optional, 2 required).")
-    ssl_ciphers: str = option("TLSv1", "Ciphers to offer (OpenSSL cipher list syntax).")
+    # None: OpenSSL's own defaults (AES-GCM and ChaCha20 first), as uvicorn since #2940; uvicorn's old
+    # "TLSv1" left TLS 1.2 clients only CBC suites with SHA-1 here, anonymous AECDH ones included.
+    ssl_ciphers: str | None = option(
+        None, "Ciphers to offer (OpenSSL cipher list syntax; default: OpenSSL's)."
+    )
+
+    # -- uvicorn's options, and logging details --------------------------------------------
+    # Accepted with uvicorn's names and syntax so that a uvicorn command line or uvicorn.run() call works
+    # unchanged; docs/migrating-from-uvicorn.md says what each one does here.
+    http: HttpSetting = option(
+        "auto", "HTTP implementation: asgiws's own HTTP/1.1 on httptools whatever is named."
+    )
+    http2: bool = option(False, "HTTP/2: not supported (logged); HTTP/1.1 is served.", boolean=True)
+    ws: WsSetting = option(
+        "auto", "WebSocket implementation: asgiws's own whatever is named; none disables WebSocket."
+    )
+    interface: InterfaceSetting = option(
+        "auto", "Application interface; auto tells ASGI 3 from ASGI 2. wsgi needs asgiws[wsgi]."
+    )
+    use_colors: bool | None = option(
+        None, "Colour the log level names (default: when the output is a terminal).", boolean=True
+    )
+    # PROTOCOL_TLS_SERVER (17): negotiates the highest version both sides speak; uvicorn's default too.
+    ssl_version: int = option(int(ssl.PROTOCOL_TLS_SERVER), "SSL version to use (see stdlib ssl module's).")
+    h11_max_incomplete_event_size: int | None = option(
+        None, "uvicorn's h11 request-head bound: applied as --max-header-size."
+    )
+    reset_contextvars: bool = option(
+        False, "Run each request and WebSocket in a fresh contextvars.Context.", boolean=True
+    )
+    log_redact_query_params: tuple[str, ...] = option(
+        REDACTED_QUERY_PARAMS,
+        "Query parameter whose value the access log shows as [redacted] (repeatable; replaces the list; "
+        "'' for none).",
+        flag="--log-redact-query-param",
+        multiple=True,
+    )
+    # uvicorn.Config keywords without a meaning here: the supervisor health-checks workers itself
+    # (--timeout-worker-healthcheck), and there is no gunicorn worker class to notify.
+    timeout_notify: int = option(30, "Not used (uvicorn's gunicorn-worker notify timeout).", cli=False)
+    callback_notify: Any = option(None, "Not used (uvicorn's gunicorn-worker notify callback).", cli=False)
+    # Called as ssl_context_factory(config, default) where default() builds the context from ssl_*.
+    ssl_context_factory: Any = option(None, "Builds the TLS context: f(config, default_factory).", cli=False)
 
     # -- broadcast ---------------------------------------------------------------------
     broadcast_url: str | None = option(
@@ -269,31 +363,46 @@ class Config:
     )
 
     def __post_init__(self) -> None:
+        for name, normalise in _NORMALISE.items():
+            object.__setattr__(self, name, normalise(getattr(self, name)))
+        if self.h11_max_incomplete_event_size is not None:
+            object.__setattr__(self, "max_header_size", self.h11_max_incomplete_event_size)
         self._validate()
 
     def _validate(self) -> None:
-        """Raise ValueError naming the first setting that cannot work."""
-        checks: tuple[tuple[bool, str], ...] = (
-            (self.workers >= 1, "workers must be at least 1"),
-            (0 <= self.port <= 65535, "port must be between 0 and 65535"),
-            (self.backlog >= 1, "backlog must be at least 1"),
-            (self.ws_max_size >= 1, "ws_max_size must be at least 1"),
-            (self.ws_max_queue >= 1, "ws_max_queue must be at least 1"),
-            (8 <= self.ws_deflate_window_bits <= 15, "ws_deflate_window_bits must be between 8 and 15"),
-            (1 <= self.ws_deflate_memory_level <= 9, "ws_deflate_memory_level must be between 1 and 9"),
-            (self.ws_close_timeout > 0, "ws_close_timeout must be positive"),
-            (self.timeout_graceful_shutdown >= 0, "timeout_graceful_shutdown must not be negative"),
-            (self.ssl_cert_reqs in (0, 1, 2), "ssl_cert_reqs must be 0, 1 or 2"),
-        )
-        for ok, message in checks:
+        """Raise ConfigError naming the first setting that cannot work."""
+        for name, allowed in _literal_choices().items():
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ConfigError(name, f"must be one of {', '.join(allowed)} (got {value!r})")
+        for ok, name, rule in self._checks():
             if not ok:
-                raise ValueError(message)
+                raise ConfigError(name, rule)
+        for origin in self.ws_allowed_origins:
+            problem = origin_pattern_problem(origin)
+            if problem:
+                raise ConfigError("ws_allowed_origins", problem)
         from asgiws.protocols.utils import TrustedProxies
 
-        TrustedProxies(self.forwarded_allow_ips)  # raises ValueError naming a bad entry
+        TrustedProxies(self.forwarded_allow_ips)  # raises ValueError naming the flag and the bad entry
         if self.proxy_protocol != "off" and self.use_ssl:
             # The header comes before the TLS ClientHello, which the TLS layer would read first.
-            raise ValueError("proxy_protocol cannot be combined with TLS: terminate TLS at the proxy")
+            raise ConfigError("proxy_protocol", "cannot be combined with TLS: terminate TLS at the proxy")
+
+    def _checks(self) -> tuple[tuple[bool, str, str], ...]:
+        grace = self.timeout_graceful_shutdown
+        return (
+            (self.workers >= 1, "workers", "must be at least 1"),
+            (0 <= self.port <= 65535, "port", "must be between 0 and 65535"),
+            (self.backlog >= 1, "backlog", "must be at least 1"),
+            (self.ws_max_size >= 1, "ws_max_size", "must be at least 1"),
+            (self.ws_max_queue >= 1, "ws_max_queue", "must be at least 1"),
+            (8 <= self.ws_deflate_window_bits <= 15, "ws_deflate_window_bits", "must be between 8 and 15"),
+            (1 <= self.ws_deflate_memory_level <= 9, "ws_deflate_memory_level", "must be between 1 and 9"),
+            (self.ws_close_timeout > 0, "ws_close_timeout", "must be positive"),
+            (grace is None or grace >= 0, "timeout_graceful_shutdown", "must not be negative"),
+            (self.ssl_cert_reqs in (0, 1, 2), "ssl_cert_reqs", "must be 0, 1 or 2"),
+        )
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (Config itself is immutable)."""
@@ -301,4 +410,85 @@ class Config:
 
     @property
     def use_ssl(self) -> bool:
-        return self.ssl_certfile is not None
+        return self.ssl_certfile is not None or self.ssl_context_factory is not None
+
+
+def _literal_choices() -> dict[str, tuple[str, ...]]:
+    """Each Config field typed with a Literal (optionally `| None`) and its allowed values."""
+    return {name: choices for name, (_, choices, _) in field_types().items() if choices}
+
+
+@functools.cache
+def field_types() -> dict[str, tuple[type, tuple[str, ...], bool]]:
+    """(base type, Literal choices, nullable) of every Config field, read from its annotation.
+
+    The annotations are strings (`from __future__ import annotations`): they are
+    evaluated here once, so the CLI never parses type names.
+    """
+    result: dict[str, tuple[type, tuple[str, ...], bool]] = {}
+    for name, hint in typing.get_type_hints(Config).items():
+        args = typing.get_args(hint)
+        nullable = type(None) in args
+        if nullable:
+            [hint] = [arg for arg in args if arg is not type(None)]
+        if typing.get_origin(hint) is Literal:
+            result[name] = (str, typing.get_args(hint), nullable)
+        elif typing.get_origin(hint) is tuple:
+            result[name] = (tuple, (), nullable)
+        else:
+            result[name] = (hint if isinstance(hint, type) else object, (), nullable)
+    return result
+
+
+def _as_tuple(value: Any) -> tuple[str, ...]:
+    """uvicorn takes a str or a list where asgiws keeps a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, os.PathLike)):
+        return (os.fspath(value),)
+    return tuple(os.fspath(item) for item in value)
+
+
+def _as_header_lines(value: Any) -> tuple[str, ...]:
+    """uvicorn's headers=[(name, value)] as asgiws's "NAME:VALUE" strings."""
+    return tuple(item if isinstance(item, str) else f"{item[0]}:{item[1]}" for item in value or ())
+
+
+def _as_path(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _as_log_level(value: Any) -> Any:
+    """uvicorn takes a logging level number too (logging.DEBUG, 5 for trace)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        names = {10: "debug", 20: "info", 30: "warning", 40: "error", 50: "critical", 5: "trace"}
+        return names.get(value, value)
+    return value.lower() if isinstance(value, str) else value
+
+
+def _or_default(default: Any) -> Any:
+    """None (uvicorn's "not set") means asgiws's default, computed at construction."""
+    return lambda value: default() if value is None else value
+
+
+# Values uvicorn's keywords accept, turned into the one form asgiws keeps (applied in __post_init__).
+_NORMALISE: dict[str, Any] = {
+    "workers": _or_default(_default_workers),
+    "forwarded_allow_ips": lambda value: _default_forwarded_allow_ips() if value is None
+    else value if isinstance(value, str) else ",".join(value),
+    "app_dir": lambda value: "." if value is None else os.fspath(value),
+    "headers": _as_header_lines,
+    "reload_dirs": _as_tuple,
+    "reload_includes": lambda value: ("*.py",) if value is None else _as_tuple(value),
+    "reload_excludes": lambda value: (".*", ".py[cod]", ".sw.*", "~*") if value is None else _as_tuple(value),
+    "ws_allowed_origins": _as_tuple,
+    "log_redact_query_params": lambda value: tuple(name.lower() for name in _as_tuple(value) if name),
+    "log_level": _as_log_level,
+    "log_config": _as_path,
+    "env_file": _as_path,
+    "ssl_keyfile": _as_path,
+    "ssl_certfile": _as_path,
+    "ssl_ca_certs": _as_path,
+    "ssl_cert_reqs": int,
+    "ssl_version": int,
+}

@@ -31,6 +31,7 @@ class LifespanOn:
         self.shutdown_failed = False
         self.should_exit = False
         self.error: str = ""
+        self.abandoned = False
         self._task: asyncio.Task[None] | None = None
 
     async def startup(self) -> None:
@@ -45,20 +46,58 @@ class LifespanOn:
             logger.info("Application startup complete.")
 
     async def shutdown(self) -> None:
-        if self.error or self._task is None:
+        """Send lifespan.shutdown and wait for the answer, at most timeout_graceful_shutdown seconds.
+
+        An app that does not answer in time is cancelled (an ERROR line says so): a
+        hung shutdown hook must not keep the process, or a deploy, waiting forever.
+        """
+        if self.error or self._task is None or self.abandoned:
             return
         logger.info("Waiting for application shutdown.")
         await self.receive_queue.put({"type": "lifespan.shutdown"})
-        await self.shutdown_event.wait()
+        timeout = self.config.timeout_graceful_shutdown
+        try:
+            await asyncio.wait_for(self.shutdown_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            logger.error("Application shutdown did not complete within %.1fs: cancelled.", timeout)
+            self._cancel()
+            return
+        if self._was_abandoned():
+            return
         if self.shutdown_failed:
             logger.error("Application shutdown failed.")
         else:
             logger.info("Application shutdown complete.")
 
+    def abandon(self) -> None:
+        """Stop waiting for the app (a second Ctrl+C).
+
+        Startup then fails, shutdown returns, and the app's lifespan task is cancelled.
+        """
+        if self.abandoned:
+            return
+        self.abandoned = True
+        if not self.startup_event.is_set():
+            self.startup_failed = True
+            self.error = self.error or "interrupted"
+        self.startup_event.set()
+        self.shutdown_event.set()
+        self._cancel()
+
+    def _was_abandoned(self) -> bool:
+        # A method, not the attribute: abandon() may have run while shutdown() awaited.
+        return self.abandoned
+
+    def _cancel(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
     async def _main(self) -> None:
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
         try:
             await self.app(scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            pass  # the server stopped waiting (abandon, shutdown timeout): not an app error
         except BaseException as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             if self.startup_failed or self.shutdown_failed:

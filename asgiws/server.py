@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import random
@@ -13,36 +14,93 @@ import socket
 import ssl
 import sys
 import threading
+import traceback
 from typing import Any
 
+import click
+
 from asgiws import broadcast
+from asgiws.broadcast.brokers import MemoryBroker
+from asgiws.compat import StartupSettingError, adapt_app, compatibility_notes
 from asgiws.config import Config
 from asgiws.importer import ImportFromStringError, import_from_string
 from asgiws.lifespan import LifespanOn
+from asgiws.logging import set_redacted_query_params
 from asgiws.protocols import proxy as proxy_protocol
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.http import HttpProtocol, build_default_headers
 from asgiws.protocols.utils import TrustedProxies
-from asgiws.sockets import bind_sockets, configured_address, create_ssl_context
+from asgiws.sockets import bind_error, bind_sockets, create_ssl_context, tls_error
 from asgiws.types import ASGIApp
 
 logger = logging.getLogger("asgiws.error")
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# Exit statuses (README, "Exit status"): 1 the server could not start (bind, TLS, the app's import,
+# lifespan startup), 2 a usage error (click), 3 a second SIGINT/SIGTERM cut the shutdown short.
+STARTUP_FAILED = 1
+FORCED_EXIT = 3
+
 
 class StartupError(Exception):
     """The server could not start (bind failed, lifespan startup failed); str() is the reason."""
 
 
-def load_app(config: Config) -> ASGIApp:
-    """Import (and with --factory, call) the configured app.
+class AppImportError(StartupError):
+    """The app's own module raised while being imported; str() is its traceback, from the app's frames."""
 
-    Raises ImportFromStringError or StartupError with a one-line message.
+
+# Frames of the machinery between `asgiws APP` and the app's module: not the user's code, so an
+# import error's traceback starts below them (uvicorn prints them all, 30 lines before the user's).
+_MACHINERY = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(importlib.__file__),
+              "<frozen importlib", os.path.dirname(click.__file__))
+
+
+def app_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` without asgiws's, importlib's and click's frames above the app's."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    machinery = [i for i, frame in enumerate(frames) if frame.filename.startswith(_MACHINERY)]
+    keep = frames[machinery[-1] + 1:] if machinery and machinery[-1] + 1 < len(frames) else frames
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(keep)]
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines).rstrip("\n")
+
+
+class WorkerLocalBroker(MemoryBroker):
+    """The in-process broker of one of N workers: the first publish says, once per worker, that the
+    clients of the other workers do not get it. Apps that never publish never see the warning."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__()
+        self.workers = workers
+        self.warned = False
+
+    async def publish(self, channel: str, data: str | bytes) -> None:
+        if not self.warned:
+            self.warned = True
+            logger.warning(
+                "No --broadcast-url: asgiws.broadcast messages only reach the clients of the worker "
+                "that published them (%d workers). Use --broadcast-url redis://HOST:PORT to reach all.",
+                self.workers,
+            )
+        await super().publish(channel, data)
+
+
+def load_app(config: Config) -> ASGIApp:
+    """Import (and with --factory, call) the configured app, then adapt it to ASGI 3 (--interface).
+
+    Raises ImportFromStringError (a missing module or attribute), AppImportError
+    (the module raised) or StartupError, each with a message fit to print as it is.
     """
     if config.app_dir and os.path.abspath(config.app_dir) not in sys.path:
         sys.path.insert(0, os.path.abspath(config.app_dir))
-    app = import_from_string(config.app)
+    try:
+        app = import_from_string(config.app)
+    except ImportFromStringError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (whatever the app's module raises is reported, not hidden)
+        raise AppImportError(f"Error importing {config.app!r}:\n{app_traceback(exc)}") from None
     if config.factory:
         try:
             app = app()
@@ -50,27 +108,34 @@ def load_app(config: Config) -> ASGIApp:
             raise StartupError(f"error calling the app factory: {exc}") from None
     if app is None or not callable(app):
         raise StartupError(f"{config.app!r} is not an ASGI application")
-    return app  # type: ignore[no-any-return]
+    try:
+        return adapt_app(app, config)
+    except StartupSettingError as exc:
+        raise StartupError(str(exc)) from None
 
 
 def load_ssl_context(config: Config) -> ssl.SSLContext | None:
     """The TLS context from the ssl_* settings (asgiws.sockets); None without a certificate.
 
-    Raises StartupError when a file is unreadable, the key does not match or
-    its password is wrong.
+    Raises StartupError naming the file when one is missing or unreadable, the
+    key does not match or its password is wrong.
     """
     try:
         return create_ssl_context(config)
     except OSError as exc:  # ssl.SSLError included
-        raise StartupError(f"could not load the TLS certificate or key: {exc}") from None
+        raise StartupError(tls_error(config, exc)) from None
 
 
 def bind_socket(config: Config) -> socket.socket:
-    """A listening socket for host:port, --uds or --fd (asgiws.sockets). Raises StartupError (e.g. port in use)."""
+    """A listening socket for host:port, --uds or --fd (asgiws.sockets).
+
+    Raises StartupError (port in use, an address not on this machine, a --uds
+    directory that does not exist).
+    """
     try:
         [sock] = bind_sockets(config)
     except OSError as exc:
-        raise StartupError(f"could not bind on {configured_address(config)}: {exc.strerror or exc}") from None
+        raise StartupError(bind_error(config, exc)) from None
     return sock
 
 
@@ -102,6 +167,10 @@ class Server:
         self.broker: broadcast.Broker | None = None
         # Signals serve() handles on the main thread; a supervisor's worker narrows this.
         self.handled_signals: tuple[int, ...] = HANDLED_SIGNALS
+        # A supervisor's worker leaves saying start-up errors to the supervisor (said once for N workers).
+        self.log_startup_error = True
+        self.startup_error_is_fatal = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def port(self) -> int | None:
@@ -116,51 +185,74 @@ class Server:
         asyncio.run(self.serve(sockets=sockets))
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
-        """Start, serve until should_exit, shut down. On failure sets exit_code and error."""
+        """Start, serve until should_exit, shut down. On failure sets exit_code and error.
+
+        Start-up checks what can fail without the app first (the app's import,
+        TLS files, the address), so a mistake there never starts the app's
+        lifespan; a failure after lifespan startup still gives it lifespan.shutdown.
+        """
+        self._loop = asyncio.get_running_loop()
         with self._capture_signals():
             try:
                 await self._startup(sockets)
             except (StartupError, ImportFromStringError) as exc:
                 self.error = str(exc)
-                self.exit_code = 1
-                logger.error("%s", exc)
+                # Raised before lifespan startup: the app's code or a setting, the same on every try.
+                self.startup_error_is_fatal = self.lifespan is None
+                self.exit_code = FORCED_EXIT if self.force_exit else STARTUP_FAILED
+                if self.log_startup_error and not self.force_exit:
+                    logger.error("%s", exc)
                 await self._close_listeners()
+                if self.lifespan is not None and not self.lifespan.should_exit and not self.force_exit:
+                    await self.lifespan.shutdown()
                 await self._stop_broker()
                 return
-            if self.should_exit:
-                return
-            await self._main_loop()
+            if not self.should_exit:  # a signal may have come during start-up
+                await self._main_loop()
             await self.shutdown()
+            if self.force_exit:
+                self.exit_code = self.exit_code or FORCED_EXIT
+            logger.info("Finished server process [%d]", os.getpid())
 
     async def _startup(self, sockets: list[socket.socket] | None) -> None:
         config = self.config
+        set_redacted_query_params(config.log_redact_query_params)
         self.app = load_app(config)
+        # After the import, as uvicorn: an app that does not import gets its error alone.
+        logger.info("Started server process [%d]", os.getpid())
+        for note in compatibility_notes(config):
+            level, _, text = note.partition(" ") if note.startswith("WARNING ") else ("INFO", "", note)
+            logger.log(logging.getLevelName(level), "%s", text)
         try:
             self.server_state.default_headers = build_default_headers(config)
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        ssl_context = load_ssl_context(config)
+        self._owns_sockets = sockets is None
+        self.sockets = list(sockets) if sockets is not None else [bind_socket(config)]
         await self._start_broker()
         if config.lifespan != "off":
             self.lifespan = LifespanOn(config, self.app, self.server_state.lifespan_state)
             await self.lifespan.startup()
             if self.lifespan.should_exit:
                 raise StartupError(f"Application startup failed: {self.lifespan.error}")
+            if self.should_exit:  # a signal during lifespan startup: stop without serving
+                return
         loop = asyncio.get_running_loop()
         trusted = TrustedProxies(config.forwarded_allow_ips)
         factory = proxy_protocol.connection_factory(config, functools.partial(
             HttpProtocol, config=config, server_state=self.server_state, app=self.app, loop=loop,
             trusted_proxies=trusted,
         ))
-        ssl_context = load_ssl_context(config)
-        owned = sockets is None
-        listen = sockets if sockets is not None else [bind_socket(config)]
-        for sock in listen:
-            server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog)
+        for sock in self.sockets:
+            try:
+                server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog)
+            except OSError as exc:
+                where = sock.getsockname()
+                raise StartupError(f"could not serve on {where!r}: {exc.strerror or exc}") from None
             self.servers.append(server)
             for server_sock in server.sockets:
                 self.bound_addresses.append(server_sock.getsockname())
-        self.sockets = list(listen)
-        self._owns_sockets = owned
         scheme = "https" if ssl_context else "http"
         for address in self.bound_addresses:
             if isinstance(address, tuple):
@@ -182,6 +274,8 @@ class Server:
             )
         except (ValueError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
+        if self.config.broadcast_url is None and self.config.workers > 1:
+            broker = WorkerLocalBroker(self.config.workers)
         await broker.start()
         self.broker = broker
         broadcast.install(asyncio.get_running_loop(), broker)
@@ -253,10 +347,21 @@ class Server:
                 signal.signal(sig, handler)
 
     def _handle_signal(self, sig: int, frame: Any) -> None:
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
-        else:
+        """First SIGINT/SIGTERM: graceful shutdown. A second: stop waiting, at any stage.
+
+        The second one cuts short the graceful wait and lifespan shutdown, and, when
+        it comes during lifespan startup or shutdown (where the app may be stuck),
+        leaves at once: the user asked twice.
+        """
+        if not self.should_exit:
             self.should_exit = True
+            return
+        self.force_exit = True
+        logger.warning("Second %s: forcing exit", signal.Signals(sig).name)
+        lifespan, loop = self.lifespan, self._loop
+        if lifespan is not None and loop is not None:
+            # A signal handler runs between two bytecodes of the loop: hand the work to the loop.
+            loop.call_soon_threadsafe(lifespan.abandon)
 
 
 def setup_event_loop(loop_setting: str) -> None:

@@ -8,6 +8,7 @@ supervisor and in the other workers.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -84,6 +85,52 @@ def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
+def bind_error(config: Config, exc: OSError) -> str:
+    """One line saying why binding what `config` asks for failed, and what to change."""
+    where = configured_address(config)
+    if isinstance(exc, socket.gaierror):
+        return f"could not bind on {where}: --host {config.host!r} is not a known host name ({exc.strerror})"
+    hint = _BIND_HINTS.get((exc.errno or 0, config.uds is not None), "")
+    reason = (exc.strerror or str(exc)).lower()
+    if hint and config.uds is not None:
+        hint = hint.format(directory=os.path.dirname(os.path.abspath(config.uds)))
+    return f"could not bind on {where}: {reason}" + (f" ({hint})" if hint else "")
+
+
+# (errno, binding a unix socket) -> what the user can do about it.
+_BIND_HINTS: dict[tuple[int, bool], str] = {
+    (errno.EADDRINUSE, False): "another process is listening there: stop it or choose another --port",
+    (errno.EADDRINUSE, True): "a file that is not a socket is in the way: remove it or choose another --uds",
+    (errno.EADDRNOTAVAIL, False): "--host must be an address of this machine, or 0.0.0.0 for all of them",
+    (errno.EACCES, False): "ports below 1024 need root or CAP_NET_BIND_SERVICE",
+    (errno.EACCES, True): "no permission to create a file in {directory}",
+    (errno.ENOENT, True): "the directory {directory} does not exist",
+    (errno.ENOTDIR, True): "a part of the path is not a directory",
+}
+
+
+def tls_error(config: Config, exc: OSError) -> str:
+    """One line saying which TLS file could not be loaded, and why (ssl.SSLError included)."""
+    if isinstance(exc, ssl.SSLError):
+        files = " / ".join(path for path in (config.ssl_certfile, config.ssl_keyfile) if path)
+        return f"could not load the TLS certificate or key ({files}): {exc.reason or exc}"
+    name = exc.filename or _first_unreadable(config)
+    return f"could not load the TLS certificate or key: {name}: {(exc.strerror or str(exc)).lower()}"
+
+
+def _first_unreadable(config: Config) -> str:
+    """The first ssl_* file that cannot be opened (load_cert_chain's OSError does not say which)."""
+    for path in (config.ssl_certfile, config.ssl_keyfile, config.ssl_ca_certs):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError:
+            return path
+    return str(config.ssl_certfile)
+
+
 def configured_address(config: Config) -> str:
     """Where `config` asks to listen, for error messages: "127.0.0.1:8000", a path, "fd 3"."""
     if config.fd is not None:
@@ -105,12 +152,24 @@ def describe(sock: socket.socket, *, tls: bool) -> str:
 def create_ssl_context(config: Config) -> ssl.SSLContext | None:
     """The server-side TLS context from the ssl_* settings; None without a certificate.
 
+    With `ssl_context_factory` (uvicorn's keyword) the context is
+    `ssl_context_factory(config, default)`, where `default()` builds the one below.
     Raises ssl.SSLError / OSError when a file is unreadable, the key does not
     match, or the password is wrong, so a bad setting fails at start-up.
     """
-    if config.ssl_certfile is None:
+    if config.ssl_certfile is None and config.ssl_context_factory is None:
         return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if config.ssl_context_factory is not None:
+        context: ssl.SSLContext = config.ssl_context_factory(config, lambda: _default_ssl_context(config))
+        return context
+    return _default_ssl_context(config)
+
+
+def _default_ssl_context(config: Config) -> ssl.SSLContext:
+    # ssl_version 17 (PROTOCOL_TLS_SERVER) negotiates the highest version both ends support.
+    context = ssl.SSLContext(config.ssl_version)
+    if config.ssl_certfile is None:
+        raise OSError("the default TLS context needs --ssl-certfile")
     context.load_cert_chain(config.ssl_certfile, config.ssl_keyfile, config.ssl_keyfile_password)
     context.verify_mode = ssl.VerifyMode(config.ssl_cert_reqs)
     if config.ssl_ca_certs is not None:

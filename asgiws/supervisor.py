@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from asgiws.config import Config
-from asgiws.sockets import bind_sockets, configured_address, describe
+from asgiws.sockets import bind_error, bind_sockets, describe
 from asgiws.workers import Channel, run_worker
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ PING_INTERVAL_MAX = 1.0
 DRAIN_MARGIN = 5.0
 # The loop wakes at least this often even when nothing happens.
 TICK = 0.25
+# Exit status after a second SIGINT/SIGTERM killed the workers (asgiws.server.FORCED_EXIT).
+FORCED_EXIT = 3
 
 HANDLED_SIGNALS = (
     signal.SIGINT,
@@ -89,6 +91,7 @@ class Worker:
     next_ping_at: float = 0.0
     drain_deadline: float = float("inf")
     failure: str | None = None  # what it reported when start-up failed
+    fatal: bool = False  # and retrying cannot help (the app does not import)
 
 
 class Supervisor:
@@ -114,6 +117,7 @@ class Supervisor:
         self.exit_code = 0
         self.ever_ready = False
         self.failures = 0  # start-up failures since a worker last became ready
+        self.last_failure: str | None = None  # the last multi-line failure logged (said once)
         self.spawn_not_before = 0.0
         self.selector = selectors.DefaultSelector()
         self._wakeup_r, self._wakeup_w = socket.socketpair()
@@ -124,14 +128,9 @@ class Supervisor:
         self._install_signal_handlers()
         tls = self.config.use_ssl
         for sock in self.sockets:
-            logger.info("Listening on %s", describe(sock, tls=tls))
-        logger.info("Supervisor %d starting %d worker(s)", os.getpid(), self.target)
-        if self.target > 1 and not self.config.broadcast_url:
-            logger.warning(
-                "No --broadcast-url: asgiws.broadcast messages only reach the clients of the worker "
-                "that published them (%d workers). Use --broadcast-url redis://HOST:PORT to reach all.",
-                self.target,
-            )
+            logger.log(self._detail, "Listening on %s", describe(sock, tls=tls))
+        logger.log(self._detail, "Started parent process [%d]", os.getpid())
+        logger.log(self._detail, "Supervisor %d starting %d worker(s)", os.getpid(), self.target)
         if self.watcher is not None:
             self.selector.register(self.watcher, selectors.EVENT_READ, self._on_watcher)
         try:
@@ -139,8 +138,15 @@ class Supervisor:
                 self._tick()
         finally:
             self._cleanup()
-        logger.info("Supervisor %d stopped", os.getpid())
+        logger.log(self._detail, "Supervisor %d stopped", os.getpid())
+        logger.log(self._detail, "Stopping parent process [%d]", os.getpid())
         return self.exit_code
+
+    @property
+    def _detail(self) -> int:
+        """The level of the supervisor's own bookkeeping lines: with one worker (the default, where the
+        supervisor is there for SIGHUP restarts) they would double the worker's, so they are DEBUG."""
+        return logging.INFO if self.target > 1 or self.watcher is not None else logging.DEBUG
 
     def _tick(self) -> None:
         for key, _ in self.selector.select(self._timeout()):
@@ -191,13 +197,20 @@ class Supervisor:
         getattr(self, f"handle_{name}")()
 
     def handle_sigterm(self) -> None:
-        self._begin_stop("SIGTERM")
+        self._stop_or_force("SIGTERM")
 
     def handle_sigint(self) -> None:
-        if self.stopping:
-            self._kill_all("second SIGINT: forcing exit")
+        self._stop_or_force("SIGINT")
+
+    def _stop_or_force(self, name: str) -> None:
+        """The first SIGINT/SIGTERM stops gracefully; a second one kills the workers at whatever stage
+        they are (lifespan startup or shutdown included) and the exit status says so."""
+        if not self.stopping:
+            self._begin_stop(name)
             return
-        self._begin_stop("SIGINT")
+        logger.warning("Second %s: forcing exit", name)
+        self.exit_code = FORCED_EXIT
+        self._kill_all(f"second {name}")
 
     def handle_sighup(self) -> None:
         self._restart("SIGHUP")
@@ -226,7 +239,7 @@ class Supervisor:
     def _begin_stop(self, why: str) -> None:
         if self.stopping:
             return
-        logger.info("%s: stopping %d worker(s) gracefully", why, len(self.workers))
+        logger.log(self._detail, "%s: stopping %d worker(s) gracefully", why, len(self.workers))
         self.stopping = True
         for worker in self.workers.values():
             if worker.state is not State.DRAINING:
@@ -254,7 +267,7 @@ class Supervisor:
         worker = Worker(pid, Channel(parent_end), self.generation, now)
         self.workers[pid] = worker
         self.selector.register(worker.channel.sock, selectors.EVENT_READ, self._on_channel)
-        logger.info("Started worker %d", pid)
+        logger.log(self._detail, "Started worker %d", pid)
 
     def _close_in_child(self) -> None:
         """Drop the supervisor's own descriptors in a freshly forked worker."""
@@ -274,6 +287,9 @@ class Supervisor:
         if lines is None:  # the worker is exiting; _reap collects it
             self.selector.unregister(sock)
             return
+        self._dispatch_lines(worker, lines)
+
+    def _dispatch_lines(self, worker: Worker, lines: list[str]) -> None:
         for line in lines:
             command, _, argument = line.partition(" ")
             handler = getattr(self, f"_on_{command}", None)
@@ -287,7 +303,7 @@ class Supervisor:
         worker.next_ping_at = time.monotonic() + self._ping_interval()
         self.ever_ready = True
         self.failures = 0
-        logger.info("Worker %d is ready", worker.pid)
+        logger.log(self._detail, "Worker %d is ready", worker.pid)
         if self.stopping:
             self._drain(worker, CLOSE_GOING_AWAY)
 
@@ -302,9 +318,16 @@ class Supervisor:
     def _on_fail(self, worker: Worker, argument: str) -> None:
         worker.failure = argument
 
+    def _on_fatal(self, worker: Worker, argument: str) -> None:
+        """Start-up failed in a way another try cannot mend (the app's import, a setting)."""
+        worker.failure = argument
+        worker.fatal = True
+
     def _drain(self, worker: Worker, close_code: int) -> None:
         worker.state = State.DRAINING
-        worker.drain_deadline = time.monotonic() + self.config.timeout_graceful_shutdown + DRAIN_MARGIN
+        grace = self.config.timeout_graceful_shutdown
+        # Connections get `grace`, then lifespan shutdown as long again (lifespan.py), then the margin.
+        worker.drain_deadline = float("inf") if grace is None else time.monotonic() + 2 * grace + DRAIN_MARGIN
         worker.channel.send(f"stop {close_code}")
 
     def _on_watcher(self, watcher: Watcher) -> None:
@@ -333,24 +356,33 @@ class Supervisor:
             self._on_exit(worker, os.waitstatus_to_exitcode(status))
 
     def _forget(self, worker: Worker) -> None:
+        # What it said just before exiting ("fail <why>") may still be unread: the exit can be reaped
+        # before select() reports the channel readable. Read it, or the reason is lost.
         try:
             self.selector.unregister(worker.channel.sock)
         except (KeyError, ValueError):
             pass
+        while (lines := worker.channel.receive()):
+            self._dispatch_lines(worker, lines)
         worker.channel.close()
 
     def _on_exit(self, worker: Worker, code: int) -> None:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
         if worker.state is State.DRAINING:
-            logger.info("Worker %d stopped (%s)", worker.pid, how)
+            logger.log(self._detail, "Worker %d stopped (%s)", worker.pid, how)
         elif worker.state is State.READY:
             logger.error("Worker %d died (%s): replacing it", worker.pid, how)
         else:
             self._on_startup_failure(worker, how)
 
     def _on_startup_failure(self, worker: Worker, how: str) -> None:
-        reason = worker.failure or how
+        if self.stopping:
+            return  # the same failure, from a worker started beside the first one that failed
+        reason = self._say_failure(worker.failure or how)
         self.failures += 1
+        if worker.fatal:
+            self._on_fatal_failure(reason)
+            return
         if not self.ever_ready and not self._active() and self.watcher is None:
             logger.error("Worker failed to start: %s", reason)
             logger.error("Every worker failed to start: exiting")
@@ -365,6 +397,35 @@ class Supervisor:
         delay = min(BACKOFF_INITIAL * 2 ** (self.failures - 1), BACKOFF_MAX)
         logger.error("Worker failed to start: %s; retrying in %.1fs", reason, delay)
         self.spawn_not_before = time.monotonic() + delay
+
+    def _say_failure(self, reason: str) -> str:
+        """Log a multi-line reason (a traceback) once; return its one-line summary."""
+        if "\n" not in reason:
+            return reason
+        if reason != self.last_failure:
+            logger.error("%s", reason)
+            self.last_failure = reason
+        return reason.rstrip().splitlines()[-1]
+
+    def _on_fatal_failure(self, reason: str) -> None:
+        if not self.ever_ready and self.watcher is None:
+            if self.last_failure is None or not self.last_failure.rstrip().endswith(reason):
+                logger.error("%s", reason)  # else the traceback ending in it was just logged
+            self.exit_code = 1
+            self._begin_stop_quietly()
+            return
+        # Keep what serves now; trying the same code again cannot help.
+        self.spawn_not_before = float("inf")
+        waiting = "a file change" if self.watcher is not None else "SIGHUP"
+        logger.error(
+            "Worker failed to start: %s; keeping the running workers, waiting for %s", reason, waiting
+        )
+
+    def _begin_stop_quietly(self) -> None:
+        self.stopping = True
+        for worker in self.workers.values():
+            if worker.state is not State.DRAINING:
+                self._drain(worker, CLOSE_GOING_AWAY)
 
     def _kill_all(self, why: str) -> None:
         for worker in self.workers.values():
@@ -461,12 +522,28 @@ def _kill(pid: int) -> None:
 
 
 def run_supervisor(config: Config, sockets: list[socket.socket] | None = None) -> int:
-    """Serve `config` with config.workers processes (and --reload); returns the exit status."""
+    """Serve `config` with config.workers processes (and --reload); returns the exit status.
+
+    What can be checked without the app is checked here, before any worker
+    starts, and said once: the TLS files, the --header values and the address.
+    """
+    from asgiws.protocols.response import build_default_headers
+    from asgiws.sockets import create_ssl_context, tls_error
+
+    try:
+        create_ssl_context(config)
+        build_default_headers(config)
+    except OSError as exc:
+        logger.error("%s", tls_error(config, exc))
+        return 1
+    except ValueError as exc:  # a --header no response could carry
+        logger.error("%s", exc)
+        return 1
     if sockets is None:
         try:
             sockets = bind_sockets(config)
         except OSError as exc:
-            logger.error("could not bind on %s: %s", configured_address(config), exc.strerror or exc)
+            logger.error("%s", bind_error(config, exc))
             return 1
     watcher = None
     if config.reload:

@@ -393,7 +393,8 @@ def serve_in_thread(app: Any, **config: Any) -> Iterator[LiveServer]:
         if not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop ended between the check and the call
                 loop.call_soon_threadsafe(stop.set)
-        thread.join(live.config.timeout_graceful_shutdown + 2 * STOP_MARGIN)
+        grace = live.config.timeout_graceful_shutdown  # None: no bound (uvicorn's default)
+        thread.join(None if grace is None else grace + 2 * STOP_MARGIN)
 
 
 def _run_loop(loop: asyncio.AbstractEventLoop, main: Any) -> None:
@@ -425,7 +426,8 @@ async def _stop(server: Server, task: asyncio.Task[None]) -> None:
     """Shut the server down as on SIGTERM; cancel it if that takes longer than it should."""
     server.should_exit = True
     try:
-        await asyncio.wait_for(asyncio.shield(task), server.config.timeout_graceful_shutdown + STOP_MARGIN)
+        grace = server.config.timeout_graceful_shutdown  # None: no bound (uvicorn's default)
+        await asyncio.wait_for(asyncio.shield(task), None if grace is None else grace + STOP_MARGIN)
     except asyncio.TimeoutError:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -9,6 +9,10 @@ a socketpair) carries short text lines:
                          "pong"
                          "recycle"       --limit-max-requests reached: replace me
                          "fail <text>"   start-up failed, with the app's error
+                         "fatal <text>"  start-up failed and retrying cannot help (the
+                                         app's import raised, a setting cannot work)
+
+Newlines inside a line (a traceback) travel as "\\n".
 
 Pings are read with `loop.add_reader`, so they are answered by the event loop
 itself: a loop blocked by the app (time.sleep in a handler, a CPU-bound
@@ -23,6 +27,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import traceback
@@ -58,9 +63,10 @@ class Channel:
         return self.sock.fileno()
 
     def send(self, line: str) -> bool:
-        """Send one line; False when the peer is gone or the pipe is full."""
+        """Send one line, newlines inside it escaped; False when the peer is gone or the pipe is full."""
+        escaped = line.replace("\\", "\\\\").replace("\n", "\\n")
         try:
-            self.sock.send(line.replace("\n", " ").encode("utf-8", "replace") + b"\n")
+            self.sock.send(escaped.encode("utf-8", "replace") + b"\n")
         except OSError:
             return False
         return True
@@ -77,10 +83,14 @@ class Channel:
             return None
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
-        return [line.decode("utf-8", "replace") for line in lines]
+        return [_unescape(line.decode("utf-8", "replace")) for line in lines]
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _unescape(line: str) -> str:
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), line)
 
 
 class LastError(logging.Handler):
@@ -108,14 +118,16 @@ def request_limit(config: Config) -> int | None:
 def run_worker(config: Config, sockets: list[socket.socket], channel_sock: socket.socket) -> int:
     """The body of a forked worker; returns its exit status.
 
-    The supervisor coordinates shutdown, so SIGINT (a Ctrl-C that reaches the
-    whole process group) is ignored here; SIGTERM sent to the worker directly
-    still stops it gracefully.
+    The supervisor coordinates shutdown and restarts, so SIGINT (a Ctrl-C that
+    reaches the whole process group) and SIGHUP (a closed terminal, sent to the
+    group) are ignored here; SIGTERM sent to the worker directly still stops it
+    gracefully.
     """
     signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+    for signum in (signal.SIGTERM, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
         signal.signal(signum, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     random.seed()  # the forked child would otherwise share the parent's sequence
 
     from asgiws.server import setup_event_loop
@@ -141,7 +153,7 @@ def run_worker(config: Config, sockets: list[socket.socket], channel_sock: socke
         return 1
     if not link.ready:
         reason = link.error or errors.message or "the server stopped before it started serving"
-        channel.send(f"fail {reason}")
+        channel.send(f"{'fatal' if link.fatal else 'fail'} {reason}")
         return 3
     return 0
 
@@ -156,6 +168,7 @@ class SupervisorLink:
         self.recycle_requested = False
         self.server: Any = None
         self.error: str | None = None
+        self.fatal = False  # the start-up error is one another try cannot mend
 
     async def serve(self, config: Config, sockets: list[socket.socket]) -> None:
         from asgiws.server import Server  # imported in the worker: the supervisor stays lean
@@ -167,6 +180,8 @@ class SupervisorLink:
         self.server = Server(config.replace(limit_max_requests=None, uds=None, fd=None))
         # SIGTERM sent to this worker stops it gracefully; SIGINT stays ignored.
         self.server.handled_signals = (signal.SIGTERM,)
+        # The supervisor says a start-up error once, however many workers met it.
+        self.server.log_startup_error = False
         loop = asyncio.get_running_loop()
         loop.add_reader(self.channel.fileno(), self._on_readable)
         watcher = loop.create_task(self._watch())
@@ -176,6 +191,7 @@ class SupervisorLink:
             watcher.cancel()
             loop.remove_reader(self.channel.fileno())
         self.error = self.server.error
+        self.fatal = self.server.startup_error_is_fatal
 
     def _on_readable(self) -> None:
         lines = self.channel.receive()

@@ -188,7 +188,7 @@ def test_header_and_no_server_header(app_dir):
 def test_header_that_no_response_could_carry_is_one_line_error(app_dir, header, reason):
     result = asgiws("cliapp:app", "--app-dir", str(app_dir), "--port", "0", "--header", header)
     assert result.returncode != 0
-    assert single_error_line(result.stderr) == f"ERROR:     invalid --header {header!r}: {reason}"
+    assert single_error_line(result.stderr) == f"ERROR:    invalid --header {header!r}: {reason}"
 
 
 def test_env_file_and_factory(app_dir):

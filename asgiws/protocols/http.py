@@ -661,7 +661,8 @@ def _note_expect(protocol: HttpProtocol, value: bytes) -> None:
 
 
 def _note_upgrade(protocol: HttpProtocol, value: bytes) -> None:
-    if b"websocket" in [token.strip().lower() for token in value.split(b",")]:
+    # --ws none: as in uvicorn, an upgrade request is then an ordinary HTTP request for the app.
+    if protocol.config.ws != "none" and b"websocket" in [token.strip().lower() for token in value.split(b",")]:
         protocol._wants_websocket = True
 
 

@@ -19,6 +19,14 @@ def open_fds(pid: int | str = "self") -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as file:
+            return [int(child) for child in file.read().split()]
+    except OSError:
+        return []
+
+
 class ServerProcess:
     """`python -m asgiws APP` on a free port in a subprocess, to measure its RSS alone."""
 
@@ -45,25 +53,36 @@ class ServerProcess:
             cwd=root,
             env=env,
         )
+        # The command runs its one worker under the supervisor (for SIGHUP restarts): measure the
+        # worker, once it answers a request (the supervisor's socket accepts before that).
+        self.pid = self.proc.pid
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited")
+            children = _children(self.proc.pid)
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
+                    probe.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    answered = probe.recv(65536)
+                    while probe.recv(65536):  # to the end: the server has closed its side (and fd)
+                        pass
+                    if answered and len(children) == 1:
+                        self.pid = children[0]
+                        return
             except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("server exited") from None
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         self.close()
         raise RuntimeError("server did not start")
 
     @property
     def rss(self) -> int:
-        return rss_bytes(self.proc.pid)
+        return rss_bytes(self.pid)
 
     @property
     def fds(self) -> int:
-        return open_fds(self.proc.pid)
+        return open_fds(self.pid)
 
     def close(self) -> None:
         self.proc.terminate()

@@ -123,9 +123,9 @@ def test_cli_workers_behind_haproxy_log_the_original_clients_and_each_refusal(tm
         assert asgiws.stop() == 0
     lines = [line.split(None, 1)[1] for line in asgiws.log().splitlines() if " - " in line]
     assert lines == [
-        f'127.0.0.1:{own_ports[0]} - "GET / HTTP/1.1" 200',
-        f'127.0.0.1:{own_ports[1]} - "GET /ws HTTP/1.1" 101',
-        f'127.0.0.1:{own_ports[2]} - "GET / HTTP/1.1" 200',
+        f'127.0.0.1:{own_ports[0]} - "GET / HTTP/1.1" 200 OK',
+        f'127.0.0.1:{own_ports[1]} - "GET /ws HTTP/1.1" 101 Switching Protocols',
+        f'127.0.0.1:{own_ports[2]} - "GET / HTTP/1.1" 200 OK',
         (f"127.0.0.1:{direct_port} - invalid PROXY protocol header: expected a PROXY protocol v2 header, "
          "got b'GET / HTTP/1.1\\r\\n'; closing"),
     ]

@@ -246,7 +246,7 @@ def test_cli_offers_the_four_settings_and_refuses_another():
     )
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1] == (
-        "Error: proxy_protocol cannot be combined with TLS: terminate TLS at the proxy")
+        "Error: --proxy-protocol cannot be combined with TLS: terminate TLS at the proxy")
 
 
 def test_connections_that_end_or_reset_before_a_byte_are_not_logged(run_server, caplog):

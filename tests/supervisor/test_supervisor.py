@@ -313,7 +313,8 @@ def test_second_sigint_forces_exit(cluster):
             del ws
 
     asyncio.run(main())
-    assert "second SIGINT: forcing exit" in server.log()
+    assert "WARNING:  Second SIGINT: forcing exit" in server.log()
+    assert server.process.returncode == 3
 
 
 def test_workers_ignore_sigint_and_ctrl_c_on_the_group_stops_gracefully(cluster):
@@ -344,5 +345,8 @@ def test_port_in_use_exits_1_with_a_one_line_error(cluster):
         taken.listen()
         server = cluster("tests.supervisor.apps:app", "--workers", "2", port=taken.getsockname()[1])
         assert server.process.wait(10) == 1
-    assert f"could not bind on 127.0.0.1:{server.port}: Address already in use" in server.log()
+    assert server.log().splitlines() == [
+        f"ERROR:    could not bind on 127.0.0.1:{server.port}: address already in use "
+        "(another process is listening there: stop it or choose another --port)"
+    ]
     assert "Traceback" not in server.log()
