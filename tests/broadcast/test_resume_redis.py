@@ -21,6 +21,10 @@ from asgiws.broadcast.offsets import parse_offset
 from tests.broadcast.conftest import RedisServer, ServerProcess, free_port, redis_binary, wait_for_workers
 from tests.broadcast.resume_client import Resumer
 
+# Each test runs 20-40 s on a quiet machine; with the suite on every core and other
+# work beside it, the 2,000-message test took over the default 120 s once.
+pytestmark = pytest.mark.timeout(600)
+
 
 @contextlib.contextmanager
 def cluster(redis_server: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
