@@ -74,12 +74,12 @@ class WorkerLocalBroker(MemoryBroker):
     """The in-process broker of one of N workers: the first publish says, once per worker, that the
     clients of the other workers do not get it. Apps that never publish never see the warning."""
 
-    def __init__(self, workers: int) -> None:
-        super().__init__()
+    def __init__(self, workers: int, history_size: int, history_ttl: float) -> None:
+        super().__init__(history_size, history_ttl)
         self.workers = workers
         self.warned = False
 
-    async def publish(self, channel: str, data: str | bytes) -> None:
+    async def publish(self, channel: str, data: str | bytes) -> str:
         if not self.warned:
             self.warned = True
             logger.warning(
@@ -87,7 +87,7 @@ class WorkerLocalBroker(MemoryBroker):
                 "that published them (%d workers). Use --broadcast-url redis://HOST:PORT to reach all.",
                 self.workers,
             )
-        await super().publish(channel, data)
+        return await super().publish(channel, data)
 
 
 def load_app(config: Config) -> ASGIApp:
@@ -279,11 +279,14 @@ class Server:
         A Redis that is down does not stop start-up: the broker reconnects by itself.
         """
         try:
-            broker = broadcast.create_broker(self.config.broadcast_url)
+            config = self.config
+            broker = broadcast.create_broker(
+                config.broadcast_url, config.broadcast_history_size, config.broadcast_history_ttl
+            )
         except (ValueError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
         if self.config.broadcast_url is None and self.config.workers > 1:
-            broker = WorkerLocalBroker(self.config.workers)
+            broker = WorkerLocalBroker(config.workers, config.broadcast_history_size, config.broadcast_history_ttl)
         await broker.start()
         self.broker = broker
         broadcast.install(asyncio.get_running_loop(), broker)
@@ -315,7 +318,12 @@ class Server:
                 os.unlink(self.config.uds)
 
     async def shutdown(self) -> None:
-        """Stop listening, close connections gracefully (bounded), cancel tasks, lifespan shutdown."""
+        """Stop listening, close connections gracefully and let app tasks end (bounded), cancel the rest.
+
+        The bound is --timeout-graceful-shutdown, for connections and app
+        tasks together: an app that cleans up after websocket.disconnect, or
+        works on after its HTTP response, is not cancelled halfway through.
+        """
         logger.info("Shutting down")
         for server in self.servers:
             server.close()
@@ -326,18 +334,21 @@ class Server:
             await asyncio.wait_for(self._wait_connections_closed(), self.config.timeout_graceful_shutdown)
         except asyncio.TimeoutError:
             logger.error("Cancel %d running task(s), timeout graceful shutdown exceeded", len(state.tasks))
-            for task in list(state.tasks):
-                task.cancel()
-            await asyncio.sleep(0)
-        for task in list(state.tasks):
+        tasks = list(state.tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:
+            # Let each cancelled app run its except/finally blocks before lifespan shutdown.
+            await asyncio.wait(tasks, timeout=1.0)
         await self._close_listeners()
         if self.lifespan is not None and not self.force_exit:
             await self.lifespan.shutdown()
         await self._stop_broker()
 
     async def _wait_connections_closed(self) -> None:
-        while self.server_state.connections and not self.force_exit:
+        """Until every connection is closed and every app task has ended (or a second signal)."""
+        state = self.server_state
+        while (state.connections or state.tasks) and not self.force_exit:
             await asyncio.sleep(0.05)
 
     # -- signals -----------------------------------------------------------------------
