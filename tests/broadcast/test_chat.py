@@ -212,3 +212,32 @@ def test_chat_refuses_a_bad_name_with_1008(run_server) -> None:
             assert "name must be" in closed.value.rcvd.reason
 
         asyncio.run(main())
+
+
+def test_chat_while_redis_is_down_says_unavailable_and_closes_with_1013(run_server, redis_server) -> None:
+    """BroadcastUnavailable is a clear state for the page (an "unavailable" frame, then 1013), never a 1011."""
+    with run_server(app, broadcast_url=redis_server.url) as server:
+        async def main() -> None:
+            ann = await login(server, "ann")
+            redis_server.stop()
+            # The worker notices the lost connection on its own schedule: write until it answers "unavailable".
+            for attempt in range(100):
+                await ann.send("message", {"room": "lobby", "text": f"try {attempt}"})
+                message = await ann.recv()
+                if message["type"] == "unavailable":
+                    break
+                assert message["type"] == "message", message
+                await asyncio.sleep(0.1)
+            assert message["payload"]["message"].startswith("chat is temporarily unavailable")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ann.ws.recv(), 5)
+            assert ann.ws.close_code == 1013 and ann.ws.close_reason == "chat unavailable, try again later"
+
+            # A new connection while Redis is away: the same answer at once, before any welcome.
+            late = Client(await connect(server.url("/ws?name=bea", "ws")))
+            await late.expect("unavailable")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(late.ws.recv(), 5)
+            assert late.ws.close_code == 1013
+
+        asyncio.run(main())
