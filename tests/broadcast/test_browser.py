@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,10 @@ import pytest
 from asgiws.protocols.websocket import WebSocketProtocol
 from asgiws.websocket.permessage_deflate import PerMessageDeflate
 from examples.chat.app import app
-from tests.broadcast.conftest import RedisServer, free_port
+from tests.broadcast.conftest import RedisServer, free_port, wait_for_port, wait_for_workers
 from tests.broadcast.test_redis import wait_for_pattern_subscribers
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -205,3 +210,67 @@ def test_two_workers_sharing_redis_list_each_others_users(
         ben.close()
         expect_people(ann, "ann")
         expect(ann.locator("#messages")).to_contain_text("ben left", timeout=TIMEOUT_MS)
+
+
+def start_chat_process(port: int, redis_url: str) -> subprocess.Popen[bytes]:
+    """The chat example served by the asgiws CLI in its own process, on `port`, broadcasting through Redis."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asgiws", "examples.chat.app:app", "--host", "127.0.0.1", "--port", str(port),
+         "--broadcast-url", redis_url, "--lifespan", "off"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    wait_for_port(port, timeout=30)
+    return process
+
+
+def stop_chat_process(process: subprocess.Popen[bytes]) -> str:
+    """SIGTERM (a graceful stop: the pages get a close frame), then its output."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    return process.communicate(timeout=30)[0].decode()
+
+
+def test_a_page_resumes_after_its_server_restarts_with_what_the_other_server_published(
+    browser: Any, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """Two server processes, one Redis: what B publishes while A is down reaches A's page once, in order."""
+    from playwright.sync_api import expect
+
+    port_a, port_b = free_port(), free_port()
+    server_a = start_chat_process(port_a, redis_server.url)
+    server_b = start_chat_process(port_b, redis_server.url)
+    try:
+        wait_for_workers(redis_server.url, 2)
+        alice = sign_in(browser, f"http://127.0.0.1:{port_a}/", "alice")
+        bob = sign_in(browser, f"http://127.0.0.1:{port_b}/", "bob")
+        for page in (alice, bob):
+            expect_people(page, "alice", "bob")
+        say(alice, "before the restart")
+        expect(bob.locator(".msg .body")).to_have_text(["before the restart"], timeout=TIMEOUT_MS)
+
+        stop_chat_process(server_a)
+        expect(alice.locator("#state")).to_have_attribute("data-state", "reconnecting", timeout=TIMEOUT_MS)
+        expect_people(bob, "bob")  # alice's connection left with its server
+        missed = [f"while you were away {n}" for n in range(1, 6)]
+        for text in missed:
+            say(bob, text)
+        expect(bob.locator(".msg.mine .body")).to_have_text(missed, timeout=TIMEOUT_MS)
+
+        server_a = start_chat_process(port_a, redis_server.url)
+        # The page's backoff may have grown while A was down (0.5 s doubling, at most 15 s).
+        expect(alice.locator("#state")).to_have_attribute("data-state", "live", timeout=40_000)
+        bodies = alice.locator("#messages .msg .body")
+        expect(bodies).to_have_text(["before the restart", *missed], timeout=TIMEOUT_MS)  # none missing or twice
+        expect(alice.locator("#messages")).not_to_contain_text("Could not resume")
+        expect(alice.locator(".msg.mine .body")).to_have_text(["before the restart"])  # own, from before
+        for page in (alice, bob):
+            expect_people(page, "alice", "bob")
+        say(bob, "welcome back")
+        expect(bodies).to_have_text(["before the restart", *missed, "welcome back"], timeout=TIMEOUT_MS)
+        alice.wait_for_timeout(300)  # nothing late arrives twice
+        expect(bodies).to_have_count(len(missed) + 2)
+        screenshot(alice, "4-resumed-on-restarted-server", tmp_path)
+    finally:
+        outputs = [stop_chat_process(server) for server in (server_a, server_b)]
+    for output in outputs:
+        assert "Traceback" not in output, output

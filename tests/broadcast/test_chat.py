@@ -18,12 +18,17 @@ class Client:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self.id = ""
+        self.offsets: dict[str, str] = {}  # room channel -> the last offset delivered
 
     async def send(self, type_: str, payload: Any) -> None:
         await self.ws.send(json.dumps({"type": type_, "payload": payload}))
 
     async def recv(self) -> dict[str, Any]:
         message = json.loads(await asyncio.wait_for(self.ws.recv(), 5))
+        if set(message) == {"channel", "offset", "data"}:  # a room's channel: the broadcast's envelope
+            assert message["channel"].startswith("room:"), message
+            self.offsets[message["channel"]] = message["offset"]
+            message = json.loads(message["data"])
         assert set(message) == {"type", "payload", "timestamp"} and isinstance(message["timestamp"], float)
         return message
 
@@ -103,21 +108,59 @@ def test_chat_rooms_notices_and_private_messages(run_server) -> None:
         asyncio.run(main())
 
 
-def test_chat_here_tells_a_newcomer_who_was_in_the_room(run_server) -> None:
-    """Presence without a shared store: members answer a join with "here", through the room's channel."""
+def test_chat_people_come_from_presence_and_a_join_resumes_from_an_offset(run_server) -> None:
+    """Presence lists every connection (two tabs, one name); a join with "since" gets what it missed."""
     with run_server(app) as server:
         async def main() -> None:
             first = await login(server, "tab")
             second = await login(server, "tab")  # the same name in a second tab: another id
             assert second.id != first.id
             await first.expect("notice", user="tab", id=second.id, event="join")
-            await first.send("here", {"room": "lobby"})
-            for client in (first, second):
-                await client.expect("notice", room="lobby", user="tab", id=first.id, event="here")
-            await first.send("here", {"room": "elsewhere"})
+            await first.send("who", {"room": "lobby"})
+            people = (await first.expect("people", room="lobby"))["people"]
+            assert sorted(p["id"] for p in people) == sorted([first.id, second.id])
+            assert {p["name"] for p in people} == {"tab"}
+            await first.send("who", {"room": "elsewhere"})
             assert "not in room 'elsewhere'" in (await first.expect("error"))["message"]
-            await second.ws.close()
+
+            await first.send("join", {"room": "dev"})
+            joined = await first.expect("joined", room="dev", recovered=False, history=[])
+            await first.expect("notice", room="dev", event="join")
+            await first.send("message", {"room": "dev", "text": "one"})
+            await first.expect("message", room="dev", text="one")
+            since = first.offsets["room:dev"]
+            assert since != joined["offset"]
+            await first.send("leave", {"room": "dev"})
+            await first.expect("left", room="dev")
+            await second.send("join", {"room": "dev"})  # history fills a page that cannot resume
+            joined = await second.expect("joined", room="dev", recovered=False)
+            assert [h["message"]["payload"]["text"] for h in joined["history"]] == ["one"]
+            assert joined["history"][0]["offset"] == since
+            await second.expect("notice", room="dev", event="join")
+            for text in ("two", "three"):
+                await second.send("message", {"room": "dev", "text": text})
+                await second.expect("message", room="dev", text=text)
+
+            await first.send("join", {"room": "dev", "since": since})  # back: the missed ones, in order
+            texts = []
+            while True:
+                message = await first.recv()
+                if message["type"] == "joined":
+                    assert message["payload"]["recovered"] is True and message["payload"]["history"] == []
+                    assert sorted(p["id"] for p in message["payload"]["people"]) == sorted([first.id, second.id])
+                elif message["type"] == "message":
+                    texts.append(message["payload"]["text"])
+                elif message["type"] == "notice" and message["payload"]["id"] == first.id \
+                        and message["payload"]["event"] == "join":
+                    break
+            assert texts == ["two", "three"]
+            await first.send("join", {"room": "qa", "since": 5})
+            assert "'since' must be an offset" in (await first.expect("error"))["message"]
+            await second.ws.close()  # its rooms in name order: dev, then the lobby
+            await first.expect("notice", room="dev", id=second.id, event="leave")
             await first.expect("notice", room="lobby", id=second.id, event="leave")
+            await first.send("who", {"room": "dev"})
+            assert [p["id"] for p in (await first.expect("people", room="dev"))["people"]] == [first.id]
             await first.ws.close()
 
         asyncio.run(main())
@@ -167,5 +210,34 @@ def test_chat_refuses_a_bad_name_with_1008(run_server) -> None:
                 await asyncio.wait_for(ws.recv(), 10)
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
             assert "name must be" in closed.value.rcvd.reason
+
+        asyncio.run(main())
+
+
+def test_chat_while_redis_is_down_says_unavailable_and_closes_with_1013(run_server, redis_server) -> None:
+    """BroadcastUnavailable is a clear state for the page (an "unavailable" frame, then 1013), never a 1011."""
+    with run_server(app, broadcast_url=redis_server.url) as server:
+        async def main() -> None:
+            ann = await login(server, "ann")
+            redis_server.stop()
+            # The worker notices the lost connection on its own schedule: write until it answers "unavailable".
+            for attempt in range(100):
+                await ann.send("message", {"room": "lobby", "text": f"try {attempt}"})
+                message = await ann.recv()
+                if message["type"] == "unavailable":
+                    break
+                assert message["type"] == "message", message
+                await asyncio.sleep(0.1)
+            assert message["payload"]["message"].startswith("chat is temporarily unavailable")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(ann.ws.recv(), 5)
+            assert ann.ws.close_code == 1013 and ann.ws.close_reason == "chat unavailable, try again later"
+
+            # A new connection while Redis is away: the same answer at once, before any welcome.
+            late = Client(await connect(server.url("/ws?name=bea", "ws")))
+            await late.expect("unavailable")
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(late.ws.recv(), 5)
+            assert late.ws.close_code == 1013
 
         asyncio.run(main())
