@@ -76,8 +76,7 @@ def _spread(counts: Counter[int]) -> str:
 
 
 def test_2000_websockets_over_4_workers_each_within_15_percent_of_the_mean(cluster):
-    server = cluster("tests.supervisor.apps:app", "--workers", str(WORKERS), "--log-level", "warning",
-                     "--no-access-log")
+    server = cluster("tests.supervisor.apps:app", "--workers", str(WORKERS), "--no-access-log")
     wait_for(lambda: len(server.workers()) == WORKERS, 15, "4 workers")
     _wait_serving(server, WORKERS)
     counts = asyncio.run(_hold_connections(server.port, CONNECTIONS))
@@ -88,6 +87,27 @@ def test_2000_websockets_over_4_workers_each_within_15_percent_of_the_mean(clust
     assert len(counts) == WORKERS, counts
     for pid, count in counts.items():
         assert abs(count - mean) <= TOLERANCE * mean, f"worker {pid}: {count} of {CONNECTIONS}: {counts}"
+    assert "Spreading connections over 4 listener(s), one per worker (SO_REUSEPORT)" in server.log()
+    assert server.stop() == 0
+
+
+def test_sigttou_hands_the_retired_listener_to_a_remaining_worker_and_sigttin_takes_it_back(cluster):
+    """No listener is closed (its queue would be reset): after SIGTTOU a remaining worker accepts on it,
+    so no connection hashed there waits for a worker that will never come."""
+    server = cluster("tests.supervisor.apps:app", "--workers", str(WORKERS), "--no-access-log")
+    server.wait_ready(WORKERS)
+    server.signal(signal.SIGTTOU)
+    wait_for(lambda: len(server.workers()) == WORKERS - 1, 30, f"3 workers in:\n{server.log()}")
+    counts = asyncio.run(_hold_connections(server.port, 400))
+    print(f"after SIGTTOU, 400 WebSockets over 3 workers and 4 listeners: {_spread(counts)}")
+    assert set(counts) == set(server.workers()) and sum(counts.values()) == 400
+    server.signal(signal.SIGTTIN)
+    wait_for(lambda: len(server.workers()) == WORKERS and server.ready_count() >= WORKERS + 3, 30,
+             f"4 workers again in:\n{server.log()}")
+    wait_for(lambda: len(server.workers()) == WORKERS, 30, "the worker that held 2 listeners to exit")
+    counts = asyncio.run(_hold_connections(server.port, 400))
+    print(f"after SIGTTIN, 400 WebSockets over 4 workers: {_spread(counts)}")
+    assert set(counts) == set(server.workers()) and sum(counts.values()) == 400
     assert server.stop() == 0
 
 
