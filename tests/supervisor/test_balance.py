@@ -135,6 +135,7 @@ class Arrivals:
         self.port = port
         self.outcomes: list[tuple[float, str]] = []  # (start time, "ok" or what went wrong)
         self.pids: Counter[int] = Counter()
+        self.longest = 0.0  # the slowest session, in seconds (one that waited in a listener's queue)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -143,6 +144,7 @@ class Arrivals:
             async with connect(f"ws://127.0.0.1:{self.port}/", open_timeout=SESSION_TIMEOUT) as ws:
                 self.pids[await _ask_pid(ws)] += 1
             outcome = "ok"
+            self.longest = max(self.longest, time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 - every failure is a finding, classified below
             cause = exc.__cause__ or exc.__context__
             outcome = f"{type(exc).__name__}: {exc}" + (f" ({type(cause).__name__})" if cause else "")
@@ -184,7 +186,8 @@ def test_rolling_restart_refuses_and_resets_no_connection(cluster):
         wait_for(lambda: len(arrivals.outcomes) > count + 100, 20, "sessions after the restart")
     new_pids = set(arrivals.pids) - old
     print(f"SIGHUP under {1 / ARRIVAL_INTERVAL:.0f} sessions/s: {len(arrivals.outcomes)} sessions, "
-          f"failures {arrivals.failures()}, served by {len(new_pids)} new workers after")
+          f"failures {arrivals.failures()}, served by {len(new_pids)} new workers after, "
+          f"slowest session {arrivals.longest:.2f}s")
     assert arrivals.failures() == []
     assert len(new_pids) == WORKERS
     assert server.stop() == 0
@@ -213,7 +216,8 @@ def test_sigkilled_worker_refuses_and_resets_no_new_connection(cluster):
         wait_for(lambda: len(arrivals.outcomes) > count + 100, 20, "sessions after the replacement")
     in_flight = [o for started, o in arrivals.outcomes if started < dead_at and o != "ok"]
     print(f"kill -9 under {1 / ARRIVAL_INTERVAL:.0f} sessions/s: {len(arrivals.outcomes)} sessions; "
-          f"after the death {arrivals.failures(dead_at)}; in flight on the victim {in_flight}")
+          f"after the death {arrivals.failures(dead_at)}; in flight on the victim {in_flight}; "
+          f"slowest session {arrivals.longest:.2f}s")
     assert "died (killed by SIGKILL): replacing it" in server.log()
     assert arrivals.failures(dead_at) == []
     assert server.stop() == 0
