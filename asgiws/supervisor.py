@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 
 from asgiws.config import Config
 from asgiws.sockets import bind_error, bind_listeners, describe, join_group, reuse_port_applies
+from asgiws.websocket.frames import CloseCode
 from asgiws.workers import Channel, run_worker
 
 if TYPE_CHECKING:
@@ -48,10 +49,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asgiws.error")
 
 # Close code for WebSocket clients of a worker that is replaced while the
-# service goes on (restart, recycle, reload): 1012 "service restart" tells
-# them to reconnect; 1001 "going away" is for a real shutdown.
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_GOING_AWAY = 1001
+# service goes on (restart, recycle, reload): CloseCode.SERVICE_RESTART (1012)
+# tells them to reconnect; CloseCode.GOING_AWAY (1001) is for a real shutdown.
 
 # Start-up failures back off from 0.5 s, doubling to at most 30 s: slow enough
 # that a broken app costs nothing, fast enough to recover from a blip.
@@ -255,7 +254,7 @@ class Supervisor:
         self.stopping = True
         for worker in self.workers.values():
             if worker.state is not State.DRAINING:
-                self._drain(worker, CLOSE_GOING_AWAY)
+                self._drain(worker, CloseCode.GOING_AWAY)
 
     # -- workers -----------------------------------------------------------------
 
@@ -323,7 +322,7 @@ class Supervisor:
         self.failures = 0
         logger.log(self._detail, "Worker %d is ready", worker.pid)
         if self.stopping:
-            self._drain(worker, CLOSE_GOING_AWAY)
+            self._drain(worker, CloseCode.GOING_AWAY)
 
     def _on_pong(self, worker: Worker, argument: str) -> None:
         worker.ping_sent_at = None
@@ -346,7 +345,7 @@ class Supervisor:
         grace = self.config.timeout_graceful_shutdown
         # Connections get `grace`, then lifespan shutdown as long again (lifespan.py), then the margin.
         worker.drain_deadline = float("inf") if grace is None else time.monotonic() + 2 * grace + DRAIN_MARGIN
-        worker.channel.send(f"stop {close_code}")
+        worker.channel.send(f"stop {int(close_code)}")
 
     def _on_watcher(self, watcher: Watcher) -> None:
         changed = watcher.read_changes()
@@ -443,7 +442,7 @@ class Supervisor:
         self.stopping = True
         for worker in self.workers.values():
             if worker.state is not State.DRAINING:
-                self._drain(worker, CLOSE_GOING_AWAY)
+                self._drain(worker, CloseCode.GOING_AWAY)
 
     def _kill_all(self, why: str) -> None:
         for worker in self.workers.values():
@@ -535,7 +534,7 @@ class Supervisor:
                   for index in w.listeners}
         if set(leaving.listeners) <= served:
             logger.info("Draining worker %d", leaving.pid)
-            self._drain(leaving, CLOSE_SERVICE_RESTART)
+            self._drain(leaving, CloseCode.SERVICE_RESTART)
 
     # -- listeners ---------------------------------------------------------------
 
