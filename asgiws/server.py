@@ -265,7 +265,8 @@ class Server:
             for server_sock in server.sockets:
                 self.bound_addresses.append(server_sock.getsockname())
         scheme = "https" if ssl_context else "http"
-        for address in self.bound_addresses:
+        # A worker that took over another slot's listener (SIGTTOU) has two on one address: say it once.
+        for address in dict.fromkeys(self.bound_addresses):
             if isinstance(address, tuple):
                 host = f"[{address[0]}]" if ":" in address[0] else address[0]
                 logger.info("Asgiws running on %s://%s:%d (Press CTRL+C to quit)", scheme, host, address[1])

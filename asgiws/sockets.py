@@ -1,9 +1,18 @@
 """Listening sockets and the TLS context, built once from a Config.
 
-The supervisor binds before it forks any worker, so every worker serves the
-same kernel accept queue: a worker that stops (crash, restart, recycle) never
-makes a connection attempt fail, because the socket stays open in the
-supervisor and in the other workers.
+The supervisor binds before it forks any worker and keeps every listening
+socket open for its whole life. On host:port each worker slot has its own
+listener, all of them in one SO_REUSEPORT group, so the kernel spreads new
+connections evenly over the slots instead of letting the busiest awake worker
+win a shared accept queue. A listener is never closed while the supervisor
+runs: the kernel ties a connection to one listener of the group at its SYN,
+and closing that listener aborts the connections queued on it (Linux moves
+them to another listener only with net.ipv4.tcp_migrate_req=1, off by
+default). Kept by the supervisor, a slot's queue simply waits while its
+worker is replaced, and the next generation of the slot inherits it.
+
+--fd (an inherited socket) and --uds (SO_REUSEPORT applies to TCP only) keep
+the one shared socket that every worker accepts on.
 """
 
 from __future__ import annotations
@@ -41,6 +50,50 @@ def bind_sockets(config: Config) -> list[socket.socket]:
     return [sock]
 
 
+def reuse_port_applies(config: Config) -> bool:
+    """Whether each worker slot can have its own listener: host:port on a kernel with SO_REUSEPORT."""
+    return config.fd is None and config.uds is None and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind_listeners(config: Config, slots: int) -> list[socket.socket]:
+    """`slots` listeners in one SO_REUSEPORT group on host:port, or bind_sockets' one shared socket
+    where that cannot apply (--fd, --uds).
+
+    Raises OSError when the address cannot be bound, as bind_sockets does; another
+    process's SO_REUSEPORT group on the port is "in use" too (never joined).
+    """
+    if not reuse_port_applies(config):
+        return bind_sockets(config)
+    first = _bind_tcp(config.host, config.port, config.backlog, reuse_port=True)
+    first.set_inheritable(True)
+    listeners = [first]
+    try:
+        listeners.extend(join_group(first, config.backlog) for _ in range(slots - 1))
+    except OSError:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+def join_group(member: socket.socket, backlog: int) -> socket.socket:
+    """A new inheritable listener in `member`'s SO_REUSEPORT group (same address, same user).
+
+    Raises OSError when it cannot be bound (out of file descriptors).
+    """
+    sock = socket.socket(member.family, member.type, member.proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(member.getsockname())
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def _from_fd(fd: int) -> socket.socket:
     # socket(fileno=) reads the family and type from the kernel.
     sock = socket.socket(fileno=fd)
@@ -68,7 +121,7 @@ def _bind_unix(path: str, backlog: int) -> socket.socket:
     return sock
 
 
-def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
+def _bind_tcp(host: str, port: int, backlog: int, *, reuse_port: bool = False) -> socket.socket:
     host = host.strip("[]")  # "[::1]" as written in URLs
     wanted = socket.AF_INET6 if ":" in host else socket.AF_UNSPEC
     infos = socket.getaddrinfo(host or None, port, wanted, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
@@ -78,6 +131,10 @@ def _bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
         # Restarting the server must not wait for TIME_WAIT sockets to expire.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        if reuse_port:
+            # Set after bind, not before: bind then fails with EADDRINUSE on a port where another
+            # process's SO_REUSEPORT group listens, instead of silently sharing its connections.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.listen(backlog)
     except OSError:
         sock.close()

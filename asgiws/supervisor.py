@@ -1,11 +1,14 @@
-"""The supervisor: N worker processes serving one listening socket.
+"""The supervisor: N worker processes, each in a slot with its own listener.
 
-It binds the socket(s) once, forks the workers, and then only watches: a
+It binds the listeners once (one per slot in an SO_REUSEPORT group on
+host:port, so the kernel spreads connections evenly; one shared socket with
+--fd or --uds; asgiws.sockets), forks the workers, and then only watches: a
 single-threaded select() loop over the signal wake-up pipe, one pipe per
 worker and (with --reload) the file watcher's pipe. It starts no thread and no
 event loop, so forking stays safe for the whole life of the process, and it
-never closes the listening socket while it runs: connections wait in the
-kernel's accept queue while a worker is being replaced.
+never closes a listening socket while it runs: connections wait in the slot's
+accept queue while its worker is being replaced, and the slot's next worker
+inherits the queue.
 
 Signal handlers only queue the signal number; the loop dispatches it to
 `handle_<name>` (handle_sigterm, handle_sighup, ...), where acting is safe.
@@ -13,9 +16,10 @@ Signal handlers only queue the signal number; the loop dispatches it to
 Worker lifecycle: STARTING (forked, importing the app, lifespan start-up) ->
 READY (said "ready" over its pipe; now health-checked) -> DRAINING (told
 "stop <code>"; killed if it outlives its deadline). Everything else follows
-from one rule applied on every tick (`_reconcile`): keep `target` workers of
-the current generation READY, start at most one replacement at a time, and
-drain an old or surplus worker only once another is READY to take its place.
+from one rule applied on every tick (`_reconcile`): keep one worker of the
+current generation READY in each of the `target` slots, start at most one
+replacement at a time, and drain an old or surplus worker only once another
+is READY to serve its listeners.
 SIGHUP and --reload start a new generation; --limit-max-requests marks one
 worker for replacement.
 """
@@ -35,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from asgiws.config import Config
-from asgiws.sockets import bind_error, bind_sockets, describe
+from asgiws.sockets import bind_error, bind_listeners, describe, join_group, reuse_port_applies
 from asgiws.websocket.frames import CloseCode
 from asgiws.workers import Channel, run_worker
 
@@ -84,6 +88,8 @@ class Worker:
     channel: Channel
     generation: int
     started_at: float
+    slot: int = 0
+    listeners: tuple[int, ...] = (0,)  # indexes into Supervisor.sockets: what it accepts on
     state: State = State.STARTING
     replace: bool = False  # asked to be recycled (--limit-max-requests)
     ping_sent_at: float | None = None
@@ -105,7 +111,11 @@ class Supervisor:
         worker_target: Callable[[Config, list[socket.socket], socket.socket], int] = run_worker,
     ) -> None:
         self.config = config
-        self.sockets = sockets if sockets is not None else bind_sockets(config)
+        self.sockets = sockets if sockets is not None else bind_listeners(config, config.workers)
+        # One listener per slot only when they are an SO_REUSEPORT group (bind_listeners on host:port).
+        self.reuse_port = reuse_port_applies(config) and all(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) for sock in self.sockets
+        )
         self.worker_target = worker_target
         self.watcher = watcher
         self.target = config.workers
@@ -126,8 +136,9 @@ class Supervisor:
     def run(self) -> int:
         self._install_signal_handlers()
         tls = self.config.use_ssl
-        for sock in self.sockets:
-            logger.log(self._detail, "Listening on %s", describe(sock, tls=tls))
+        for where in dict.fromkeys(describe(sock, tls=tls) for sock in self.sockets):
+            logger.log(self._detail, "Listening on %s", where)
+        logger.log(self._detail, "%s", self._spread_line())
         logger.log(self._detail, "Started parent process [%d]", os.getpid())
         logger.log(self._detail, "Supervisor %d starting %d worker(s)", os.getpid(), self.target)
         if self.watcher is not None:
@@ -217,6 +228,7 @@ class Supervisor:
     def handle_sigttin(self) -> None:
         self.target += 1
         logger.info("SIGTTIN: now %d worker(s)", self.target)
+        self._add_listeners()
 
     def handle_sigttou(self) -> None:
         if self.target <= 1:
@@ -246,7 +258,9 @@ class Supervisor:
 
     # -- workers -----------------------------------------------------------------
 
-    def _spawn(self) -> None:
+    def _spawn(self, slot: int) -> None:
+        listeners = self._slot_listeners(slot)
+        sockets = [self.sockets[index] for index in listeners]
         parent_end, child_end = socket.socketpair()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -255,21 +269,25 @@ class Supervisor:
             status = 1
             try:
                 parent_end.close()
-                self._close_in_child()
-                status = self.worker_target(self.config, self.sockets, child_end)
+                self._close_in_child(sockets)
+                status = self.worker_target(self.config, sockets, child_end)
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(status)
         child_end.close()
         now = time.monotonic()
-        worker = Worker(pid, Channel(parent_end), self.generation, now)
+        worker = Worker(pid, Channel(parent_end), self.generation, now, slot, listeners)
         self.workers[pid] = worker
         self.selector.register(worker.channel.sock, selectors.EVENT_READ, self._on_channel)
         logger.log(self._detail, "Started worker %d", pid)
 
-    def _close_in_child(self) -> None:
-        """Drop the supervisor's own descriptors in a freshly forked worker."""
+    def _close_in_child(self, kept: list[socket.socket]) -> None:
+        """Drop the supervisor's own descriptors in a freshly forked worker, and the listeners of the
+        other slots (closing them here closes nothing in the supervisor, which keeps every queue)."""
+        for sock in self.sockets:
+            if sock not in kept:
+                sock.close()
         for worker in self.workers.values():
             worker.channel.close()
         self.selector.close()
@@ -466,32 +484,88 @@ class Supervisor:
         return [w for w in self.workers.values() if w.state is not State.DRAINING]
 
     def _outdated(self, worker: Worker) -> bool:
-        return worker.replace or worker.generation < self.generation
+        return (
+            worker.replace
+            or worker.generation < self.generation
+            or worker.listeners != self._slot_listeners(worker.slot)
+        )
+
+    def _slot_workers(self, slot: int) -> list[Worker]:
+        return [w for w in self._active() if w.slot == slot]
 
     def _reconcile(self, now: float) -> None:
-        active = self._active()
-        starting = [w for w in active if w.state is State.STARTING]
-        missing = self.target - len(active)
         if now >= self.spawn_not_before:
-            if missing > 0:
-                for _ in range(missing):
-                    self._spawn()
-            elif not starting and missing == 0 and any(self._outdated(w) for w in active):
-                self._spawn()  # one replacement at a time: it must be ready first
+            self._spawn_for_slots()
         self._drain_surplus()
 
+    def _spawn_for_slots(self) -> None:
+        """A worker in every empty slot; otherwise one replacement at a time, in the first slot whose
+        workers are all outdated (it must be ready before the next starts)."""
+        empty = [slot for slot in range(self.target) if not self._slot_workers(slot)]
+        for slot in empty:
+            self._spawn(slot)
+        if empty or any(w.state is State.STARTING for w in self._active()):
+            return
+        for slot in range(self.target):
+            if all(self._outdated(w) for w in self._slot_workers(slot)):
+                self._spawn(slot)
+                return
+
     def _drain_surplus(self) -> None:
-        """Drain old or extra workers, but never below `target` ready ones."""
-        active = self._active()
-        ready = [w for w in active if w.state is State.READY]
-        surplus = len(active) - self.target
-        # Outdated first, oldest first; otherwise the oldest.
-        ready.sort(key=lambda w: (not self._outdated(w), w.started_at))
-        while surplus > 0 and len(ready) > self.target:
-            worker = ready.pop(0)
-            logger.info("Draining worker %d", worker.pid)
-            self._drain(worker, CloseCode.SERVICE_RESTART)
-            surplus -= 1
+        """Drain the other workers of a slot once it has a current READY one, and the workers of slots
+        beyond `target` (SIGTTOU); each only while its listeners stay served by another READY worker."""
+        for slot in range(self.target):
+            workers = self._slot_workers(slot)
+            current = [w for w in workers if w.state is State.READY and not self._outdated(w)]
+            keeper = max(current, key=lambda w: w.started_at, default=None)
+            if keeper is None:
+                continue
+            for worker in workers:
+                if worker is not keeper and worker.state is State.READY:
+                    self._drain_if_covered(worker)
+        for worker in self._active():
+            if worker.slot >= self.target and worker.state is State.READY:
+                self._drain_if_covered(worker)
+
+    def _drain_if_covered(self, leaving: Worker) -> None:
+        """Drain `leaving` unless one of its listeners would be left without a READY worker: a queue
+        nobody accepts from delays its connections until a worker comes."""
+        served = {index for w in self._active() if w is not leaving and w.state is State.READY
+                  for index in w.listeners}
+        if set(leaving.listeners) <= served:
+            logger.info("Draining worker %d", leaving.pid)
+            self._drain(leaving, CloseCode.SERVICE_RESTART)
+
+    # -- listeners ---------------------------------------------------------------
+
+    def _slot_listeners(self, slot: int) -> tuple[int, ...]:
+        """The listeners (indexes into self.sockets) a worker of `slot` accepts on: its own, plus
+        those of slots beyond `target` after SIGTTOU (a listener is never closed while the supervisor
+        runs, or its queued connections would be reset, so a remaining slot takes over its queue).
+        With one shared socket, every slot has it."""
+        count = len(self.sockets)
+        own = tuple(index for index in range(count) if index % self.target == slot)
+        return own or (slot % count,)
+
+    def _add_listeners(self) -> None:
+        """A listener for each new slot (SIGTTIN), in the SO_REUSEPORT group of the first one."""
+        while self.reuse_port and len(self.sockets) < self.target:
+            try:
+                self.sockets.append(join_group(self.sockets[0], self.config.backlog))
+            except OSError as exc:
+                slot = len(self.sockets)
+                logger.error(
+                    "Could not add a listener for worker slot %d (%s): it shares listener %d",
+                    slot, exc.strerror or exc, slot % len(self.sockets),
+                )
+                return
+
+    def _spread_line(self) -> str:
+        """What the operator is told about how connections reach the workers."""
+        if self.reuse_port:
+            return (f"Spreading connections over {len(self.sockets)} listener(s), one per worker "
+                    "(SO_REUSEPORT)")
+        return "Workers share one listening socket (SO_REUSEPORT applies to host:port only)"
 
     # -- the end -----------------------------------------------------------------
 
@@ -540,7 +614,7 @@ def run_supervisor(config: Config, sockets: list[socket.socket] | None = None) -
         return 1
     if sockets is None:
         try:
-            sockets = bind_sockets(config)
+            sockets = bind_listeners(config, config.workers)
         except OSError as exc:
             logger.error("%s", bind_error(config, exc))
             return 1

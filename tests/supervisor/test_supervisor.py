@@ -260,6 +260,8 @@ def test_uds_with_two_workers(cluster, tmp_path):
     server = cluster("tests.supervisor.apps:app", "--workers", "2", "--uds", str(path))
     server.wait_ready(2)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666
+    # SO_REUSEPORT is for TCP: both workers accept on the one socket file.
+    assert "Workers share one listening socket (SO_REUSEPORT applies to host:port only)" in server.log()
     transport = httpx.HTTPTransport(uds=str(path))
     pids = set()
     with httpx.Client(transport=transport, base_url="http://asgiws") as client:
@@ -289,6 +291,8 @@ def test_fd_socket_activation_with_two_workers(cluster):
     listener.close()  # the server holds its own copy now
     server.wait_ready(2)
     assert get(port)[0] == 200
+    # An inherited socket is not the supervisor's to multiply: both workers accept on it.
+    assert "Workers share one listening socket" in server.log()
     assert server.stop() == 0
 
 
