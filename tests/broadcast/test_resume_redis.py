@@ -187,7 +187,8 @@ def test_redis_sigkilled_and_restarted_loses_no_acknowledged_publish(durable_red
             assert publisher.failed, "no publish happened while Redis was down"
             # Fail fast while down: refused at once (no 2 s socket timeout, no hang).
             assert max(took for _, took in publisher.failed) < 5.0, publisher.failed
-            assert len(publisher.published) > 100
+            # A floor, not a rate: a loaded machine publishes fewer than the 50/s asked for.
+            assert len(publisher.published) > 20, len(publisher.published)
             await receive_all(clients, publisher)
             for client in clients:
                 assert_received_every_published_once_in_order(client, publisher)
