@@ -23,6 +23,7 @@ from typing import Any
 
 from asgiws.broadcast.brokers import Broker, MemoryBroker, RedisBroker, create_broker
 from asgiws.broadcast.errors import BroadcastError, BroadcastNotAvailable, BroadcastUnavailable
+from asgiws.metrics import METRICS
 
 __all__ = [
     "SCOPE_EXTENSION",
@@ -107,6 +108,7 @@ class Broadcast:
         if not isinstance(data, (str, bytes, bytearray, memoryview)):
             raise TypeError(f"publish() takes str or bytes, not {type(data).__name__}")
         await self.broker.publish(channel, data)
+        METRICS.broadcast_published += 1
 
     def local_subscribers(self, channel: str) -> int:
         """How many connections of this worker are subscribed to `channel`."""

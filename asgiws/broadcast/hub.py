@@ -6,6 +6,7 @@ import asyncio
 from typing import Protocol
 
 from asgiws.broadcast.prepared import PreparedMessage
+from asgiws.metrics import METRICS
 
 __all__ = ["Hub", "Subscriber"]
 
@@ -81,6 +82,7 @@ class Hub:
                 pending[connection] = [message]
             else:
                 queued.append(message)
+        METRICS.broadcast_deliveries += len(members)
         return len(members)
 
     def _flush(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import deque
 from typing import Callable
 from urllib.parse import unquote
@@ -20,6 +21,7 @@ import httptools
 from asgiws.config import Config
 from asgiws.exceptions import ClientDisconnected
 from asgiws.logging import TRACE_LOG_LEVEL, log_access
+from asgiws.metrics import METRICS
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.response import (
     NO_BODY_STATUS,
@@ -555,6 +557,7 @@ class HttpProtocol(asyncio.BufferedProtocol):
         self._enqueue(lambda: self._send_error(status, reason))
 
     def _send_error(self, status: int, reason: str) -> None:
+        METRICS.count_http(status, None)  # no request was parsed to time it from
         if not self.transport.is_closing():
             self.transport.writelines(self._error_response(status, reason, keep_alive=False, body=True))
         self._close()
@@ -693,7 +696,7 @@ class RequestCycle:
         "protocol", "transport", "scope", "keep_alive", "expect_100", "body", "buffered",
         "content_length", "body_received", "more_body", "disconnected", "response_started",
         "response_complete", "chunked", "expected_length", "sent_length", "status", "_waiter",
-        "_write_paused", "_drain", "is_head", "_lines", "_app_names",
+        "_write_paused", "_drain", "is_head", "_lines", "_app_names", "started_at",
     )
 
     def __init__(self, protocol: HttpProtocol, scope: Scope, *, keep_alive: bool) -> None:
@@ -724,6 +727,7 @@ class RequestCycle:
         # message writes them, and the field names the app set in it.
         self._lines: list[bytes] | None = None
         self._app_names: set[bytes] = _NO_NAMES
+        self.started_at = time.monotonic()  # for asgiws_http_request_duration_seconds (loop.time() is per tick)
 
     def body_owed(self) -> int:
         """Bytes of a Content-Length body not parsed yet; 0 when chunked or complete."""
@@ -828,6 +832,7 @@ class RequestCycle:
         self.protocol.on_response_complete(self.keep_alive)
 
     def _log(self) -> None:
+        METRICS.count_http(self.status, time.monotonic() - self.started_at)
         if self.protocol.config.access_log:
             scope = self.scope
             path = scope["path"]

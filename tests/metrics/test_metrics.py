@@ -1,0 +1,216 @@
+"""--metrics-port: /metrics from the supervisor, summed over real workers, read by Prometheus's parsers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
+
+from asgiws.metrics import Histogram, Metrics, accumulate, render, retire
+from tests.supervisor.cluster import ROOT, Cluster, free_port, get, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+APP = "tests.metrics.apps:app"
+
+
+def scrape(port: int, *, openmetrics: bool = False) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """GET /metrics with httpx; every sample as {(name, sorted labels): value}, parsed by
+    prometheus_client (the format the response's content-type names)."""
+    accept = "application/openmetrics-text; version=1.0.0" if openmetrics else "text/plain"
+    response = httpx.get(f"http://127.0.0.1:{port}/metrics", headers={"accept": accept}, timeout=10)
+    assert response.status_code == 200
+    expected = "application/openmetrics-text" if openmetrics else "text/plain; version=0.0.4"
+    assert response.headers["content-type"].startswith(expected)
+    parse = parse_openmetrics if openmetrics else parse_prometheus
+    samples = {}
+    for family in parse(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def workers_of(samples: dict[Any, float]) -> set[str]:
+    return {dict(labels)["worker"] for name, labels in samples if name == "asgiws_websocket_connections"}
+
+
+def start(cluster: Callable[..., Cluster], *args: str) -> tuple[Cluster, int]:
+    metrics_port = free_port()
+    server = cluster(APP, "--workers", "2", "--metrics-port", str(metrics_port), "--lifespan", "off", *args)
+    server.wait_ready(2)
+    return server, metrics_port
+
+
+def test_http_requests_are_counted_by_status_over_both_workers(cluster: Callable[..., Cluster]) -> None:
+    server, metrics_port = start(cluster)
+    pids = set()
+    for _ in range(12):
+        status, body = get(server.port, "/")
+        assert status == 200
+        pids.add(body)
+    for _ in range(3):
+        assert get(server.port, "/missing")[0] == 404
+    assert get(server.port, "/boom")[0] == 500
+    samples = scrape(metrics_port)
+    assert value(samples, "asgiws_http_requests_total", status="200") == 12
+    assert value(samples, "asgiws_http_requests_total", status="404") == 3
+    assert value(samples, "asgiws_http_requests_total", status="500") == 1
+    assert value(samples, "asgiws_http_request_duration_seconds_count") == 16
+    assert value(samples, "asgiws_http_request_duration_seconds_bucket", le="+Inf") == 16
+    assert value(samples, "asgiws_workers", state="ready") == 2
+    assert value(samples, "asgiws_workers", state="starting") == 0
+    assert workers_of(samples) == {str(pid) for pid in server.workers()}
+    for reason in ("died", "healthcheck", "max_requests", "sighup", "reload"):
+        assert value(samples, "asgiws_worker_restarts_total", reason=reason) == 0
+    # The same numbers in OpenMetrics, for a scraper that asks for it.
+    assert scrape(metrics_port, openmetrics=True) == samples
+
+
+def test_a_killed_workers_counters_stay_and_its_restart_is_counted(cluster: Callable[..., Cluster]) -> None:
+    server, metrics_port = start(cluster)
+    for _ in range(10):
+        assert get(server.port, "/")[0] == 200
+    assert value(scrape(metrics_port), "asgiws_http_requests_total", status="200") == 10
+    victim = server.workers()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in server.workers() and len(server.workers()) == 2, 15, "a replacement")
+    server.wait_ready(3)
+    samples = scrape(metrics_port)
+    # What the killed worker had counted (it answered the scrape before) is still in the total.
+    assert value(samples, "asgiws_http_requests_total", status="200") == 10
+    assert value(samples, "asgiws_worker_restarts_total", reason="died") == 1
+    assert str(victim) not in workers_of(samples)
+    assert workers_of(samples) == {str(pid) for pid in server.workers()}
+    assert get(server.port, "/")[0] == 200
+    assert value(scrape(metrics_port), "asgiws_http_requests_total", status="200") == 11
+
+
+def test_sighup_counts_one_restart_per_worker_and_keeps_the_old_generations_counts(
+    cluster: Callable[..., Cluster],
+) -> None:
+    server, metrics_port = start(cluster)
+    for _ in range(6):
+        assert get(server.port, "/missing")[0] == 404
+    old = set(server.workers())
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: server.log().count("stopped (exit status 0)") >= 2, 30, f"the old generation:\n{server.log()}")
+    samples = scrape(metrics_port)
+    assert value(samples, "asgiws_worker_restarts_total", reason="sighup") == 2
+    assert value(samples, "asgiws_worker_restarts_total", reason="died") == 0
+    # The old workers sent their counters as they exited.
+    assert value(samples, "asgiws_http_requests_total", status="404") == 6
+    assert not workers_of(samples) & {str(pid) for pid in old}
+
+
+@pytest.mark.parametrize(("request_head", "status_line", "log_line"), [
+    (b"GET /other HTTP/1.1\r\n\r\n", b"HTTP/1.1 404 Not Found", "Metrics endpoint: 404 Not Found for 'GET /other HTTP/1.1'"),
+    (b"POST /metrics HTTP/1.1\r\ncontent-length: 0\r\n\r\n", b"HTTP/1.1 405 Method Not Allowed",
+     "Metrics endpoint: 405 Method Not Allowed for 'POST /metrics HTTP/1.1'"),
+    (b"hello\r\n\r\n", b"HTTP/1.1 400 Bad Request", "Metrics endpoint: 400 Bad Request for 'hello'"),
+    (b"GET /metrics HTTP/1.1\r\nx: " + b"a" * 9000, b"HTTP/1.1 431 Request Header Fields Too Large",
+     "Metrics endpoint: 431 Request Header Fields Too Large for 'GET /metrics HTTP/1.1'"),
+])
+def test_a_request_the_endpoint_cannot_answer_gets_its_status_and_a_log_line(
+    cluster: Callable[..., Cluster], request_head: bytes, status_line: bytes, log_line: str,
+) -> None:
+    server, metrics_port = start(cluster)
+    with socket.create_connection(("127.0.0.1", metrics_port), timeout=10) as sock:
+        sock.sendall(request_head)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert response.split(b"\r\n", 1)[0] == status_line
+    wait_for(lambda: log_line in server.log(), 10, f"{log_line!r} in:\n{server.log()}")
+    assert value(scrape(metrics_port), "asgiws_workers", state="ready") == 2  # and it still serves
+
+
+def test_a_metrics_port_in_use_stops_start_up_with_exit_status_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "asgiws", APP, "--port", str(free_port()), "--metrics-port", str(port)],
+            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"ERROR:    Cannot serve metrics on 127.0.0.1:{port}: Address already in use"]
+
+
+def test_asgiws_run_with_an_app_object_serves_metrics_from_its_own_process(tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    script = tmp_path / "serve.py"
+    script.write_text(textwrap.dedent(f"""
+        import asgiws
+        from tests.metrics.apps import app
+        asgiws.run(app, port={port}, metrics_port={metrics_port}, lifespan="off")
+    """))
+    process = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: _answers(port), 20, "the server")
+        for _ in range(4):
+            assert get(port, "/")[0] == 200
+        samples = scrape(metrics_port)
+        assert value(samples, "asgiws_http_requests_total", status="200") == 4
+        assert workers_of(samples) == {str(process.pid)}
+        assert value(samples, "asgiws_workers", state="ready") == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=20)
+    assert f"INFO:     Metrics on http://127.0.0.1:{metrics_port}/metrics" in output.splitlines()
+
+
+def _answers(port: int) -> bool:
+    try:  # /missing: the 200s counted are the test's own
+        return get(port, "/missing", timeout=1)[0] == 404
+    except OSError:
+        return False
+
+
+# -- the registry and the text, without sockets ---------------------------------------------
+
+
+def test_a_value_on_a_bucket_bound_is_counted_in_that_bucket() -> None:
+    histogram = Histogram((0.1, 1.0))
+    for observed in (0.1, 0.5, 1.0, 7.0):
+        histogram.observe(observed)
+    assert histogram.counts == [1, 2, 1]
+    assert histogram.sum == pytest.approx(8.6)
+
+
+def test_label_values_are_escaped_as_the_text_format_says() -> None:
+    samples: Any = {"asgiws_worker_restarts": {('a"b\\c\nd',): 1}}
+    text = render(samples, openmetrics=False)
+    assert 'asgiws_worker_restarts_total{reason="a\\"b\\\\c\\nd"} 1' in text.splitlines()
+    [family] = [f for f in parse_prometheus(text) if f.name == "asgiws_worker_restarts"]
+    assert family.samples[0].labels == {"reason": 'a"b\\c\nd'}
+
+
+def test_retired_counters_add_up_and_gauges_of_the_dead_are_dropped() -> None:
+    first, second = Metrics(), Metrics()
+    first.http_requests[200] += 2
+    first.ws_connections = 5
+    second.http_requests[200] += 3
+    second.ws_connections = 1
+    total: Any = {}
+    retire(total, first.snapshot())
+    accumulate(total, second.snapshot(), "42")
+    assert total["asgiws_http_requests"] == {("200",): 5}
+    assert total["asgiws_websocket_connections"] == {("42",): 1}
