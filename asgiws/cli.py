@@ -150,13 +150,15 @@ def _command(app: str, **values: Any) -> None:
         raise click.UsageError(f"{flag_for(exc.name)} {exc.rule}") from None
     except ValueError as exc:  # already worded with the flag (--forwarded-allow-ips: ...)
         raise click.UsageError(str(exc)) from None
+    # --app-dir goes on sys.path first: a --log-config may name the app's own
+    # formatter or handler classes ("()": "mylog.JsonFormatter"), as with uvicorn.
+    app_dir = os.path.abspath(config.app_dir)
+    if app_dir not in sys.path:
+        sys.path.insert(0, app_dir)
     try:
         configure_logging(config.log_config, config.log_level, config.access_log, config.use_colors)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--log-config") from None
-    app_dir = os.path.abspath(config.app_dir)
-    if app_dir not in sys.path:
-        sys.path.insert(0, app_dir)
     try:
         # Workers are forked (one by default): a module imported here would be
         # inherited, and SIGHUP or --reload would keep serving the old code. Only

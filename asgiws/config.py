@@ -189,7 +189,8 @@ class Config:
     # Long enough for a client on a slow mobile link to send a request head,
     # short enough that a slowloris client ties up a socket for seconds, not forever.
     timeout_handshake: float = option(
-        10.0, "Drop a client that has not sent a complete request head within this many seconds."
+        10.0, "Drop a client that has not completed its TLS handshake, or not sent a complete request "
+        "head, within this many seconds (each)."
     )
     headers: tuple[str, ...] = option((), "Extra response header NAME:VALUE (repeatable).", flag="--header", multiple=True)
     server_header: bool = option(True, "Send a Server header.", boolean=True)

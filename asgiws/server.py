@@ -15,6 +15,7 @@ import ssl
 import sys
 import threading
 import traceback
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import click
@@ -32,6 +33,7 @@ from asgiws.protocols.http import HttpProtocol, build_default_headers
 from asgiws.protocols.utils import TrustedProxies
 from asgiws.sockets import bind_error, bind_sockets, create_ssl_context, tls_error
 from asgiws.types import ASGIApp
+from asgiws.websocket.frames import CloseCode
 
 logger = logging.getLogger("asgiws.error")
 
@@ -145,8 +147,8 @@ class Server:
     `await serve()` returns after a graceful shutdown; set `should_exit` (from
     any thread) to request one. `started` becomes True once listening;
     `bound_addresses` then lists (host, port) pairs and `port` the first port.
-    `shutdown_close_code` is what WebSockets are closed with (1001 going
-    away; a supervisor sets 1012 for restarts). `handled_signals` are caught
+    `shutdown_close_code` is what WebSockets are closed with (CloseCode.GOING_AWAY;
+    a supervisor sets CloseCode.SERVICE_RESTART for restarts). `handled_signals` are caught
     while serving on the main thread (SIGINT, SIGTERM; a second SIGINT forces exit).
     """
 
@@ -156,7 +158,7 @@ class Server:
         self.started = False
         self.should_exit = False
         self.force_exit = False
-        self.shutdown_close_code = 1001
+        self.shutdown_close_code: int = CloseCode.GOING_AWAY
         self.exit_code = 0
         self.error: str | None = None
         self.sockets: list[socket.socket] = []
@@ -181,9 +183,13 @@ class Server:
         return None
 
     def run(self, sockets: list[socket.socket] | None = None) -> None:
-        """Run serve() on a new event loop (uvloop with --loop auto when importable)."""
-        setup_event_loop(self.config.loop)
-        asyncio.run(self.serve(sockets=sockets))
+        """Run serve() on a new event loop (uvloop with --loop auto when importable).
+
+        The process's event loop policy is left alone: a program that embeds
+        the server keeps the loops it had elsewhere.
+        Raises ImportError for --loop uvloop without uvloop installed.
+        """
+        run_event_loop(lambda: self.serve(sockets=sockets), self.config.loop)
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Start, serve until should_exit, shut down. On failure sets exit_code and error.
@@ -246,8 +252,12 @@ class Server:
             trusted_proxies=trusted,
         ))
         for sock in self.sockets:
+            # The loop's own bound on the TLS handshake is 60 s (ssl_handshake_timeout):
+            # a client that never sends a ClientHello is held as long as a slow head is.
+            handshake_timeout = config.timeout_handshake if ssl_context is not None else None
             try:
-                server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog)
+                server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=config.backlog,
+                                                  ssl_handshake_timeout=handshake_timeout)
             except OSError as exc:
                 where = sock.getsockname()
                 raise StartupError(f"could not serve on {where!r}: {exc.strerror or exc}") from None
@@ -384,14 +394,59 @@ class Server:
             loop.call_soon_threadsafe(lifespan.abandon)
 
 
-def setup_event_loop(loop_setting: str) -> None:
-    """Install uvloop's policy for 'uvloop', and for 'auto' when uvloop is importable."""
+def event_loop_factory(loop_setting: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes the event loop for --loop: uvloop's for 'uvloop', and for 'auto' when importable.
+
+    Raises ImportError for 'uvloop' when uvloop cannot be imported.
+    """
     if loop_setting == "asyncio":
-        return
+        return asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:
         if loop_setting == "uvloop":
             raise
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def run_event_loop(main: Callable[[], Coroutine[Any, Any, None]], loop_setting: str) -> None:
+    """asyncio.run(main()) on a loop from event_loop_factory, without installing an event loop policy.
+
+    Installing uvloop's policy (as this did) switched every later loop of the
+    process to uvloop, the embedding program's included. Python 3.11's
+    asyncio.Runner takes a loop factory; on 3.10 its steps are written out.
+    Raises what main() raises, and ImportError as event_loop_factory does.
+    """
+    factory = event_loop_factory(loop_setting)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main())
         return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    loop = factory()
+    try:
+        asyncio.set_event_loop(loop)  # the running thread's loop, as asyncio.run sets it; not the policy
+        loop.run_until_complete(main())
+    finally:
+        try:
+            _cancel_remaining_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """What asyncio.run does after main() returns: cancel the tasks left and wait for them."""
+    tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler({
+                "message": "unhandled exception during shutdown", "exception": task.exception(), "task": task,
+            })

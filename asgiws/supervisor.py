@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 from asgiws.config import Config
 from asgiws.sockets import bind_error, bind_sockets, describe
+from asgiws.websocket.frames import CloseCode
 from asgiws.workers import Channel, run_worker
 
 if TYPE_CHECKING:
@@ -45,10 +46,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("asgiws.error")
 
 # Close code for WebSocket clients of a worker that is replaced while the
-# service goes on (restart, recycle, reload): 1012 "service restart" tells
-# them to reconnect; 1001 "going away" is for a real shutdown.
-CLOSE_SERVICE_RESTART = 1012
-CLOSE_GOING_AWAY = 1001
+# service goes on (restart, recycle, reload): CloseCode.SERVICE_RESTART (1012)
+# tells them to reconnect; CloseCode.GOING_AWAY (1001) is for a real shutdown.
 
 # Start-up failures back off from 0.5 s, doubling to at most 30 s: slow enough
 # that a broken app costs nothing, fast enough to recover from a blip.
@@ -248,7 +247,7 @@ class Supervisor:
         self.stopping = True
         for worker in self.workers.values():
             if worker.state is not State.DRAINING:
-                self._drain(worker, CLOSE_GOING_AWAY)
+                self._drain(worker, CloseCode.GOING_AWAY)
 
     # -- workers -----------------------------------------------------------------
 
@@ -312,7 +311,7 @@ class Supervisor:
         self.failures = 0
         logger.log(self._detail, "Worker %d is ready", worker.pid)
         if self.stopping:
-            self._drain(worker, CLOSE_GOING_AWAY)
+            self._drain(worker, CloseCode.GOING_AWAY)
 
     def _on_pong(self, worker: Worker, argument: str) -> None:
         worker.ping_sent_at = None
@@ -335,7 +334,7 @@ class Supervisor:
         grace = self.config.timeout_graceful_shutdown
         # Connections get `grace`, then lifespan shutdown as long again (lifespan.py), then the margin.
         worker.drain_deadline = float("inf") if grace is None else time.monotonic() + 2 * grace + DRAIN_MARGIN
-        worker.channel.send(f"stop {close_code}")
+        worker.channel.send(f"stop {int(close_code)}")
 
     def _on_watcher(self, watcher: Watcher) -> None:
         changed = watcher.read_changes()
@@ -435,7 +434,7 @@ class Supervisor:
         self.stopping = True
         for worker in self.workers.values():
             if worker.state is not State.DRAINING:
-                self._drain(worker, CLOSE_GOING_AWAY)
+                self._drain(worker, CloseCode.GOING_AWAY)
 
     def _kill_all(self, why: str) -> None:
         for worker in self.workers.values():
@@ -504,7 +503,7 @@ class Supervisor:
             logger.info("Draining worker %d", worker.pid)
             if self._outdated(worker):
                 self._count_restart("max_requests" if worker.replace else self.restart_reason)
-            self._drain(worker, CLOSE_SERVICE_RESTART)
+            self._drain(worker, CloseCode.SERVICE_RESTART)
             surplus -= 1
 
     # -- metrics (--metrics-port) ---------------------------------------------------

@@ -39,12 +39,10 @@ from typing import Any
 
 from asgiws.config import Config
 from asgiws.metrics import METRICS
+from asgiws.websocket.frames import CloseCode
 
 logger = logging.getLogger("asgiws.error")
 
-# GOING_AWAY: the close code a worker uses when its supervisor disappears or
-# it gets SIGTERM directly.
-CLOSE_GOING_AWAY = 1001
 # How often the worker compares its request count with --limit-max-requests.
 REQUEST_LIMIT_INTERVAL = 0.1
 # How often the worker checks whether the server has started listening.
@@ -135,15 +133,14 @@ def run_worker(config: Config, sockets: list[socket.socket], channel_sock: socke
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     random.seed()  # the forked child would otherwise share the parent's sequence
 
-    from asgiws.server import setup_event_loop
+    from asgiws.server import run_event_loop
 
     channel = Channel(channel_sock)
     errors = LastError()
     logger.addHandler(errors)
     link = SupervisorLink(channel, request_limit(config))
     try:
-        setup_event_loop(config.loop)
-        asyncio.run(link.serve(config, sockets))
+        run_event_loop(lambda: link.serve(config, sockets), config.loop)
     except SystemExit as exc:  # e.g. the app failed to import and the server exited
         code = exc.code if isinstance(exc.code, int) else 1
         if not link.ready:
@@ -205,14 +202,14 @@ class SupervisorLink:
         if lines is None:
             logger.warning("Worker %d: supervisor is gone, shutting down", os.getpid())
             asyncio.get_running_loop().remove_reader(self.channel.fileno())
-            self._stop(CLOSE_GOING_AWAY)
+            self._stop(CloseCode.GOING_AWAY)  # the supervisor is gone: a real shutdown
             return
         for line in lines:
             command, _, argument = line.partition(" ")
             if command == "ping":
                 self.channel.send("pong")
             elif command == "stop":
-                self._stop(int(argument or CLOSE_GOING_AWAY))
+                self._stop(int(argument or CloseCode.GOING_AWAY))
             elif command == "metrics":
                 self.send_metrics()
 

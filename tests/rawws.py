@@ -1,11 +1,10 @@
 """A deliberately dumb WebSocket client on a blocking socket, for sending what
 real clients refuse to send (unmasked frames, bad UTF-8, bad close codes) and
-reading exactly what the server answers."""
+reading exactly what the server answers. Frames to send: tests/wire.py."""
 
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import struct
 
@@ -19,30 +18,6 @@ def handshake_request(
         f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n{extra}\r\n"
     ).encode()
-
-
-def frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, masked: bool = True,
-          declared_length: int | None = None) -> bytes:
-    """One client frame; `declared_length` lies about the length when given."""
-    length = len(payload) if declared_length is None else declared_length
-    head = bytearray([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    mask_bit = 0x80 if masked else 0
-    if length < 126:
-        head.append(mask_bit | length)
-    elif length < 65536:
-        head.append(mask_bit | 126)
-        head += struct.pack("!H", length)
-    else:
-        head.append(mask_bit | 127)
-        head += struct.pack("!Q", length)
-    if not masked:
-        return bytes(head) + payload
-    mask = os.urandom(4)
-    return bytes(head) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-
-
-def close_payload(code: int, reason: bytes = b"") -> bytes:
-    return struct.pack("!H", code) + reason
 
 
 class RawWebSocket:

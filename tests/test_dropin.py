@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import inspect
+import json
 import os
 import re
 import signal
@@ -589,3 +590,32 @@ def test_second_sigint_in_process_server_forces_exit(app_dir):
         "WARNING:  Second SIGINT: forcing exit\n",
         f"INFO:     Finished server process [{process.pid}]\n",
     ]
+
+
+def test_log_config_may_name_a_formatter_beside_the_app(app_dir):
+    # The console script (not `python -m`, which puts the working directory on
+    # sys.path by itself): --app-dir is on the import path before the log config
+    # is read, so "()": "jsonlog.JsonFormatter" beside the app is found.
+    (app_dir / "jsonlog.py").write_text(
+        "import json, logging\n"
+        "class JsonFormatter(logging.Formatter):\n"
+        "    def format(self, record):\n"
+        "        return json.dumps({'logger': record.name, 'message': record.getMessage()})\n")
+    (app_dir / "log.json").write_text(json.dumps({
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "jsonlog.JsonFormatter"}},
+        "handlers": {"out": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+        "loggers": {"asgiws": {"handlers": ["out"], "level": "INFO"}}}))
+    script = os.path.join(os.path.dirname(sys.executable), "asgiws")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    process = subprocess.Popen([script, "dropinapp:app", "--port", str(free_port()), "--log-config", "log.json"],
+                               cwd=app_dir, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        first = json.loads(process.stdout.readline())
+    finally:
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=15)
+    assert first["logger"] == "asgiws.error" and first["message"].startswith("Started server process"), rest
+    assert process.returncode == 0, rest
+    assert json.loads(rest.splitlines()[-1])["message"].startswith("Finished server process"), rest

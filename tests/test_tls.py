@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from pathlib import Path
 
@@ -150,3 +151,23 @@ def test_unreadable_key_is_a_one_line_startup_error(run_server, certs, tmp_path)
     assert server.log().splitlines() == [
         f"ERROR:    could not load the TLS certificate or key: {missing}: no such file or directory"
     ]
+
+
+def test_tcp_client_that_never_starts_tls_is_dropped_after_timeout_handshake(run_server, ca, certs):
+    # The loop's default is 60 s; --timeout-handshake (1 s here) bounds the TLS handshake too.
+    with run_server(echo_app, timeout_handshake=1.0, **certs) as server:
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        half = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        half.sendall(b"\x16\x03\x01\x02\x00\x01")  # the first bytes of a ClientHello, then nothing
+        try:
+            for sock in (silent, half):
+                try:
+                    assert sock.recv(1024) == b""  # closed by the server (within 30 s, not 60)
+                except ConnectionResetError:
+                    pass
+        finally:
+            silent.close()
+            half.close()
+        # The listener still serves TLS clients.
+        response = httpx.get(f"https://127.0.0.1:{server.port}/", verify=client_context(ca), timeout=5)
+        assert response.status_code == 200

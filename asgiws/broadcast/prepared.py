@@ -17,20 +17,17 @@ once, on first need.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 from asgiws.websocket.extensions import Extension
 from asgiws.websocket.frames import RSV1, Opcode, frame_header
-from asgiws.websocket.permessage_deflate import PerMessageDeflate
+from asgiws.websocket.permessage_deflate import PerMessageDeflate, compress_message
 
 __all__ = ["PreparedMessage"]
 
 # Below this many payload bytes, header and payload go out as one chunk
 # (one small copy beats a writelines of two buffers).
 _JOIN_LIMIT = 4096
-# 7.2.1: the 4 octets removed from the end of each compressed message.
-_TAIL = b"\x00\x00\xff\xff"
 
 
 def _chunks(opcode: int, payload: bytes, rsv: int = 0) -> list[bytes]:
@@ -76,10 +73,5 @@ class PreparedMessage:
         return chunks
 
     def _compress(self, window_bits: int, memory_level: int) -> list[bytes]:
-        # Same stream as PerMessageDeflate.encode with a fresh compressor
-        # (zlib runs an agreed 8-bit window as 9, see _zlib_bits there).
-        compressor = zlib.compressobj(wbits=-max(window_bits, 9), memLevel=memory_level)
-        out = compressor.compress(self.payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        if out.endswith(_TAIL):
-            out = out[:-4]
-        return _chunks(self.opcode, out, RSV1)
+        # The stream PerMessageDeflate.encode makes with a fresh compressor.
+        return _chunks(self.opcode, compress_message(self.payload, window_bits, memory_level), RSV1)

@@ -43,7 +43,9 @@ def _phrase(status: int) -> bytes:
 
 
 # Every valid status line, made once: the lookup is also the range check.
-STATUS_LINES: dict[int, bytes] = {status: _format_status_line(status, _phrase(status)) for status in range(100, 600)}
+STATUS_LINES: dict[int, bytes] = {
+    status: _format_status_line(status, _phrase(status)) for status in range(100, 600)
+}
 
 # Statuses whose response has no body (RFC 9110 6.4.1): 1xx, 204, 304.
 NO_BODY_STATUS = frozenset({204, 304}) | frozenset(range(100, 200))

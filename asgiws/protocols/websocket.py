@@ -461,9 +461,8 @@ class WebSocketProtocol(asyncio.Protocol):
 
     async def _send_response_start(self, message: Message) -> None:
         status = message["status"]
-        head, self._response_chunked = denial_head(
-            status, message.get("headers") or (), self.server_state.default_headers, date=self.config.date_header
-        )
+        head, self._response_chunked = denial_head(status, message.get("headers") or (),
+                                                   self.server_state.default_headers, date=self.config.date_header)
         self.transport.write(head)
         self._response_status = status
         self._enter(State.RESPONSE)

@@ -223,11 +223,14 @@ parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * The bytes object is not reachable from Python until finish(); finish()
  * publishes it only when no writable view of it is still exported, else it
  * returns a copy, so a published bytes object is never written again.
+ * Either way the buffer is then spent, as the Python twin's is: a second
+ * finish() raises ValueError, view() BufferError.
  * The storage is not zeroed: the codec writes every byte before finish(). */
 typedef struct {
     PyObject_HEAD
-    PyObject *bytes;      /* the bytes object being filled; NULL after finish() */
+    PyObject *bytes;      /* the bytes object being filled; NULL once published */
     Py_ssize_t exports;   /* writable views handed out and not yet released */
+    int finished;         /* finish() was called (bytes kept only for views still exported) */
 } PayloadBuffer;
 
 static PyObject *
@@ -252,6 +255,7 @@ PayloadBuffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         return NULL;
     }
     self->exports = 0;
+    self->finished = 0;
     return (PyObject *)self;
 }
 
@@ -265,7 +269,7 @@ PayloadBuffer_dealloc(PayloadBuffer *self)
 static int
 PayloadBuffer_getbuffer(PayloadBuffer *self, Py_buffer *view, int flags)
 {
-    if (self->bytes == NULL) {
+    if (self->finished) {
         PyErr_SetString(PyExc_BufferError, "PayloadBuffer already finished");
         view->obj = NULL;
         return -1;
@@ -281,6 +285,8 @@ static void
 PayloadBuffer_releasebuffer(PayloadBuffer *self, Py_buffer *view)
 {
     self->exports--;
+    if (self->finished && self->exports == 0)
+        Py_CLEAR(self->bytes);  /* a copy was published: the last view let go of the original */
 }
 
 static PyBufferProcs PayloadBuffer_as_buffer = {
@@ -308,7 +314,7 @@ PayloadBuffer_unmask(PayloadBuffer *self, PyObject *args)
         PyBuffer_Release(&mask);
         return NULL;
     }
-    if (self->bytes == NULL || start < 0 || end < start || end > PyBytes_GET_SIZE(self->bytes)) {
+    if (self->finished || start < 0 || end < start || end > PyBytes_GET_SIZE(self->bytes)) {
         PyErr_SetString(PyExc_ValueError, "unmask range outside the buffer");
         PyBuffer_Release(&mask);
         return NULL;
@@ -324,14 +330,19 @@ PayloadBuffer_finish(PayloadBuffer *self, PyObject *unused)
 {
     PyObject *result;
 
-    if (self->bytes == NULL) {
+    if (self->finished) {
         PyErr_SetString(PyExc_ValueError, "PayloadBuffer already finished");
         return NULL;
     }
     if (self->exports) {
-        /* Someone may still write through a view: publish a copy. */
-        return PyBytes_FromStringAndSize(PyBytes_AS_STRING(self->bytes), PyBytes_GET_SIZE(self->bytes));
+        /* Someone may still write through a view: publish a copy, and keep the
+         * original (the views point into it) until the last view is released. */
+        result = PyBytes_FromStringAndSize(PyBytes_AS_STRING(self->bytes), PyBytes_GET_SIZE(self->bytes));
+        if (result != NULL)
+            self->finished = 1;
+        return result;
     }
+    self->finished = 1;
     result = self->bytes;
     self->bytes = NULL;
     return result;

@@ -92,12 +92,13 @@ def _first_byte_table(allowed_rsv: int) -> bytes:
 class ServerConnection:
     """One server-side WebSocket connection after a successful handshake.
 
-    `max_size`: largest incoming message in bytes (after decompression);
+    `max_size`: largest incoming message in bytes (after decompression), the
+    config's ws_max_size (no default here: the config holds it, once);
     `extensions`: negotiated `Extension` objects; `trace`: called once per
     frame each way, or None.
     """
 
-    def __init__(self, max_size: int = 16 * 2**20, extensions: list[Extension] | None = None,
+    def __init__(self, *, max_size: int, extensions: list[Extension] | None = None,
                  trace: Trace | None = None) -> None:
         self.max_size = max_size
         self.extensions = list(extensions or ())

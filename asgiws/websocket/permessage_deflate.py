@@ -8,7 +8,7 @@ import zlib
 from asgiws.websocket.extensions import Extension, Params, ServerExtensionFactory
 from asgiws.websocket.frames import RSV1, CloseCode, ProtocolError
 
-__all__ = ["PerMessageDeflate", "PerMessageDeflateFactory"]
+__all__ = ["PerMessageDeflate", "PerMessageDeflateFactory", "compress_message", "new_compressor"]
 
 # 7.2.1: the sender removes these 4 octets from the end of each message; the
 # receiver appends them back before inflating.
@@ -28,8 +28,30 @@ def _zlib_bits(bits: int) -> int:
     return max(bits, 9)
 
 
+def new_compressor(window_bits: int, memory_level: int) -> zlib._Compress:
+    """A raw deflate compressor for a server_max_window_bits window and a zlib memory level (1..9)."""
+    return zlib.compressobj(wbits=-_zlib_bits(window_bits), memLevel=memory_level)
+
+
+def _end_message(compressor: zlib._Compress, out: bytes) -> bytes:
+    """`out` plus the flushed end of the message, less the 4 octets 7.2.1 removes."""
+    out += compressor.flush(zlib.Z_SYNC_FLUSH)
+    # 7.2.1: "Remove 4 octets (that are 0x00 0x00 0xff 0xff) from the tail end".
+    return out[:-4] if out.endswith(_TAIL) else out
+
+
+def compress_message(data: bytes, window_bits: int, memory_level: int) -> bytes:
+    """One whole message compressed from an empty window (what no context takeover sends)."""
+    compressor = new_compressor(window_bits, memory_level)
+    return _end_message(compressor, compressor.compress(data))
+
+
 class PerMessageDeflate(Extension):
-    """One connection's permessage-deflate state (compressor and decompressor made lazily)."""
+    """One connection's permessage-deflate state (compressor and decompressor made lazily).
+
+    `memory_level` (zlib's, 1..9) and `min_size` (bytes; smaller messages go
+    uncompressed) are the config's ws_deflate_* values, passed in: no default here.
+    """
 
     name = "permessage-deflate"
     rsv_mask = RSV1
@@ -41,8 +63,8 @@ class PerMessageDeflate(Extension):
         client_max_window_bits: int,
         server_no_context_takeover: bool,
         client_no_context_takeover: bool,
-        memory_level: int = 5,
-        min_size: int = 128,
+        memory_level: int,
+        min_size: int,
     ) -> None:
         self.server_max_window_bits = server_max_window_bits
         self.client_max_window_bits = client_max_window_bits
@@ -79,12 +101,8 @@ class PerMessageDeflate(Extension):
             return 0, data
         compressor = self._compressor
         if compressor is None:
-            compressor = self._compressor = zlib.compressobj(
-                wbits=-_zlib_bits(self.server_max_window_bits), memLevel=self.memory_level
-            )
-        out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        if out.endswith(_TAIL):
-            out = out[:-4]
+            compressor = self._compressor = new_compressor(self.server_max_window_bits, self.memory_level)
+        out = _end_message(compressor, compressor.compress(data))
         if self.server_no_context_takeover:
             self._compressor = None
         return RSV1, out
@@ -95,14 +113,10 @@ class PerMessageDeflate(Extension):
         # Fragmented messages are large, so min_size does not apply.
         compressor = self._compressor
         if compressor is None:
-            compressor = self._compressor = zlib.compressobj(
-                wbits=-_zlib_bits(self.server_max_window_bits), memLevel=self.memory_level
-            )
+            compressor = self._compressor = new_compressor(self.server_max_window_bits, self.memory_level)
         out = compressor.compress(data)
         if end:
-            out += compressor.flush(zlib.Z_SYNC_FLUSH)
-            if out.endswith(_TAIL):
-                out = out[:-4]
+            out = _end_message(compressor, out)
             if self.server_no_context_takeover:
                 self._compressor = None
         # 6.1: RSV1 on the first frame only.
@@ -135,17 +149,20 @@ class PerMessageDeflateFactory(ServerExtensionFactory):
     """Server settings for permessage-deflate (the config's ws_deflate_* values).
 
     `window_bits` bounds both directions' LZ77 window where the offer lets
-    the server choose; `min_size` is in bytes.
+    the server choose; `min_size` is in bytes. Every parameter is the config's
+    ws_deflate_* value, with no default here (the config holds each, once).
+    Raises ValueError for window_bits outside 8..15.
     """
 
     name = "permessage-deflate"
 
     def __init__(
         self,
-        window_bits: int = 12,
-        memory_level: int = 5,
-        min_size: int = 128,
-        server_no_context_takeover: bool = False,
+        *,
+        window_bits: int,
+        memory_level: int,
+        min_size: int,
+        server_no_context_takeover: bool,
     ) -> None:
         if not 8 <= window_bits <= 15:
             raise ValueError("window_bits must be between 8 and 15")

@@ -13,14 +13,13 @@ import pytest
 
 from asgiws.protocols.origins import origin_allowed
 from tests.hostile.apps import ws_echo as echo_app
-from tests.rawws import RawWebSocket, frame, handshake_request
+from tests.rawws import RawWebSocket, handshake_request
+from tests.wire import Opcode, client_frame
 
 # Hostile clients rarely answer the server's close frame and never need its
 # keep-alive pings: wait 0.5 s for a close, not 5 s, and send no pings (pings
 # are tested on their own in tests/ws).
 pytestmark = pytest.mark.server_defaults(ws_close_timeout=0.5, ws_ping_interval=None)
-
-TEXT = 0x1
 
 
 def upgrade(server, origin: str | None = None) -> RawWebSocket:
@@ -79,8 +78,8 @@ def test_cross_site_upgrade_gets_403_before_the_app_runs_and_is_logged(run_serve
                 assert ws.at_eof()
             good = upgrade(server, "https://app.example.com")
             assert good.status == 101
-            good.send(frame(TEXT, b"hi"))
-            assert good.read_frame() == (TEXT, True, b"hi")
+            good.send(client_frame(Opcode.TEXT, b"hi"))
+            assert good.read_frame() == (Opcode.TEXT, True, b"hi")
             good.close()
     assert len(scopes) == 1
     assert any("https://evil.test" in r.getMessage() and "not allowed" in r.getMessage() for r in caplog.records)
@@ -98,8 +97,8 @@ def test_upgrade_over_the_per_ip_limit_gets_503_and_is_logged(run_server, caplog
             assert refused.status == 503
             assert refused.at_eof()
             # The held sockets are untouched by the refusal.
-            held[0].send(frame(TEXT, b"still here"))
-            assert held[0].read_frame() == (TEXT, True, b"still here")
+            held[0].send(client_frame(Opcode.TEXT, b"still here"))
+            assert held[0].read_frame() == (Opcode.TEXT, True, b"still here")
             for ws in held:
                 ws.close()
             # Their slots come back once the server has seen them go.
@@ -117,9 +116,9 @@ def test_burst_within_the_allowance_is_echoed_then_a_flood_closes_1008(run_serve
     with caplog.at_level(logging.INFO, logger="asgiws.error"):
         with run_server(echo_app, ws_max_message_rate=5, ws_max_message_burst=4) as server:
             ws = upgrade(server)
-            ws.send(b"".join(frame(TEXT, b"%d" % i) for i in range(4)))
+            ws.send(b"".join(client_frame(Opcode.TEXT, b"%d" % i) for i in range(4)))
             assert [ws.read_frame()[2] for _ in range(4)] == [b"0", b"1", b"2", b"3"]
-            ws.send(b"".join(frame(TEXT, b"flood") for _ in range(20)))
+            ws.send(b"".join(client_frame(Opcode.TEXT, b"flood") for _ in range(20)))
             assert ws.read_close()[0] == 1008
             assert ws.at_eof()
     assert any("rate" in r.getMessage().lower() for r in caplog.records)

@@ -96,7 +96,6 @@ SMUGGLING = {
     "space_in_header_name": b"GET / HTTP/1.1\r\nHost: x\r\nX A: 1\r\n\r\n",
     "two_host_headers": b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
     "no_host_on_http11": b"GET / HTTP/1.1\r\nX-A: 1\r\n\r\n",
-    "unknown_http_version": b"GET / HTTP/1.7\r\nHost: x\r\n\r\n",
 }
 
 

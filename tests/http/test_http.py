@@ -469,6 +469,145 @@ def test_send_after_disconnect_raises_the_one_client_disconnected(run_server):
     assert type(raised[0]) is ClientDisconnected
 
 
+@pytest.mark.parametrize("version", [b"2.0", b"0.9", b"3.0", b"9.9", b"0.0"])
+def test_major_version_other_than_1_is_505_and_closed(run_server, caplog, version):
+    app, scopes = make_echo_scope()
+    with caplog.at_level(logging.INFO, logger="asgiws.error"), run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET /before HTTP/1.1\r\nHost: x\r\n\r\n"
+                    b"GET / HTTP/" + version + b"\r\nHost: x\r\n\r\n"
+                    b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_response().status == 200  # the request before it is answered first
+        response = client.read_response()
+        assert client.is_closed()
+    assert response.raw_head.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
+    assert response.headers["connection"] == "close"
+    assert response.body == b"HTTP/%s is not supported\n" % version
+    assert [scope["path"] for scope in scopes] == ["/before"]
+    assert f"bad request: HTTP/{version.decode()} is not supported" in caplog.text
+
+
+@pytest.mark.parametrize("version", [b"1.2", b"1.7", b"1.9"])
+def test_higher_1_x_minor_version_is_served_as_1_1(run_server, version):
+    app, scopes = make_echo_scope()
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        # Keep-alive by default and pipelining, as for 1.1 (RFC 9110 2.5).
+        client.send((b"POST / HTTP/" + version + b"\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi") * 2)
+        responses = [client.read_response(), client.read_response()]
+    assert [(response.status, response.body) for response in responses] == [(200, b"hi"), (200, b"hi")]
+    assert "connection" not in responses[0].headers
+    assert [scope["http_version"] for scope in scopes] == ["1.1", "1.1"]
+
+
+def test_http_1_x_without_host_is_400_like_1_1(run_server):
+    with run_server(hello) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.5\r\n\r\n")
+        assert client.read_response().status == 400
+
+
+def test_http_1_0_scope_says_1_0(run_server):
+    app, scopes = make_echo_scope()
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.0\r\n\r\n")
+        assert client.read_response().status == 200
+    assert scopes[0]["http_version"] == "1.0"
+
+
+def test_websocket_upgrade_over_http_2_0_syntax_is_505(run_server):
+    app, scopes = make_echo_scope()
+    with run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/2.0\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert client.read_response().status == 505
+        assert client.is_closed()
+    assert scopes == []
+
+
+def content_length_app(declared, pieces, refused):
+    """Declares Content-Length `declared` and sends `pieces`; a RuntimeError is noted in `refused`."""
+
+    async def app(scope, receive, send):
+        if scope["path"] != "/liar":
+            await hello(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(declared).encode())]})
+        for index, piece in enumerate(pieces):
+            try:
+                await send({"type": "http.response.body", "body": piece, "more_body": index < len(pieces) - 1})
+            except RuntimeError as exc:
+                refused.append(str(exc))
+
+    return app
+
+
+PIPELINED = b"GET /liar HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("pieces", [[b"12345"], [b"123", b"45"], [b""]])
+def test_body_shorter_than_content_length_is_logged_and_closes_after_the_bytes_sent(run_server, caplog, pieces):
+    app = content_length_app(10, pieces, [])
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(PIPELINED)
+        head = client.read_until(b"\r\n\r\n")
+        assert client.is_closed()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"content-length: 10\r\n" in head
+    # The bytes sent, then the end of the stream: the next request's answer is not glued on.
+    assert client.buffer == b"".join(pieces)
+    sent = len(b"".join(pieces))
+    assert f"response body shorter than Content-Length: {sent} of 10 bytes sent; closing the connection" \
+        in caplog.text
+
+
+def test_body_longer_than_content_length_is_refused_to_the_app_and_logged(run_server, caplog):
+    refused = []
+    app = content_length_app(5, [b"12", b"3456", b"345"], refused)
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(PIPELINED)
+        first = client.read_response()
+        second = client.read_response()  # the stream is still framed: the next answer follows
+    assert (first.status, first.body) == (200, b"12345")
+    assert (second.status, second.body) == (200, b"hello")
+    message = "response body longer than Content-Length: 2 bytes sent, 4 more would pass the 5 declared"
+    assert refused == [message]
+    assert f"{message}; not written" in caplog.text
+
+
+def test_body_longer_than_content_length_in_the_first_message_is_500_when_the_app_fails(run_server, caplog):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"too long"})
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = client.read_response()
+    assert response.status == 500
+    assert b"too long" not in response.body
+    assert "response body longer than Content-Length: 0 bytes sent, 8 more would pass the 2 declared" \
+        in caplog.text
+
+
+@pytest.mark.parametrize("value", [b"-1", b"abc", b"1 2", b""])
+def test_content_length_that_is_not_a_length_is_500(run_server, caplog, value):
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", value)]})
+        await send({"type": "http.response.body", "body": b"x"})
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"), run_server(app) as server:
+        client = RawClient(server.port)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        response = client.read_response()
+    assert response.status == 500
+    assert f"invalid response header b'content-length': {value!r} is not a length" in caplog.text
+
+
 @pytest.mark.parametrize("request_bytes", [
     b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n",
     b"NOT HTTP AT ALL\r\n\r\n",

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.rawws import close_payload, frame, handshake_request
+from tests.rawws import handshake_request
+from tests.wire import Opcode, client_frame, close_payload
 
 Address = int | str  # a TCP port on 127.0.0.1, or a UNIX socket path
 
@@ -75,7 +76,7 @@ def ws_identity(address: Address, headers: str = "", prefix: bytes = b"") -> dic
         assert head.startswith(b"HTTP/1.1 101"), data
         message = _text_frame(sock, rest)
         with contextlib.suppress(OSError):
-            sock.sendall(frame(0x8, close_payload(1000)))
+            sock.sendall(client_frame(Opcode.CLOSE, close_payload(1000)))
     return json.loads(message)  # type: ignore[no-any-return]
 
 

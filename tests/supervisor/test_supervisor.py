@@ -350,3 +350,26 @@ def test_port_in_use_exits_1_with_a_one_line_error(cluster):
         "(another process is listening there: stop it or choose another --port)"
     ]
     assert "Traceback" not in server.log()
+
+
+def test_failure_reason_sent_just_before_exit_is_read_when_the_worker_is_reaped():
+    # The race behind a once-flaky test above: "fail <reason>" and the exit
+    # arrive together, and _reap may run before select() reports the channel.
+    from asgiws.config import Config
+    from asgiws.supervisor import Supervisor, Worker
+    from asgiws.workers import Channel
+
+    supervisor = Supervisor(Config(app="tests.supervisor.apps:gated_app", workers=1), sockets=[])
+    ours, the_workers = socket.socketpair()
+    worker = Worker(pid=os.getpid(), channel=Channel(ours), generation=1, started_at=time.monotonic())
+    supervisor.selector.register(ours, 1)  # selectors.EVENT_READ
+    the_workers.sendall(b"fail Application startup failed: bad deploy\n")
+    the_workers.close()  # the worker has exited
+    try:
+        supervisor._forget(worker)
+        assert worker.failure == "Application startup failed: bad deploy"
+        assert ours.fileno() == -1  # closed after it was read
+    finally:
+        supervisor.selector.close()
+        supervisor._wakeup_r.close()
+        supervisor._wakeup_w.close()

@@ -1,35 +1,68 @@
-"""Builders for client frames and a feeder that splits input at every offset."""
+"""Codec objects built with the config's defaults, and a feeder that splits input at every offset.
+
+Client frames come from tests/wire.py (`client_frame`, `MASK`), re-exported here.
+"""
 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
-from asgiws.websocket import Event, ServerConnection
-from asgiws.websocket.mask import py_apply_mask
+from asgiws.config import Config
+from asgiws.websocket import (
+    Event,
+    Extension,
+    PerMessageDeflate,
+    PerMessageDeflateFactory,
+    ServerConnection,
+    Trace,
+)
+from tests.wire import MASK, client_frame
 
-MASK = b"\x37\xfa\x21\x3d"
+__all__ = [
+    "DEFAULTS", "MASK", "agreed_deflate", "client_frame", "deflate_factory", "feed", "feed_every_way",
+    "parse_server_frames", "server_connection",
+]
+
+# The codec takes every setting explicitly (the config holds each default once):
+# tests build it through these helpers, with the config's defaults.
+DEFAULTS = Config()
 
 
-def client_frame(opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0,
-                 masked: bool = True, mask: bytes = MASK, length: int | None = None) -> bytes:
-    """A client frame; `length` overrides the declared length (for lying headers)."""
-    declared = len(payload) if length is None else length
-    b0 = (0x80 if fin else 0) | rsv | opcode
-    mask_bit = 0x80 if masked else 0
-    if declared < 126:
-        header = bytes((b0, mask_bit | declared))
-    elif declared < 65536:
-        header = struct.pack("!BBH", b0, mask_bit | 126, declared)
-    else:
-        header = struct.pack("!BBQ", b0, mask_bit | 127, declared)
-    if not masked:
-        return header + payload
-    return header + mask + py_apply_mask(payload, mask)
+
+def server_connection(*, max_size: int = DEFAULTS.ws_max_size, extensions: list[Extension] | None = None,
+                      trace: Trace | None = None) -> ServerConnection:
+    """A ServerConnection with the config's ws_max_size unless given."""
+    return ServerConnection(max_size=max_size, extensions=extensions, trace=trace)
+
+
+def deflate_factory(**overrides: Any) -> PerMessageDeflateFactory:
+    """The server's permessage-deflate settings: the config's ws_deflate_* defaults, less `overrides`."""
+    settings: dict[str, Any] = {
+        "window_bits": DEFAULTS.ws_deflate_window_bits,
+        "memory_level": DEFAULTS.ws_deflate_memory_level,
+        "min_size": DEFAULTS.ws_deflate_min_size,
+        "server_no_context_takeover": DEFAULTS.ws_deflate_server_no_context_takeover,
+    }
+    settings.update(overrides)
+    return PerMessageDeflateFactory(**settings)
+
+
+def agreed_deflate(*, server_max_window_bits: int, client_max_window_bits: int,
+                   server_no_context_takeover: bool, client_no_context_takeover: bool,
+                   memory_level: int = DEFAULTS.ws_deflate_memory_level,
+                   min_size: int = DEFAULTS.ws_deflate_min_size) -> PerMessageDeflate:
+    """An agreed permessage-deflate, with the config's memory level and minimum size unless given."""
+    return PerMessageDeflate(
+        server_max_window_bits=server_max_window_bits, client_max_window_bits=client_max_window_bits,
+        server_no_context_takeover=server_no_context_takeover,
+        client_no_context_takeover=client_no_context_takeover, memory_level=memory_level, min_size=min_size,
+    )
 
 
 def feed(data: bytes, split: int | None = None, **kwargs: object) -> tuple[ServerConnection, list[Event]]:
     """Feed `data` to a new connection, whole or in two parts cut at `split`."""
-    conn = ServerConnection(**kwargs)  # type: ignore[arg-type]
+    conn = server_connection(**kwargs)  # type: ignore[arg-type]
     if split is None:
         return conn, conn.receive_data(data)
     return conn, conn.receive_data(data[:split]) + conn.receive_data(data[split:])
@@ -41,7 +74,7 @@ def feed_every_way(data: bytes, **kwargs: object) -> list[Event]:
     for split in range(1, len(data)):
         _, events = feed(data, split, **kwargs)
         assert events == whole, f"split at {split}"
-    conn = ServerConnection(**kwargs)  # type: ignore[arg-type]
+    conn = server_connection(**kwargs)  # type: ignore[arg-type]
     bytewise: list[Event] = []
     for index in range(len(data)):
         bytewise += conn.receive_data(data[index : index + 1])

@@ -7,26 +7,31 @@ import tracemalloc
 import zlib
 
 import pytest
-from codec_helpers import client_frame, feed, feed_every_way, parse_server_frames
 
 from asgiws.websocket import (
     BinaryMessage,
     Opcode,
     PerMessageDeflate,
-    PerMessageDeflateFactory,
     ProtocolFailure,
-    ServerConnection,
     TextMessage,
     negotiate_extensions,
 )
 from asgiws.websocket.extensions import parse_extensions_header
+from tests.websocket.codec_helpers import (
+    client_frame,
+    deflate_factory,
+    feed,
+    feed_every_way,
+    parse_server_frames,
+    server_connection,
+)
+from tests.wire import RSV1, RSV2
 
-RSV1 = 0x40
 TAIL = b"\x00\x00\xff\xff"
 
 
 def negotiate(header: bytes, **factory_kwargs: object) -> tuple[bytes | None, list]:
-    return negotiate_extensions([header], [PerMessageDeflateFactory(**factory_kwargs)])  # type: ignore[arg-type]
+    return negotiate_extensions([header], [deflate_factory(**factory_kwargs)])  # type: ignore[arg-type]
 
 
 def response_params(response: bytes) -> dict[str, str | None]:
@@ -70,7 +75,7 @@ def test_plain_offer_is_accepted_with_server_window() -> None:
 
 
 def test_no_offer_gives_no_header() -> None:
-    assert negotiate_extensions([], [PerMessageDeflateFactory()]) == (None, [])
+    assert negotiate_extensions([], [deflate_factory()]) == (None, [])
     assert negotiate(b"x-webkit-deflate-frame") == (None, [])
 
 
@@ -113,7 +118,7 @@ def test_first_acceptable_of_several_offers_wins() -> None:
 
 def test_offers_spread_over_several_headers() -> None:
     response, _ = negotiate_extensions([b"foo", b"permessage-deflate; server_max_window_bits=11"],
-                                       [PerMessageDeflateFactory()])
+                                       [deflate_factory()])
     assert response == b"permessage-deflate; server_max_window_bits=11"
 
 
@@ -149,7 +154,7 @@ def test_round_trip_with_parameters(combo: tuple[str, ...], window_bits: int) ->
     response, extensions = negotiate(offer, window_bits=window_bits, min_size=0)
     assert response is not None
     client = Client(response_params(response))
-    conn = ServerConnection(extensions=extensions)
+    conn = server_connection(extensions=extensions)
     messages = [b"hello " * 50, bytes(range(256)) * 20, b"hello " * 50, b"", b"x"]
     for message in messages:
         payload = client.compress(message)
@@ -179,7 +184,7 @@ def test_uncompressed_message_passes_when_deflate_negotiated() -> None:
 
 def test_small_messages_are_sent_uncompressed() -> None:
     _, extensions = negotiate(b"permessage-deflate", min_size=128)
-    conn = ServerConnection(extensions=extensions)
+    conn = server_connection(extensions=extensions)
     conn.send_text("x" * 127)
     conn.send_text("x" * 128)
     (small, large) = parse_server_frames(conn.data_to_send())
@@ -190,7 +195,7 @@ def test_small_messages_are_sent_uncompressed() -> None:
 @pytest.mark.parametrize("takeover", [True, False])
 def test_context_takeover(takeover: bool) -> None:
     _, extensions = negotiate(b"permessage-deflate", server_no_context_takeover=not takeover, min_size=0)
-    conn = ServerConnection(extensions=extensions)
+    conn = server_connection(extensions=extensions)
     message = "a fairly repetitive JSON-like message {'key': 'value'} " * 3
     conn.send_text(message)
     conn.send_text(message)
@@ -204,7 +209,7 @@ def test_context_takeover(takeover: bool) -> None:
 def test_compressor_is_dropped_after_each_message_without_context_takeover() -> None:
     _, (extension,) = negotiate(b"permessage-deflate; client_no_context_takeover", server_no_context_takeover=True,
                                 min_size=0)
-    conn = ServerConnection(extensions=[extension])
+    conn = server_connection(extensions=[extension])
     conn.send_binary(b"abc" * 100)
     assert extension._compressor is None
     conn.receive_data(client_frame(Opcode.BINARY, Client({}).compress(b"abc"), rsv=RSV1))
@@ -230,7 +235,7 @@ def test_rsv1_on_control_frame_fails_1002(opcode: int) -> None:
 
 def test_rsv2_is_not_claimed_by_deflate_fails_1002() -> None:
     _, extensions = negotiate(b"permessage-deflate")
-    assert feed(client_frame(Opcode.TEXT, b"x", rsv=0x20), extensions=extensions)[1][-1].code == 1002
+    assert feed(client_frame(Opcode.TEXT, b"x", rsv=RSV2), extensions=extensions)[1][-1].code == 1002
 
 
 def test_invalid_utf8_in_compressed_text_fails_1007() -> None:
@@ -273,7 +278,7 @@ def gigabyte_bomb() -> bytes:
 @pytest.mark.parametrize("chunk_size", [None, 65536])
 def test_decompression_bomb_of_1_gib_fails_1009_without_inflating(gigabyte_bomb: bytes, chunk_size: int | None) -> None:
     _, extensions = negotiate(b"permessage-deflate")
-    conn = ServerConnection(max_size=16 * 2**20, extensions=extensions)
+    conn = server_connection(max_size=16 * 2**20, extensions=extensions)
     frame = client_frame(Opcode.BINARY, gigabyte_bomb, rsv=RSV1)
     chunks = [frame] if chunk_size is None else [frame[i : i + chunk_size] for i in range(0, len(frame), chunk_size)]
     tracemalloc.start()
@@ -290,14 +295,14 @@ def test_decompression_bomb_of_1_gib_fails_1009_without_inflating(gigabyte_bomb:
 
 def test_two_extensions_claiming_rsv1_only_first_is_accepted() -> None:
     response, extensions = negotiate_extensions([b"permessage-deflate"],
-                                                [PerMessageDeflateFactory(), PerMessageDeflateFactory()])
+                                                [deflate_factory(), deflate_factory()])
     assert response == b"permessage-deflate; server_max_window_bits=12"
     assert len(extensions) == 1
 
 
 def test_compressed_frame_over_max_size_on_the_wire_fails_1009_from_header_alone() -> None:
     _, extensions = negotiate(b"permessage-deflate")
-    conn = ServerConnection(max_size=1024, extensions=extensions)
+    conn = server_connection(max_size=1024, extensions=extensions)
     header_only = client_frame(Opcode.BINARY, b"", rsv=RSV1, length=2000)[:8]
     (failure,) = conn.receive_data(header_only)
     assert failure.code == 1009
@@ -306,7 +311,7 @@ def test_compressed_frame_over_max_size_on_the_wire_fails_1009_from_header_alone
 def test_server_max_window_bits_8_is_run_as_9_and_inflates_with_9() -> None:
     response, (extension,) = negotiate(b"permessage-deflate; server_max_window_bits=8", min_size=0)
     assert response_params(response)["server_max_window_bits"] == "8"
-    conn = ServerConnection(extensions=[extension])
+    conn = server_connection(extensions=[extension])
     message = bytes(range(256)) * 8
     conn.send_binary(message)
     ((_, _, rsv, body),) = parse_server_frames(conn.data_to_send())

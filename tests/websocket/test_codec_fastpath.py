@@ -8,13 +8,19 @@ other frame, leaving it (and its error, if any) to the full parser.
 from __future__ import annotations
 
 import os
-import struct
 
 import pytest
-from codec_helpers import MASK, client_frame, feed, feed_every_way
 
-from asgiws.websocket import BinaryMessage, Opcode, Pong, ProtocolFailure, ServerConnection, TextMessage
-from asgiws.websocket import fastpath
+from asgiws.websocket import (
+    BinaryMessage,
+    Opcode,
+    Pong,
+    ProtocolFailure,
+    TextMessage,
+    fastpath,
+)
+from tests.websocket.codec_helpers import MASK, client_frame, feed, feed_every_way, server_connection
+from tests.wire import RSV1
 
 IMPLEMENTATIONS = [pytest.param(fastpath.py_parse_messages, id="python")]
 try:
@@ -52,7 +58,7 @@ LEFT = {
     "close": client_frame(Opcode.CLOSE, b"\x03\xe8"),
     "first fragment": client_frame(Opcode.TEXT, b"ab", fin=False),
     "continuation": client_frame(Opcode.CONTINUATION, b"ab"),
-    "rsv1": client_frame(Opcode.TEXT, b"ab", rsv=0x40),
+    "rsv1": client_frame(Opcode.TEXT, b"ab", rsv=RSV1),
     "reserved opcode": client_frame(0x3, b"ab"),
     "unmasked": client_frame(Opcode.TEXT, b"ab", masked=False),
     "invalid utf-8": client_frame(Opcode.TEXT, b"ok\xff"),
@@ -127,22 +133,11 @@ def test_rejects_bad_arguments(parse_messages) -> None:
         run(parse_messages, b"", pos=-1)
 
 
-@pytest.fixture(params=["c", "python"])
-def parse_twins(request, monkeypatch):
-    """Run a codec test with the C parse_messages, then with its pure-Python twin."""
-    if request.param == "python":
-        from asgiws.websocket import connection
-
-        monkeypatch.setattr(connection, "parse_messages", fastpath.py_parse_messages)
-    return request.param
-
-
 def full_parse(data: bytes, **kwargs: object) -> list[object]:
     """Events from a codec that takes no fast path (a trace is set), whole and split."""
     return feed_every_way(data, trace=lambda *args: None, **kwargs)
 
 
-@pytest.mark.usefixtures("parse_twins")
 @pytest.mark.parametrize("name", sorted(LEFT))
 def test_codec_gives_the_events_of_the_full_parser_whichever_twin(name: str) -> None:
     # Messages before the frame first, then what the full parser makes of
@@ -153,31 +148,39 @@ def test_codec_gives_the_events_of_the_full_parser_whichever_twin(name: str) -> 
     assert events[0] == TextMessage("before")
 
 
-@pytest.mark.usefixtures("parse_twins")
 @pytest.mark.parametrize("name", ["invalid utf-8", "surrogate", "overlong", "truncated utf-8"])
 def test_codec_fails_1007_on_invalid_utf8_in_a_whole_frame_whichever_twin(name: str) -> None:
     data = client_frame(Opcode.TEXT, b"before") + LEFT[name] + client_frame(Opcode.TEXT, b"after")
     assert feed(data)[1] == [TextMessage("before"), ProtocolFailure(1007, "invalid UTF-8 in text message")]
 
 
-@pytest.mark.usefixtures("parse_twins")
 def test_codec_takes_small_frames_split_at_every_offset_whichever_twin() -> None:
     data = (client_frame(Opcode.TEXT, "ünïcode".encode()) + client_frame(Opcode.PING, b"x")
             + client_frame(Opcode.BINARY, b"\x00" * 130) + client_frame(Opcode.PONG, b"y"))
     assert feed_every_way(data) == [TextMessage("ünïcode"), BinaryMessage(b"\x00" * 130), Pong(b"y")]
 
 
-@pytest.mark.usefixtures("parse_twins")
 def test_codec_fails_1009_on_an_oversized_whole_frame_whichever_twin() -> None:
     data = client_frame(Opcode.TEXT, b"ok") + client_frame(Opcode.BINARY, b"x" * 2000)
     events = feed(data, max_size=1024)[1]
     assert events == [TextMessage("ok"), ProtocolFailure(1009, "message over 1024 bytes")]
 
 
-@pytest.mark.usefixtures("parse_twins")
 def test_codec_with_trace_parses_frames_in_full() -> None:
     seen = []
-    conn = ServerConnection(trace=lambda *args: seen.append(args))
+    conn = server_connection(trace=lambda *args: seen.append(args))
     data = client_frame(Opcode.TEXT, b"a") + client_frame(Opcode.BINARY, b"b")
     assert conn.receive_data(data) == [TextMessage("a"), BinaryMessage(b"b")]
     assert [args[1] for args in seen] == [Opcode.TEXT, Opcode.BINARY]
+
+
+def test_the_codec_runs_on_the_twin_its_parameter_names(speedups: str) -> None:
+    # The conftest's swap reaches the codec: a 300 KB frame is read in place by
+    # PayloadBuffer, a small one by parse_messages, each from the named twin.
+    from asgiws.websocket import connection, mask
+
+    python = speedups == "python"
+    assert (connection.PayloadBuffer is mask.PyPayloadBuffer) is python
+    assert (connection.parse_messages is fastpath.py_parse_messages) is python
+    assert (fastpath.apply_mask is mask.py_apply_mask) is python
+    assert feed(client_frame(Opcode.BINARY, b"x" * 300_000))[1] == [BinaryMessage(b"x" * 300_000)]

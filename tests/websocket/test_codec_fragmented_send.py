@@ -6,9 +6,9 @@ import os
 import zlib
 
 import pytest
-from codec_helpers import client_frame, parse_server_frames
 
-from asgiws.websocket import ConnectionClosedError, Opcode, PerMessageDeflate, ServerConnection
+from asgiws.websocket import ConnectionClosedError, Opcode, ServerConnection
+from tests.websocket.codec_helpers import agreed_deflate, client_frame, parse_server_frames, server_connection
 
 RSV1 = 0x40
 TAIL = b"\x00\x00\xff\xff"
@@ -16,10 +16,10 @@ COMPRESSIBLE = ('{"type": "chat", "text": "héllo wörld ✓ 🎉"}' * 3000)  # 
 
 
 def deflate_conn(no_context_takeover: bool = False) -> ServerConnection:
-    extension = PerMessageDeflate(server_max_window_bits=12, client_max_window_bits=15,
+    extension = agreed_deflate(server_max_window_bits=12, client_max_window_bits=15,
                                   server_no_context_takeover=no_context_takeover,
                                   client_no_context_takeover=False)
-    return ServerConnection(extensions=[extension])
+    return server_connection(extensions=[extension])
 
 
 def steps(conn: ServerConnection, data: str | bytes, fragment_size: int) -> list[list[tuple[int, bool, int, bytes]]]:
@@ -45,7 +45,7 @@ def reassemble(frames: list[tuple[int, bool, int, bytes]], decompressor=None) ->
 
 @pytest.mark.parametrize("data", [COMPRESSIBLE, COMPRESSIBLE.encode(), os.urandom(50_000), "", b""])
 def test_fragmented_message_round_trips_uncompressed(data):
-    conn = ServerConnection()
+    conn = server_connection()
     per_step = steps(conn, data, 7_000)
     assert all(len(frames) == 1 for frames in per_step), "one frame per step"
     frames = [f for step in per_step for f in step]
@@ -105,7 +105,7 @@ def test_ping_answered_between_fragments_is_a_whole_control_frame():
 
 
 def test_fragment_step_after_close_raises():
-    conn = ServerConnection()
+    conn = server_connection()
     gen = conn.send_fragments(b"x" * 100, 10)
     next(gen)
     conn.send_close()

@@ -6,20 +6,26 @@ import os
 import struct
 
 import pytest
-from codec_helpers import MASK, client_frame, feed, feed_every_way, parse_server_frames
 
 from asgiws.websocket import (
     BinaryMessage,
     CloseReceived,
     ConnectionClosedError,
     Opcode,
-    PerMessageDeflate,
     Pong,
     ProtocolFailure,
-    ServerConnection,
     TextMessage,
 )
 from asgiws.websocket import mask as mask_module
+from tests.websocket.codec_helpers import (
+    MASK,
+    agreed_deflate,
+    client_frame,
+    feed,
+    feed_every_way,
+    parse_server_frames,
+    server_connection,
+)
 
 IMPLEMENTATIONS = [pytest.param(mask_module.py_apply_mask, id="python")]
 CHUNK_IMPLEMENTATIONS = [pytest.param(mask_module.py_apply_mask_chunks, id="python")]
@@ -114,6 +120,14 @@ def test_payload_buffer_never_publishes_bytes_still_writable_through_a_view(payl
     result = buffer.finish()
     kept[0] = ord("X")
     assert result == b"abcd"
+    # Spent either way, as when no view is left: the twins agree.
+    with pytest.raises(ValueError, match="already finished"):
+        buffer.finish()
+    with pytest.raises(BufferError):
+        buffer.view()
+    with pytest.raises(ValueError):
+        buffer.unmask(0, 1, b"abcd")
+    kept.release()
 
 
 @pytest.mark.parametrize("payload_buffer", BUFFER_IMPLEMENTATIONS)
@@ -150,33 +164,19 @@ def test_binary_frame_of_each_length_encoding(length: int) -> None:
             assert feed(data, split)[1] == [BinaryMessage(payload)]
 
 
-@pytest.fixture(params=["c", "python"])
-def mask_twins(request, monkeypatch):
-    """Run a codec test with the C helpers, then with their pure-Python twins."""
-    if request.param == "python":
-        from asgiws.websocket import connection
-
-        monkeypatch.setattr(connection, "apply_mask", mask_module.py_apply_mask)
-        monkeypatch.setattr(connection, "apply_mask_chunks", mask_module.py_apply_mask_chunks)
-        monkeypatch.setattr(connection, "PayloadBuffer", mask_module.PyPayloadBuffer)
-    return request.param
-
-
-@pytest.mark.usefixtures("mask_twins")
 def test_large_binary_frame_in_many_reads_is_unmasked_whole() -> None:
     # Binary payloads are kept as they arrive and unmasked once at the end of
     # the frame; reads of odd sizes move the mask phase at every boundary.
     payload = os.urandom(300_000)
     data = client_frame(Opcode.BINARY, payload) + client_frame(Opcode.TEXT, b"after")
     for read_size in (1000, 4097, 65536, 100_003):
-        conn = ServerConnection()
+        conn = server_connection()
         events = []
         for start in range(0, len(data), read_size):
             events += conn.receive_data(data[start : start + read_size])
         assert events == [BinaryMessage(payload), TextMessage("after")], read_size
 
 
-@pytest.mark.usefixtures("mask_twins")
 @pytest.mark.parametrize("read_size", [1, 1000, 65536, 10**6])
 def test_large_binary_frame_read_in_place_through_payload_buffer(read_size: int) -> None:
     # What an asyncio.BufferedProtocol does: read into payload_buffer() while
@@ -184,7 +184,7 @@ def test_large_binary_frame_read_in_place_through_payload_buffer(read_size: int)
     payloads = [os.urandom(200_000), os.urandom(70_000)]
     data = b"".join(client_frame(Opcode.BINARY, payload) for payload in payloads)
     data += client_frame(Opcode.TEXT, b"after")
-    conn = ServerConnection()
+    conn = server_connection()
     events = []
     pos = 0
     in_place = 0
@@ -207,20 +207,19 @@ def test_large_binary_frame_read_in_place_through_payload_buffer(read_size: int)
 
 
 def test_payload_buffer_is_only_for_large_undecoded_binary_frames() -> None:
-    conn = ServerConnection()
+    conn = server_connection()
     conn.receive_data(client_frame(Opcode.TEXT, b"x" * 100_000)[:100])
     assert not conn.payload_pending and conn.payload_buffer() is None
-    conn = ServerConnection()
+    conn = server_connection()
     conn.receive_data(client_frame(Opcode.BINARY, b"x" * 60_000)[:100])
     assert not conn.payload_pending
-    conn = ServerConnection()
+    conn = server_connection()
     conn.receive_data(client_frame(Opcode.BINARY, b"x" * 100_000)[:100])
     assert conn.payload_pending
     with pytest.raises(ValueError):
         conn.payload_received(100_000)
 
 
-@pytest.mark.usefixtures("mask_twins")
 def test_fragmented_binary_message_with_frames_split_across_reads() -> None:
     parts = [os.urandom(n) for n in (5000, 0, 3, 70_000)]
     data = client_frame(Opcode.BINARY, parts[0], fin=False)
@@ -278,7 +277,7 @@ def test_ping_is_answered_with_same_payload_and_no_event() -> None:
 
 
 def test_ping_after_close_sent_is_not_answered() -> None:
-    conn = ServerConnection()
+    conn = server_connection()
     conn.send_close()
     conn.data_to_send()
     assert conn.receive_data(client_frame(Opcode.PING, b"x")) == []
@@ -316,7 +315,7 @@ def test_close_handshake_complete_when_both_sides_sent_close() -> None:
 
 
 def test_send_close_twice_is_a_no_op_and_data_after_close_raises() -> None:
-    conn = ServerConnection()
+    conn = server_connection()
     conn.send_close(1001, "bye")
     conn.send_close(1000)
     assert parse_server_frames(conn.data_to_send()) == [(Opcode.CLOSE, True, 0, b"\x03\xe9bye")]
@@ -329,10 +328,10 @@ def test_send_close_twice_is_a_no_op_and_data_after_close_raises() -> None:
 
 
 def test_send_close_1005_sends_empty_payload_and_long_reason_is_cut() -> None:
-    conn = ServerConnection()
+    conn = server_connection()
     conn.send_close(1005)
     assert parse_server_frames(conn.data_to_send()) == [(Opcode.CLOSE, True, 0, b"")]
-    conn = ServerConnection()
+    conn = server_connection()
     conn.send_close(1000, "☃" * 100)
     (frame,) = parse_server_frames(conn.data_to_send())
     assert len(frame[3]) <= 125
@@ -341,7 +340,7 @@ def test_send_close_1005_sends_empty_payload_and_long_reason_is_cut() -> None:
 
 def test_send_close_with_unsendable_code_raises_value_error() -> None:
     with pytest.raises(ValueError):
-        ServerConnection().send_close(1006)
+        server_connection().send_close(1006)
 
 
 # -- failure rules, each with its exact close code -----------------------------------------
@@ -402,7 +401,7 @@ def test_invalid_utf8_fails_1007_on_a_partially_received_frame() -> None:
     payload = "κόσμε".encode() + b"\xf4\x90\x80\x80" + b"edited" * 10
     frame = client_frame(Opcode.TEXT, payload)
     bad_end = 6 + len("κόσμε".encode()) + 2  # header + valid text + first bad bytes
-    conn = ServerConnection()
+    conn = server_connection()
     assert conn.receive_data(frame[: bad_end - 1]) == []
     (failure,) = conn.receive_data(frame[bad_end - 1 : bad_end])
     assert failure == ProtocolFailure(1007, failure.reason)
@@ -428,13 +427,13 @@ def test_close_with_invalid_utf8_reason_fails_1007() -> None:
 
 def test_oversized_text_fails_1009_from_header_alone() -> None:
     header_only = client_frame(Opcode.TEXT, b"", length=1025)[:8]  # 2 + 2 + mask, no payload
-    conn = ServerConnection(max_size=1024)
+    conn = server_connection(max_size=1024)
     assert conn.receive_data(header_only) == [ProtocolFailure(1009, "message over 1024 bytes")]
 
 
 def test_huge_declared_length_fails_1009_without_payload() -> None:
     header_only = client_frame(Opcode.BINARY, b"", length=2**62)[:14]
-    conn = ServerConnection(max_size=2**20)
+    conn = server_connection(max_size=2**20)
     (failure,) = conn.receive_data(header_only)
     assert failure.code == 1009
 
@@ -472,7 +471,7 @@ def test_input_after_failure_is_ignored() -> None:
 
 
 def test_eof_stops_parsing() -> None:
-    conn = ServerConnection()
+    conn = server_connection()
     conn.receive_data(client_frame(Opcode.TEXT, b"abc")[:4])
     assert conn.receive_eof() == []
     assert conn.receive_data(b"x") == []
@@ -483,14 +482,14 @@ def test_eof_stops_parsing() -> None:
 
 @pytest.mark.parametrize("length", [0, 125, 126, 65535, 65536])
 def test_outgoing_binary_is_unmasked_with_right_length(length: int) -> None:
-    conn = ServerConnection()
+    conn = server_connection()
     payload = os.urandom(length)
     conn.send_binary(payload)
     assert parse_server_frames(conn.data_to_send()) == [(Opcode.BINARY, True, 0, payload)]
 
 
 def test_large_outgoing_payload_is_not_concatenated_to_its_header() -> None:
-    conn = ServerConnection()
+    conn = server_connection()
     payload = b"x" * 100_000
     conn.send_binary(payload)
     header, body = conn.data_to_send()
@@ -499,7 +498,7 @@ def test_large_outgoing_payload_is_not_concatenated_to_its_header() -> None:
 
 
 def test_outgoing_text_ping_pong() -> None:
-    conn = ServerConnection()
+    conn = server_connection()
     conn.send_text("☃")
     conn.send_ping(b"p")
     conn.send_pong(b"q")
@@ -509,24 +508,24 @@ def test_outgoing_text_ping_pong() -> None:
 
 @pytest.mark.parametrize("text", ["", "x", "a" * 125, "☃" * 41, "é" * 62 + "x"])
 def test_text_frame_is_the_frame_send_text_queues(text: str) -> None:
-    queued = ServerConnection()
+    queued = server_connection()
     queued.send_text(text)
-    conn = ServerConnection()
+    conn = server_connection()
     assert conn.text_frame(text) == b"".join(queued.data_to_send())
     assert conn.data_to_send() == []
 
 
 def test_text_frame_is_none_unless_a_short_frame_can_go_out_now() -> None:
-    assert ServerConnection().text_frame("a" * 126) is None
-    assert ServerConnection().text_frame("☃" * 42) is None  # 126 bytes once encoded
-    assert ServerConnection(trace=lambda *args: None).text_frame("x") is None
-    extension = PerMessageDeflate(server_max_window_bits=15, client_max_window_bits=15,
+    assert server_connection().text_frame("a" * 126) is None
+    assert server_connection().text_frame("☃" * 42) is None  # 126 bytes once encoded
+    assert server_connection(trace=lambda *args: None).text_frame("x") is None
+    extension = agreed_deflate(server_max_window_bits=15, client_max_window_bits=15,
                                   server_no_context_takeover=False, client_no_context_takeover=False)
-    assert ServerConnection(extensions=[extension]).text_frame("x") is None
-    behind_a_pong = ServerConnection()
+    assert server_connection(extensions=[extension]).text_frame("x") is None
+    behind_a_pong = server_connection()
     behind_a_pong.receive_data(client_frame(Opcode.PING, b"p"))
     assert behind_a_pong.text_frame("x") is None  # would overtake the pong
-    closed = ServerConnection()
+    closed = server_connection()
     closed.send_close()
     assert closed.text_frame("x") is None
     with pytest.raises(ConnectionClosedError):
@@ -535,12 +534,12 @@ def test_text_frame_is_none_unless_a_short_frame_can_go_out_now() -> None:
 
 def test_oversized_ping_payload_is_rejected() -> None:
     with pytest.raises(ValueError):
-        ServerConnection().send_ping(b"x" * 126)
+        server_connection().send_ping(b"x" * 126)
 
 
 def test_trace_is_called_once_per_frame_each_way() -> None:
     calls = []
-    conn = ServerConnection(trace=lambda *args: calls.append(args))
+    conn = server_connection(trace=lambda *args: calls.append(args))
     conn.receive_data(client_frame(Opcode.TEXT, b"a", fin=False) + client_frame(Opcode.PING, b"p")
                       + client_frame(Opcode.CONTINUATION, b"b"))
     conn.send_binary(b"xyz")

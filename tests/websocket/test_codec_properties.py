@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from codec_helpers import client_frame
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,14 +9,13 @@ from asgiws.websocket import (
     BinaryMessage,
     CloseReceived,
     Opcode,
-    PerMessageDeflateFactory,
     Pong,
     ProtocolFailure,
-    ServerConnection,
     TextMessage,
     negotiate_extensions,
 )
 from asgiws.websocket.frames import is_valid_close_code
+from tests.websocket.codec_helpers import client_frame, deflate_factory, server_connection
 
 messages = st.one_of(
     st.builds(TextMessage, st.text(max_size=300)),
@@ -46,7 +44,7 @@ def to_frames(event: object, fragments: int, mask: bytes) -> bytes:
        st.lists(st.integers(0, 3000), max_size=5))
 def test_client_frames_parse_back_to_their_messages(items: list, cuts: list[int]) -> None:
     data = b"".join(to_frames(event, fragments, mask) for event, fragments, mask in items)
-    conn = ServerConnection()
+    conn = server_connection()
     events = []
     start = 0
     for cut in sorted(cuts) + [len(data)]:
@@ -58,7 +56,7 @@ def test_client_frames_parse_back_to_their_messages(items: list, cuts: list[int]
 
 def parse_unmasked(data: bytes) -> list[tuple[int, bytes]]:
     """Re-mask server frames as a client would, then parse them with the codec's own parser."""
-    conn = ServerConnection()
+    conn = server_connection()
     frames = []
     pos = 0
     while pos < len(data):
@@ -77,7 +75,7 @@ def parse_unmasked(data: bytes) -> list[tuple[int, bytes]]:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(st.text(max_size=200), st.binary(max_size=70000 // 8)), max_size=6))
 def test_serialized_messages_parse_back(payloads: list) -> None:
-    conn = ServerConnection()
+    conn = server_connection()
     for payload in payloads:
         if isinstance(payload, str):
             conn.send_text(payload)
@@ -91,10 +89,10 @@ def test_serialized_messages_parse_back(payloads: list) -> None:
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.binary(min_size=0, max_size=600), min_size=1, max_size=6))
 def test_deflate_round_trip_through_the_codec(payloads: list[bytes]) -> None:
-    _, server_side = negotiate_extensions([b"permessage-deflate"], [PerMessageDeflateFactory(min_size=0)])
-    _, client_side = negotiate_extensions([b"permessage-deflate"], [PerMessageDeflateFactory(min_size=0)])
-    sender = ServerConnection(extensions=server_side)
-    receiver = ServerConnection(extensions=client_side)
+    _, server_side = negotiate_extensions([b"permessage-deflate"], [deflate_factory(min_size=0)])
+    _, client_side = negotiate_extensions([b"permessage-deflate"], [deflate_factory(min_size=0)])
+    sender = server_connection(extensions=server_side)
+    receiver = server_connection(extensions=client_side)
     for payload in payloads:
         sender.send_binary(payload)
         (frame,) = parse_raw(b"".join(sender.data_to_send()))
@@ -117,8 +115,8 @@ def parse_raw(data: bytes) -> list[tuple[int, bytes]]:
 def test_arbitrary_bytes_give_events_or_one_failure_never_an_exception(chunks: list[bytes], deflate: bool) -> None:
     extensions = []
     if deflate:
-        _, extensions = negotiate_extensions([b"permessage-deflate"], [PerMessageDeflateFactory()])
-    conn = ServerConnection(max_size=4096, extensions=extensions)
+        _, extensions = negotiate_extensions([b"permessage-deflate"], [deflate_factory()])
+    conn = server_connection(max_size=4096, extensions=extensions)
     events = []
     for chunk in chunks:
         # Give arbitrary bytes a chance to be masked frames.

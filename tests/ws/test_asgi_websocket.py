@@ -15,12 +15,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from asgiws.exceptions import ClientDisconnected
 from examples.hello import websocket_echo
-from tests.rawws import RawWebSocket, close_payload, frame, handshake_request
+from tests.rawws import RawWebSocket, handshake_request
+from tests.wire import Opcode, client_frame, close_payload
 
 # Raw clients here rarely answer the server's close frame: do not wait 5 s for each.
 pytestmark = pytest.mark.server_defaults(ws_close_timeout=0.5)
-
-TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 async def echo_app(scope, receive, send):
@@ -308,6 +307,7 @@ def test_app_exception_after_accept_closes_1011(run_server):
         ws = RawWebSocket(server.port)
         assert ws.status == 101
         assert ws.read_close() == (1011, "")
+        assert ws.at_eof()
 
 
 def test_app_returning_without_close_closes_1000(run_server):
@@ -349,9 +349,13 @@ def test_version_8_gets_426_with_supported_version(run_server):
         ws = RawWebSocket(server.port, request=handshake_request(version="8"))
         assert ws.status == 426
         assert ws.headers["sec-websocket-version"] == "13"
+        ws.read_body()
+        assert ws.at_eof()
 
 
-@pytest.mark.parametrize("key", ["c2hvcnQ=", "not base64!!", "MTIzNDU2Nzg5MDEy"])
+@pytest.mark.parametrize("key", ["c2hvcnQ=", "not base64!!", "MTIzNDU2Nzg5MDEy", "", "A" * 24,
+                                 "AAAAAAAAAAAAAAAAAAAAAA=", "dGhlIHNhbXBsZSBub25jZQ==x",
+                                 "dGhlIHNhbXBsZSBub25jZQ==\x00"])
 def test_bad_sec_websocket_key_gets_400_and_app_is_not_called(run_server, key):
     called = []
 
@@ -366,10 +370,10 @@ def test_bad_sec_websocket_key_gets_400_and_app_is_not_called(run_server, key):
 
 def test_frames_pipelined_behind_the_request_are_not_lost(run_server):
     with run_server(echo_app) as server:
-        request = handshake_request() + frame(TEXT, b"early")
+        request = handshake_request() + client_frame(Opcode.TEXT, b"early")
         ws = RawWebSocket(server.port, request=request)
         assert ws.status == 101
-        assert ws.read_frame() == (TEXT, True, b"early")
+        assert ws.read_frame() == (Opcode.TEXT, True, b"early")
 
 
 # -- frames and close codes, raw ----------------------------------------------------------
@@ -384,14 +388,14 @@ def open_raw(server) -> RawWebSocket:
 def test_ping_is_answered_with_same_payload(run_server):
     with run_server(echo_app) as server:
         ws = open_raw(server)
-        ws.send(frame(PING, b"are you there"))
-        assert ws.read_frame() == (PONG, True, b"are you there")
+        ws.send(client_frame(Opcode.PING, b"are you there"))
+        assert ws.read_frame() == (Opcode.PONG, True, b"are you there")
 
 
 def test_server_closes_1002_on_unmasked_client_frame(run_server):
     with run_server(echo_app) as server:
         ws = open_raw(server)
-        ws.send(frame(TEXT, b"hi", masked=False))
+        ws.send(client_frame(Opcode.TEXT, b"hi", masked=False))
         assert ws.read_close()[0] == 1002
         assert ws.at_eof()
 
@@ -399,7 +403,7 @@ def test_server_closes_1002_on_unmasked_client_frame(run_server):
 def test_server_closes_1007_on_invalid_utf8_text(run_server):
     with run_server(echo_app) as server:
         ws = open_raw(server)
-        ws.send(frame(TEXT, b"ok \xff\xfe"))
+        ws.send(client_frame(Opcode.TEXT, b"ok \xff\xfe"))
         assert ws.read_close()[0] == 1007
 
 
@@ -407,23 +411,23 @@ def test_server_closes_1009_on_oversized_text_from_header_alone(run_server):
     with run_server(echo_app, ws_max_size=1000) as server:
         ws = open_raw(server)
         # Only the header is sent: the server must not wait for 2000 bytes.
-        ws.send(frame(TEXT, b"", declared_length=2000)[:8])
+        ws.send(client_frame(Opcode.TEXT, b"", length=2000)[:8])
         assert ws.read_close()[0] == 1009
 
 
 def test_messages_before_a_protocol_error_are_delivered_first(run_server):
     with run_server(echo_app) as server:
         ws = open_raw(server)
-        ws.send(frame(TEXT, b"one") + frame(TEXT, b"two") + frame(0x3, b"reserved opcode"))
-        assert ws.read_frame() == (TEXT, True, b"one")
-        assert ws.read_frame() == (TEXT, True, b"two")
+        ws.send(client_frame(Opcode.TEXT, b"one") + client_frame(Opcode.TEXT, b"two") + client_frame(0x3, b"reserved opcode"))
+        assert ws.read_frame() == (Opcode.TEXT, True, b"one")
+        assert ws.read_frame() == (Opcode.TEXT, True, b"two")
         assert ws.read_close()[0] == 1002
 
 
 def test_client_close_is_echoed_and_server_closes_tcp(run_server):
     with run_server(echo_app) as server:
         ws = open_raw(server)
-        ws.send(frame(CLOSE, close_payload(1000, b"done")))
+        ws.send(client_frame(Opcode.CLOSE, close_payload(1000, b"done")))
         assert ws.read_close()[0] == 1000
         assert ws.at_eof()
 
@@ -431,9 +435,9 @@ def test_client_close_is_echoed_and_server_closes_tcp(run_server):
 def test_fragmented_message_with_interleaved_ping(run_server):
     with run_server(echo_app) as server:
         ws = open_raw(server)
-        ws.send(frame(TEXT, b"frag", fin=False) + frame(PING, b"p") + frame(0x0, b"mented"))
-        assert ws.read_frame() == (PONG, True, b"p")
-        assert ws.read_frame() == (TEXT, True, b"fragmented")
+        ws.send(client_frame(Opcode.TEXT, b"frag", fin=False) + client_frame(Opcode.PING, b"p") + client_frame(0x0, b"mented"))
+        assert ws.read_frame() == (Opcode.PONG, True, b"p")
+        assert ws.read_frame() == (Opcode.TEXT, True, b"fragmented")
 
 
 # -- heartbeat and close timeout ----------------------------------------------------------
@@ -443,7 +447,7 @@ def test_client_that_never_answers_pings_is_closed_1011(run_server):
     with run_server(echo_app, ws_ping_interval=0.2, ws_ping_timeout=0.3) as server:
         ws = open_raw(server)
         opcode, _, _ = ws.read_frame()
-        assert opcode == PING
+        assert opcode == Opcode.PING
         assert ws.read_close()[0] == 1011
         assert ws.at_eof()
 
@@ -479,8 +483,8 @@ def test_trace_logs_one_line_per_frame_each_way(run_server, caplog):
     with caplog.at_level(5, logger="asgiws.trace"):
         with run_server(echo_app, log_level="trace") as server:
             ws = open_raw(server)
-            ws.send(frame(TEXT, b"hello"))
-            assert ws.read_frame() == (TEXT, True, b"hello")
+            ws.send(client_frame(Opcode.TEXT, b"hello"))
+            assert ws.read_frame() == (Opcode.TEXT, True, b"hello")
             ws.close()
     lines = [r.getMessage() for r in caplog.records if r.name == "asgiws.trace"]
     assert any("<" in line and "TEXT" in line and "len=5" in line and "mask=1" in line for line in lines)
@@ -513,7 +517,7 @@ def test_allowed_origins_rejects_other_origin_with_403(run_server):
 def test_message_rate_limit_closes_1008(run_server):
     with run_server(echo_app, ws_max_message_rate=5, ws_max_message_burst=3) as server:
         ws = open_raw(server)
-        ws.send(b"".join(frame(TEXT, b"m") for _ in range(10)))
+        ws.send(b"".join(client_frame(Opcode.TEXT, b"m") for _ in range(10)))
         assert ws.read_close()[0] == 1008
 
 
@@ -531,12 +535,12 @@ def test_json_round_trip_with_many_concurrent_clients(run_server):
         run(main(server))
 
 
-def test_64_bit_length_with_top_bit_set_is_closed(run_server):
+def test_64_bit_length_with_top_bit_set_is_closed_1002(run_server):
+    # 5.2: "the most significant bit MUST be 0": a protocol error, not a size one.
     with run_server(echo_app) as server:
         ws = open_raw(server)
         ws.send(bytes([0x81, 0xFF]) + struct.pack("!Q", 1 << 63) + b"\0\0\0\0")
-        code, _ = ws.read_close()
-        assert code in (1002, 1009)
+        assert ws.read_close()[0] == 1002
 
 
 def test_server_shutdown_sends_1001_to_open_websockets(run_server):
@@ -559,8 +563,8 @@ def test_no_websocket_task_or_socket_left_after_many_cycles(run_server):
     with run_server(echo_app) as server:
         for _ in range(200):
             ws = open_raw(server)
-            ws.send(frame(TEXT, b"x") + frame(CLOSE, close_payload(1000)))
-            assert ws.read_frame() == (TEXT, True, b"x")
+            ws.send(client_frame(Opcode.TEXT, b"x") + client_frame(Opcode.CLOSE, close_payload(1000)))
+            assert ws.read_frame() == (Opcode.TEXT, True, b"x")
             assert ws.read_close()[0] == 1000
             ws.close()
         probe = socket.create_connection(("127.0.0.1", server.port))
@@ -576,7 +580,7 @@ def test_server_closes_tcp_as_soon_as_its_close_is_answered(run_server):
     with run_server(app, ws_close_timeout=30) as server:
         ws = open_raw(server)
         assert ws.read_close()[0] == 4000
-        ws.send(frame(CLOSE, close_payload(4000)))
+        ws.send(client_frame(Opcode.CLOSE, close_payload(4000)))
         # 7.1.1: the server closes TCP once the handshake is done, not after the 30 s timeout.
         assert ws.at_eof(timeout=2)
 
@@ -598,7 +602,7 @@ def test_concurrent_sends_never_interleave_with_a_fragmented_message(run_server)
         messages, fragments = [], []
         while True:
             opcode, fin, payload = ws.read_frame()
-            if opcode == CLOSE:
+            if opcode == Opcode.CLOSE:
                 break
             if fragments and opcode != 0x0:
                 raise AssertionError(f"opcode {opcode} inside a fragmented message")

@@ -17,9 +17,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from examples.hello import websocket_echo
-from tests.rawws import RawWebSocket, frame
-
-BINARY, TEXT, PING = 0x2, 0x1, 0x9
+from tests.rawws import RawWebSocket
+from tests.wire import Opcode, client_frame
 
 pytestmark = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 
@@ -53,7 +52,7 @@ def test_large_binary_messages_echo_intact_between_small_ones(run_server, loop):
 
 def test_large_frame_trickled_in_odd_pieces_with_a_ping_after_it(run_server, loop):
     payload = os.urandom(300_000)
-    data = frame(BINARY, payload) + frame(PING, b"after") + frame(TEXT, b"done")
+    data = client_frame(Opcode.BINARY, payload) + client_frame(Opcode.PING, b"after") + client_frame(Opcode.TEXT, b"done")
     with run_server(echo_app, loop=loop) as server:
         ws = RawWebSocket(server.port)
         ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -67,7 +66,7 @@ def test_large_frame_trickled_in_odd_pieces_with_a_ping_after_it(run_server, loo
         # The pong is the codec's answer, written at once; the echoes come from the app, in order.
         assert (0xA, True, b"after") in frames
         frames.remove((0xA, True, b"after"))
-        assert frames == [(BINARY, True, payload), (TEXT, True, b"done")]
+        assert frames == [(Opcode.BINARY, True, payload), (Opcode.TEXT, True, b"done")]
         ws.close()
 
 
@@ -81,7 +80,7 @@ def test_client_gone_in_the_middle_of_a_large_frame_disconnects_the_app(run_serv
 
     with run_server(app, loop=loop) as server:
         ws = RawWebSocket(server.port)
-        ws.sock.sendall(frame(BINARY, os.urandom(500_000))[:200_000])
+        ws.sock.sendall(client_frame(Opcode.BINARY, os.urandom(500_000))[:200_000])
         time.sleep(0.1)
         ws.sock.close()
         deadline = time.monotonic() + 5

@@ -1,0 +1,261 @@
+"""The httptools callbacks of `HttpProtocol`: the request head, its limits (414, 431, 413, 505) and the scope.
+
+A mixin, so that httptools calls each callback on the protocol object itself
+(one C-to-Python call per field, none added); the head's fields are its own
+slots. Limits are checked as the bytes arrive, before httptools finishes a
+field.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+import httptools
+
+from asgiws.protocols.http.cycle import RequestCycle
+from asgiws.protocols.utils import FORWARDED_FIELDS, TrustedProxies, rewrite_from_forwarded
+from asgiws.types import Scope
+
+if TYPE_CHECKING:
+    from asgiws.config import Config
+    from asgiws.protocols.common import ServerState
+
+__all__ = ["Abort", "HeadCallbacks", "new_parser"]
+
+
+class Abort(Exception):
+    """Raised inside a parser callback: answer `status` and close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+# The HTTP versions served, by the version a request line gives, and what the
+# scope says (ASGI: "1.0" or "1.1"). RFC 9110 2.5: a recipient of a higher
+# minor version "SHOULD process the message as if it were in the highest minor
+# version within that major version to which the recipient is conformant".
+# httptools reads one digit each side of the dot; any major but 1 is a 505.
+_HTTP_VERSIONS = {"1.0": "1.0", "1.1": "1.1", **{f"1.{minor}": "1.1" for minor in range(2, 10)}}
+
+
+def new_parser(protocol: HeadCallbacks) -> httptools.HttpRequestParser:
+    """A strict request parser, except that any one-digit version parses (answered 505 unless 1.x)."""
+    parser = httptools.HttpRequestParser(protocol)
+    # Only the version digits are relaxed (llhttp refuses all but 0.9, 1.0, 1.1
+    # and 2.0 with a 400); on_headers_complete decides what each version gets.
+    parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
+
+
+class HeadCallbacks:
+    """on_message_begin ... on_message_complete for httptools, and the per-request head accounting."""
+
+    __slots__ = (
+        "_url", "_headers", "_head_size", "_hosts", "_content_length", "_expect_100", "_wants_websocket",
+        "_forwarded", "_head_bytes", "_in_head", "_head_began", "_ws_upgrade", "_abort", "_parsing",
+    )
+
+    if TYPE_CHECKING:
+        # What the callbacks use of the protocol they are mixed into (HttpProtocol).
+        config: Config
+        server_state: ServerState
+        parser: httptools.HttpRequestParser
+        trusted: TrustedProxies
+        scheme: str
+        client: tuple[str, int] | None
+        server: tuple[str, int | None] | None
+        cycle: RequestCycle | None
+        pipeline: deque[Callable[[], None]]
+        _closing: bool
+        _proxy_trusted: bool
+        _raw_root_path: bytes
+
+        def _enqueue(self, start: Callable[[], None]) -> None: ...
+        def _set_timer(self, seconds: float) -> None: ...
+        def _cancel_timer(self) -> None: ...
+
+    def _init_head(self) -> None:
+        """The head's fields before the first request (called by HttpProtocol.__init__)."""
+        # Per-request head accounting (limits checked before httptools finishes).
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        # What the head's fields say, noted as they arrive (_HEAD_NOTES), so the
+        # head is not searched again field by field for each question.
+        self._hosts = 0
+        self._content_length: int | None = None
+        self._expect_100 = False
+        self._wants_websocket = False
+        self._forwarded = False  # an X-Forwarded-* field is present
+        self._head_bytes = 0
+        self._in_head = False
+        self._head_began = False
+        self._ws_upgrade: tuple[Scope, str] | None = None
+        self._abort: Abort | None = None
+        self._parsing: RequestCycle | None = None  # the request whose body is arriving
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._head_size = 0
+        self._hosts = 0
+        self._content_length = None
+        self._expect_100 = False
+        self._wants_websocket = False
+        self._forwarded = False
+        self._head_bytes = 0
+        self._in_head = True
+        self._head_began = True  # _parse starts the head timer if the head does not end
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        # The method and " HTTP/1.1" are short: the URL is what makes a line long.
+        if len(self._url) > self.config.max_request_line_size:
+            raise self._set_abort(414, "Request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.config.max_header_size:
+            raise self._set_abort(431, "Request header fields too large")
+        if len(self._headers) >= self.config.max_header_count:
+            raise self._set_abort(431, "Too many request header fields")
+        name = name.lower()
+        self._headers.append((name, value))
+        note = _HEAD_NOTES.get(name)
+        if note is not None:
+            note(self, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_timer()
+        version = _HTTP_VERSIONS.get(self.parser.get_http_version())
+        if version is None:
+            # RFC 9110 15.6.6: 505 "indicates that the server does not support, or
+            # refuses to support, the major version of HTTP that was used".
+            raise self._set_abort(505, f"HTTP/{self.parser.get_http_version()} is not supported")
+        scope = self._build_scope(version)
+        if scope is None:
+            raise self._set_abort(400, "Invalid request target")
+        # RFC 9112 3.2: a server MUST respond 400 to an HTTP/1.1 request without
+        # a Host field and to any request with more than one.
+        hosts = self._hosts
+        if hosts > 1 or (hosts == 0 and scope["http_version"] == "1.1"):
+            raise self._set_abort(400, "Invalid HTTP request: missing or repeated Host header")
+        if self._forwarded and self._proxy_trusted:
+            rewrite_from_forwarded(scope, self.trusted, forwarded_host=self.config.forwarded_host)
+        if self._wants_websocket:
+            method = scope.pop("method")
+            scope["type"] = "websocket"
+            scope["scheme"] = "wss" if scope["scheme"] == "https" else "ws"
+            scope["subprotocols"] = []
+            self._ws_upgrade = (scope, method)
+            return
+        self.server_state.total_requests += 1
+        # HeadCallbacks is only ever HttpProtocol's base: the cycle gets the protocol.
+        cycle = RequestCycle(self, scope, keep_alive=self.parser.should_keep_alive())  # type: ignore[arg-type]
+        content_length = self._content_length
+        limit = self.config.limit_request_body
+        if limit is not None and content_length is not None and content_length > limit:
+            raise self._set_abort(413, "Request body too large")
+        cycle.content_length = content_length
+        cycle.expect_100 = self._expect_100 and scope["http_version"] == "1.1"
+        self._parsing = cycle
+        self._enqueue(cycle.start)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self._parsing
+        if cycle is None:
+            return
+        cycle.body_received += len(body)
+        limit = self.config.limit_request_body
+        if limit is not None and cycle.body_received > limit:
+            raise self._set_abort(413, "Request body too large")
+        cycle.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self._parsing
+        self._parsing = None
+        if cycle is not None:
+            cycle.end_body()
+            if self.cycle is None and not self.pipeline and not self._closing:
+                # Answered before its body ended: the connection is idle from now.
+                self._set_timer(self.config.timeout_keep_alive)
+
+    # -- scope -----------------------------------------------------------------------
+
+    def _build_scope(self, http_version: str) -> Scope | None:
+        try:
+            parsed = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            if self._url != b"*":
+                return None
+            raw_path, query = b"*", b""
+        else:
+            raw_path = parsed.path or b"/"
+            query = parsed.query or b""
+        root_path = self.config.root_path
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path, encoding="utf-8", errors="replace")
+        return {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": http_version,
+            "method": self.parser.get_method().decode("ascii"),
+            "scheme": self.scheme,
+            "path": root_path + path,
+            "raw_path": self._raw_root_path + raw_path if self._raw_root_path else raw_path,
+            "query_string": query,
+            "root_path": root_path,
+            "headers": self._headers,
+            "client": self.client,
+            "server": self.server,
+            "state": self.server_state.lifespan_state.copy(),
+            "extensions": {},
+        }
+
+    def _set_abort(self, status: int, reason: str) -> Abort:
+        self._abort = Abort(status, reason)
+        return self._abort
+
+
+def _note_host(protocol: HeadCallbacks, value: bytes) -> None:
+    protocol._hosts += 1
+
+
+def _note_content_length(protocol: HeadCallbacks, value: bytes) -> None:
+    if protocol._content_length is None:
+        try:
+            protocol._content_length = int(value)
+        except ValueError:
+            pass  # httptools refuses the head as well: not a length
+
+
+def _note_expect(protocol: HeadCallbacks, value: bytes) -> None:
+    if value.lower() == b"100-continue":
+        protocol._expect_100 = True
+
+
+def _note_upgrade(protocol: HeadCallbacks, value: bytes) -> None:
+    # --ws none: as in uvicorn, an upgrade request is then an ordinary HTTP request for the app.
+    if protocol.config.ws != "none" and b"websocket" in [token.strip().lower() for token in value.split(b",")]:
+        protocol._wants_websocket = True
+
+
+def _note_forwarded(protocol: HeadCallbacks, value: bytes) -> None:
+    protocol._forwarded = True
+
+
+# Request fields the server acts on, by lowercased name: noted once as each arrives.
+_HEAD_NOTES: dict[bytes, Callable[[HeadCallbacks, bytes], None]] = {
+    b"host": _note_host,
+    b"content-length": _note_content_length,
+    b"expect": _note_expect,
+    b"upgrade": _note_upgrade,
+    **{name: _note_forwarded for name in FORWARDED_FIELDS},
+}
