@@ -1,9 +1,13 @@
 """The counters of one worker, how they travel to the supervisor, and the text a scrape returns.
 
 The hot paths count into `METRICS`, this process's registry, with plain
-integers: `METRICS.ws_opened += 1`, `METRICS.ws_messages[IN] += 1`. Labels are
-list indexes (the tuples below give each index its label value), so counting
-is one attribute load and one add: no call, no lock, no dict lookup by label.
+integers: `METRICS.ws_opened += 1`, `METRICS.ws_rejected[ORIGIN] += 1`. Labels
+are list indexes (the tuples below give each index its label value), so
+counting is one attribute load and one add: no call, no lock, no dict lookup
+by label. A WebSocket's messages and bytes are not counted here at all: its
+session already counts them for the access log's close line, so the registry
+holds the open sessions (`ws_open`) and adds their counts when scraped, and
+moves them into the totals when the session closes (`websocket_closed`).
 Everything else (label names, cumulative buckets, the text) happens only when
 somebody scrapes.
 
@@ -25,7 +29,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 logger = logging.getLogger("asgiws.error")
 
@@ -38,6 +42,7 @@ DIRECTIONS = ("in", "out")  # "in": from the client; "out": to the client
 # a limit, shutdown), the app (websocket.close), or a timer (no pong, close handshake not answered).
 CLIENT, SERVER, APP, TIMEOUT = 0, 1, 2, 3
 INITIATORS = ("client", "server", "app", "timeout")
+INITIATOR_INDEX = {name: index for index, name in enumerate(INITIATORS)}
 
 # Why a WebSocket handshake was refused (the HTTP status goes to asgiws_http_requests_total as well).
 ORIGIN, VERSION, BAD_REQUEST, LIMIT, PER_IP, RATE, APP_DENIED = range(7)
@@ -90,22 +95,32 @@ class Histogram:
         self.sum += value
 
 
+class OpenWebSocket(Protocol):
+    """What the registry reads from an open WebSocket session (asgiws.asgi.websocket)."""
+
+    messages_received: int
+    messages_sent: int
+    bytes_received: int  # on the wire after the handshake: frame headers and compressed payloads
+    bytes_sent: int
+
+
 class Metrics:
     """One process's counters. Attributes are the hot path's; names in FAMILIES are the scrape's."""
 
     __slots__ = (
-        "http_requests", "http_duration", "ws_connections", "ws_opened", "ws_closed", "ws_rejected",
-        "ws_messages", "ws_bytes", "ws_slow_consumer_drops", "ws_ping_rtt", "broadcast_published",
-        "broadcast_deliveries",
+        "broadcast_deliveries", "broadcast_published", "http_duration", "http_requests", "ws_bytes",
+        "ws_closed", "ws_messages", "ws_open", "ws_opened", "ws_ping_rtt", "ws_rejected",
+        "ws_slow_consumer_drops",
     )
 
     def __init__(self) -> None:
         self.http_requests = [0] * 600  # by status code
         self.http_duration = Histogram(HTTP_DURATION_BUCKETS)
-        self.ws_connections = 0  # open now (a gauge)
+        self.ws_open: set[OpenWebSocket] = set()  # accepted and not closed yet
         self.ws_opened = 0
         self.ws_closed = [[0] * CLOSE_CODE_SLOTS for _ in INITIATORS]  # [initiator][code]
         self.ws_rejected = [0] * len(REJECT_REASONS)
+        # Of closed WebSockets; the open ones' are added when scraped (ws_totals).
         self.ws_messages = [0, 0]  # [IN], [OUT]
         self.ws_bytes = [0, 0]  # on the wire: frame headers and compressed payloads
         self.ws_slow_consumer_drops = 0
@@ -120,9 +135,31 @@ class Metrics:
         if seconds is not None:
             self.http_duration.observe(seconds)
 
-    def count_close(self, initiator: int, code: int) -> None:
-        """One WebSocket closed: `initiator` is CLIENT/SERVER/APP/TIMEOUT, `code` its close code."""
-        self.ws_closed[initiator][code if 0 <= code < CLOSE_CODE_SLOTS else 0] += 1
+    def websocket_opened(self, ws: OpenWebSocket) -> None:
+        """A handshake was accepted: `ws` counts its own messages and bytes from now on."""
+        self.ws_opened += 1
+        self.ws_open.add(ws)
+
+    def websocket_closed(self, ws: OpenWebSocket, code: int, initiator: str) -> None:
+        """`ws` is closed with `code`, begun by `initiator` (one of INITIATORS): its counts join the totals."""
+        if ws not in self.ws_open:
+            return  # counted already
+        self.ws_open.discard(ws)
+        self.ws_messages[IN] += ws.messages_received
+        self.ws_messages[OUT] += ws.messages_sent
+        self.ws_bytes[IN] += ws.bytes_received
+        self.ws_bytes[OUT] += ws.bytes_sent
+        self.ws_closed[INITIATOR_INDEX.get(initiator, SERVER)][code if 0 <= code < CLOSE_CODE_SLOTS else 0] += 1
+
+    def ws_totals(self) -> tuple[list[int], list[int]]:
+        """Messages and bytes [IN, OUT] of every WebSocket, the closed and the open ones."""
+        messages, wire = list(self.ws_messages), list(self.ws_bytes)
+        for ws in self.ws_open:
+            messages[IN] += ws.messages_received
+            messages[OUT] += ws.messages_sent
+            wire[IN] += ws.bytes_received
+            wire[OUT] += ws.bytes_sent
+        return messages, wire
 
     def snapshot(self) -> Snapshot:
         """Every family's samples, as JSON-able lists: {family: [[label values], value]}."""
@@ -184,7 +221,7 @@ FAMILIES = (
            "Seconds from a request's head to the end of its response.", (),
            lambda m: _histogram(m.http_duration), bounds=HTTP_DURATION_BUCKETS),
     Family("asgiws_websocket_connections", "gauge", "WebSocket connections open now.", (),
-           lambda m: _one(m.ws_connections), per_worker=True),
+           lambda m: _one(len(m.ws_open)), per_worker=True),
     Family("asgiws_websocket_opened", "counter", "WebSocket handshakes accepted.", (),
            lambda m: _one(m.ws_opened)),
     Family("asgiws_websocket_closed", "counter", "WebSockets closed, by close code and who closed.",
@@ -192,9 +229,9 @@ FAMILIES = (
     Family("asgiws_websocket_rejected", "counter", "WebSocket handshakes refused, by reason.", ("reason",),
            lambda m: _indexed(m.ws_rejected, REJECT_REASONS)),
     Family("asgiws_websocket_messages", "counter", "WebSocket messages, by direction.", ("direction",),
-           lambda m: _indexed(m.ws_messages, DIRECTIONS)),
+           lambda m: _indexed(m.ws_totals()[0], DIRECTIONS)),
     Family("asgiws_websocket_bytes", "counter", "WebSocket bytes on the wire (frames), by direction.",
-           ("direction",), lambda m: _indexed(m.ws_bytes, DIRECTIONS)),
+           ("direction",), lambda m: _indexed(m.ws_totals()[1], DIRECTIONS)),
     Family("asgiws_websocket_slow_consumer_drops", "counter",
            "WebSockets closed because the client read too slowly (--ws-max-send-queue).", (),
            lambda m: _one(m.ws_slow_consumer_drops)),

@@ -206,11 +206,31 @@ def test_label_values_are_escaped_as_the_text_format_says() -> None:
 def test_retired_counters_add_up_and_gauges_of_the_dead_are_dropped() -> None:
     first, second = Metrics(), Metrics()
     first.http_requests[200] += 2
-    first.ws_connections = 5
+    first.websocket_opened(_Session(1, 2, 10, 20))
     second.http_requests[200] += 3
-    second.ws_connections = 1
+    second.websocket_opened(_Session(0, 0, 0, 0))
     total: Any = {}
     retire(total, first.snapshot())
     accumulate(total, second.snapshot(), "42")
     assert total["asgiws_http_requests"] == {("200",): 5}
     assert total["asgiws_websocket_connections"] == {("42",): 1}
+    # The open WebSocket's messages count while it is open, and once when it closes.
+    assert total["asgiws_websocket_messages"] == {("in",): 1, ("out",): 2}
+
+
+def test_a_websockets_counts_move_into_the_totals_once_when_it_closes() -> None:
+    metrics, session = Metrics(), _Session(3, 4, 30, 40)
+    metrics.websocket_opened(session)
+    session.messages_received += 1
+    assert metrics.ws_totals() == ([4, 4], [30, 40])
+    metrics.websocket_closed(session, 1000, "client")
+    metrics.websocket_closed(session, 1000, "client")
+    assert metrics.ws_totals() == ([4, 4], [30, 40])
+    assert [[labels, n] for labels, n in metrics.snapshot()["asgiws_websocket_closed"]] == [[["1000", "client"], 1]]
+    assert metrics.snapshot()["asgiws_websocket_connections"] == [[[], 0]]
+
+
+class _Session:
+    def __init__(self, received: int, sent: int, bytes_received: int, bytes_sent: int) -> None:
+        self.messages_received, self.messages_sent = received, sent
+        self.bytes_received, self.bytes_sent = bytes_received, bytes_sent
