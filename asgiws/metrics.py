@@ -141,7 +141,7 @@ class Metrics:
         self.ws_open.add(ws)
 
     def websocket_closed(self, ws: OpenWebSocket, code: int, initiator: str) -> None:
-        """`ws` is closed with `code`, begun by `initiator` (one of INITIATORS): its counts join the totals."""
+        """`ws` closed with `code`, begun by `initiator` (one of INITIATORS): its counts join the totals."""
         if ws not in self.ws_open:
             return  # counted already
         self.ws_open.discard(ws)
@@ -149,7 +149,8 @@ class Metrics:
         self.ws_messages[OUT] += ws.messages_sent
         self.ws_bytes[IN] += ws.bytes_received
         self.ws_bytes[OUT] += ws.bytes_sent
-        self.ws_closed[INITIATOR_INDEX.get(initiator, SERVER)][code if 0 <= code < CLOSE_CODE_SLOTS else 0] += 1
+        slot = code if 0 <= code < CLOSE_CODE_SLOTS else 0
+        self.ws_closed[INITIATOR_INDEX.get(initiator, SERVER)][slot] += 1
 
     def ws_totals(self) -> tuple[list[int], list[int]]:
         """Messages and bytes [IN, OUT] of every WebSocket, the closed and the open ones."""
@@ -400,5 +401,6 @@ def scrape_response(scrape: Scrape, samples: Samples) -> bytes:
 def error_response(status: int, reason: str, body: str | None = None, *, extra: bytes = b"") -> bytes:
     """A complete HTTP/1.1 error response that closes the connection."""
     payload = (body or f"{reason}\n").encode("utf-8")
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
-            f"content-length: {len(payload)}\r\nconnection: close\r\n").encode("latin-1") + extra + b"\r\n" + payload
+    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            f"content-length: {len(payload)}\r\nconnection: close\r\n").encode("latin-1")
+    return head + extra + b"\r\n" + payload

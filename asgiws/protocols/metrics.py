@@ -53,7 +53,8 @@ class MetricsProtocol(asyncio.Protocol):
         if request is None:
             return
         self.answered = True
-        self.transport.write(request if isinstance(request, bytes) else scrape_response(request, own_samples()))
+        answer = request if isinstance(request, bytes) else scrape_response(request, own_samples())
+        self.transport.write(answer)
         self.transport.write_eof()
         if self.timer is not None:
             self.timer.cancel()

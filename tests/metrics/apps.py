@@ -41,4 +41,5 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             if path == "/room":
                 await Broadcast.from_scope(scope).publish("room", message.get("text") or "")
             else:
-                await send({"type": "websocket.send", "text": message.get("text"), "bytes": message.get("bytes")})
+                await send({"type": "websocket.send", "text": message.get("text"),
+                            "bytes": message.get("bytes")})

@@ -16,8 +16,11 @@ import httpx
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from asgiws.metrics import Histogram, Metrics, accumulate, render, retire
+from tests.rawws import RawWebSocket, handshake_request
 from tests.supervisor.cluster import ROOT, Cluster, free_port, get, wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -108,7 +111,8 @@ def test_sighup_counts_one_restart_per_worker_and_keeps_the_old_generations_coun
         assert get(server.port, "/missing")[0] == 404
     old = set(server.workers())
     server.signal(signal.SIGHUP)
-    wait_for(lambda: server.log().count("stopped (exit status 0)") >= 2, 30, f"the old generation:\n{server.log()}")
+    wait_for(lambda: server.log().count("stopped (exit status 0)") >= 2, 30,
+             f"the old generation to stop:\n{server.log()}")
     samples = scrape(metrics_port)
     assert value(samples, "asgiws_worker_restarts_total", reason="sighup") == 2
     assert value(samples, "asgiws_worker_restarts_total", reason="died") == 0
@@ -118,7 +122,8 @@ def test_sighup_counts_one_restart_per_worker_and_keeps_the_old_generations_coun
 
 
 @pytest.mark.parametrize(("request_head", "status_line", "log_line"), [
-    (b"GET /other HTTP/1.1\r\n\r\n", b"HTTP/1.1 404 Not Found", "Metrics endpoint: 404 Not Found for 'GET /other HTTP/1.1'"),
+    (b"GET /other HTTP/1.1\r\n\r\n", b"HTTP/1.1 404 Not Found",
+     "Metrics endpoint: 404 Not Found for 'GET /other HTTP/1.1'"),
     (b"POST /metrics HTTP/1.1\r\ncontent-length: 0\r\n\r\n", b"HTTP/1.1 405 Method Not Allowed",
      "Metrics endpoint: 405 Method Not Allowed for 'POST /metrics HTTP/1.1'"),
     (b"hello\r\n\r\n", b"HTTP/1.1 400 Bad Request", "Metrics endpoint: 400 Bad Request for 'hello'"),
@@ -150,7 +155,8 @@ def test_a_metrics_port_in_use_stops_start_up_with_exit_status_1(tmp_path: Path)
             check=False,
         )
     assert result.returncode == 1
-    assert result.stderr.splitlines() == [f"ERROR:    Cannot serve metrics on 127.0.0.1:{port}: Address already in use"]
+    assert result.stderr.splitlines() == [
+        f"ERROR:    Cannot serve metrics on 127.0.0.1:{port}: Address already in use"]
 
 
 def test_asgiws_run_with_an_app_object_serves_metrics_from_its_own_process(tmp_path: Path) -> None:
@@ -161,7 +167,8 @@ def test_asgiws_run_with_an_app_object_serves_metrics_from_its_own_process(tmp_p
         from tests.metrics.apps import app
         asgiws.run(app, port={port}, metrics_port={metrics_port}, lifespan="off")
     """))
-    process = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    process = subprocess.Popen([sys.executable, str(script)], cwd=ROOT,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for(lambda: _answers(port), 20, "the server")
@@ -226,7 +233,8 @@ def test_a_websockets_counts_move_into_the_totals_once_when_it_closes() -> None:
     metrics.websocket_closed(session, 1000, "client")
     metrics.websocket_closed(session, 1000, "client")
     assert metrics.ws_totals() == ([4, 4], [30, 40])
-    assert [[labels, n] for labels, n in metrics.snapshot()["asgiws_websocket_closed"]] == [[["1000", "client"], 1]]
+    closes = [[labels, n] for labels, n in metrics.snapshot()["asgiws_websocket_closed"]]
+    assert closes == [[["1000", "client"], 1]]
     assert metrics.snapshot()["asgiws_websocket_connections"] == [[[], 0]]
 
 
@@ -234,3 +242,106 @@ class _Session:
     def __init__(self, received: int, sent: int, bytes_received: int, bytes_sent: int) -> None:
         self.messages_received, self.messages_sent = received, sent
         self.bytes_received, self.bytes_sent = bytes_received, bytes_sent
+
+
+# -- WebSocket counters ---------------------------------------------------------------------
+
+
+def _echo(port: int, texts: list[str], close_code: int) -> None:
+    """A websockets client without compression (so the byte counts are exact): send, read each echo, close."""
+    with ws_connect(f"ws://127.0.0.1:{port}/echo", compression=None, open_timeout=10) as ws:
+        for text in texts:
+            ws.send(text)
+            assert ws.recv(timeout=10) == text
+        ws.close(close_code)
+
+
+def _wait_for_no_open_websockets(metrics_port: int) -> dict[Any, float]:
+    def settled() -> dict[Any, float] | None:
+        samples = scrape(metrics_port)
+        open_now = sum(v for (name, _), v in samples.items() if name == "asgiws_websocket_connections")
+        return samples if open_now == 0 and samples[("asgiws_websocket_opened_total", ())] == 3 else None
+    return wait_for(settled, 20, "every WebSocket closed")
+
+
+def test_a_short_websocket_session_is_counted_exactly_over_both_workers(
+    cluster: Callable[..., Cluster],
+) -> None:
+    server, metrics_port = start(cluster, "--ws-allowed-origin", "https://app.example",
+                                 "--ws-ping-interval", "none")
+    for _ in range(5):
+        assert get(server.port, "/")[0] == 200
+    # Bytes on the wire: a client frame is 2 + 4 (mask) + payload, a server frame 2 + payload; a close
+    # frame's payload is its 2-byte code. In: 3 x 11 + 8, out: 3 x 7 + 4.
+    _echo(server.port, ["hello", "hello", "hello"], 1000)
+    _echo(server.port, ["hi", "yo"], 4001)  # in: 2 x 8 + 8, out: 2 x 4 + 4
+    # out: the app's close, 4 bytes; in: the client's answer, 8.
+    with ws_connect(f"ws://127.0.0.1:{server.port}/close/4003", compression=None, open_timeout=10) as ws, \
+            pytest.raises(ConnectionClosed):
+        ws.recv(timeout=10)
+    with pytest.raises(InvalidStatus) as denied:
+        ws_connect(f"ws://127.0.0.1:{server.port}/deny", open_timeout=10)
+    assert denied.value.response.status_code == 403
+    with pytest.raises(InvalidStatus) as foreign:
+        ws_connect(f"ws://127.0.0.1:{server.port}/echo", origin="https://evil.example",  # type: ignore[arg-type]
+                   open_timeout=10)
+    assert foreign.value.response.status_code == 403
+    assert RawWebSocket(server.port, request=handshake_request("/echo", version="8")).status == 426
+    assert RawWebSocket(server.port, request=handshake_request("/echo", key="short")).status == 400
+    samples = _wait_for_no_open_websockets(metrics_port)
+    expected = {
+        ("asgiws_websocket_opened_total", ()): 3,
+        ("asgiws_websocket_closed_total", (("code", "1000"), ("initiator", "client"))): 1,
+        ("asgiws_websocket_closed_total", (("code", "4001"), ("initiator", "client"))): 1,
+        ("asgiws_websocket_closed_total", (("code", "4003"), ("initiator", "app"))): 1,
+        ("asgiws_websocket_rejected_total", (("reason", "origin"),)): 1,
+        ("asgiws_websocket_rejected_total", (("reason", "version"),)): 1,
+        ("asgiws_websocket_rejected_total", (("reason", "bad_request"),)): 1,
+        ("asgiws_websocket_rejected_total", (("reason", "app"),)): 1,
+        ("asgiws_websocket_rejected_total", (("reason", "limit"),)): 0,
+        ("asgiws_websocket_rejected_total", (("reason", "per_ip"),)): 0,
+        ("asgiws_websocket_rejected_total", (("reason", "rate"),)): 0,
+        ("asgiws_websocket_messages_total", (("direction", "in"),)): 5,
+        ("asgiws_websocket_messages_total", (("direction", "out"),)): 5,
+        ("asgiws_websocket_bytes_total", (("direction", "in"),)): 41 + 24 + 8,
+        ("asgiws_websocket_bytes_total", (("direction", "out"),)): 25 + 12 + 4,
+        ("asgiws_websocket_slow_consumer_drops_total", ()): 0,
+        ("asgiws_websocket_ping_rtt_seconds_count", ()): 0,
+        ("asgiws_http_requests_total", (("status", "200"),)): 5,
+        ("asgiws_http_requests_total", (("status", "101"),)): 3,
+        ("asgiws_http_requests_total", (("status", "403"),)): 2,
+        ("asgiws_http_requests_total", (("status", "426"),)): 1,
+        ("asgiws_http_requests_total", (("status", "400"),)): 1,
+        ("asgiws_workers", (("state", "ready"),)): 2,
+    }
+    assert {key: samples.get(key) for key in expected} == expected
+    closes = [labels for name, labels in samples if name == "asgiws_websocket_closed_total"]
+    assert len(closes) == 3  # and no other code or initiator
+    assert workers_of(samples) == {str(pid) for pid in server.workers()}
+
+
+def test_ping_round_trips_and_a_client_that_never_answers_are_counted(
+    cluster: Callable[..., Cluster],
+) -> None:
+    metrics_port = free_port()
+    server = cluster(APP, "--metrics-port", str(metrics_port), "--lifespan", "off",
+                     "--ws-ping-interval", "0.2", "--ws-ping-timeout", "1")
+    server.wait_ready(1)
+    with ws_connect(f"ws://127.0.0.1:{server.port}/echo", compression=None, open_timeout=10) as ws:
+        wait_for(lambda: value(scrape(metrics_port), "asgiws_websocket_ping_rtt_seconds_count") >= 2, 20,
+                 "two pings answered")
+        ws.close()
+    silent = RawWebSocket(server.port, request=handshake_request("/echo"), timeout=10)
+    assert silent.status == 101
+    assert silent.read_close() == (1011, "")  # it read the pings but never answered one
+    silent.close()
+    def timeout_counted() -> dict[Any, float] | None:
+        samples = scrape(metrics_port)
+        key = ("asgiws_websocket_closed_total", (("code", "1011"), ("initiator", "timeout")))
+        timeouts = samples.get(key)
+        return samples if timeouts == 1 else None
+    samples = wait_for(timeout_counted, 20, "the timeout close counted")
+    rtt_count = value(samples, "asgiws_websocket_ping_rtt_seconds_count")
+    assert value(samples, "asgiws_websocket_ping_rtt_seconds_bucket", le="+Inf") == rtt_count >= 2
+    assert 0 < value(samples, "asgiws_websocket_ping_rtt_seconds_sum") < rtt_count * 1.0
+    assert value(samples, "asgiws_websocket_closed_total", code="1000", initiator="client") == 1
