@@ -26,6 +26,7 @@ from tests.supervisor.cluster import ROOT, Cluster, free_port, get, wait_for
 pytestmark = pytest.mark.timeout(90)
 
 APP = "tests.metrics.apps:app"
+ORIGIN = "https://app.example"  # the one --ws-allowed-origin of the WebSocket session test
 
 
 def scrape(port: int, *, openmetrics: bool = False) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -249,7 +250,8 @@ class _Session:
 
 def _echo(port: int, texts: list[str], close_code: int) -> None:
     """A websockets client without compression (so the byte counts are exact): send, read each echo, close."""
-    with ws_connect(f"ws://127.0.0.1:{port}/echo", compression=None, open_timeout=10) as ws:
+    with ws_connect(f"ws://127.0.0.1:{port}/echo", compression=None, open_timeout=10,
+                    origin=ORIGIN) as ws:  # type: ignore[arg-type]
         for text in texts:
             ws.send(text)
             assert ws.recv(timeout=10) == text
@@ -267,7 +269,7 @@ def _wait_for_no_open_websockets(metrics_port: int) -> dict[Any, float]:
 def test_a_short_websocket_session_is_counted_exactly_over_both_workers(
     cluster: Callable[..., Cluster],
 ) -> None:
-    server, metrics_port = start(cluster, "--ws-allowed-origin", "https://app.example",
+    server, metrics_port = start(cluster, "--ws-allowed-origin", ORIGIN,
                                  "--ws-ping-interval", "none")
     for _ in range(5):
         assert get(server.port, "/")[0] == 200
@@ -276,18 +278,20 @@ def test_a_short_websocket_session_is_counted_exactly_over_both_workers(
     _echo(server.port, ["hello", "hello", "hello"], 1000)
     _echo(server.port, ["hi", "yo"], 4001)  # in: 2 x 8 + 8, out: 2 x 4 + 4
     # out: the app's close, 4 bytes; in: the client's answer, 8.
-    with ws_connect(f"ws://127.0.0.1:{server.port}/close/4003", compression=None, open_timeout=10) as ws, \
+    with ws_connect(f"ws://127.0.0.1:{server.port}/close/4003", compression=None, open_timeout=10,
+                    origin=ORIGIN) as ws, \
             pytest.raises(ConnectionClosed):
         ws.recv(timeout=10)
     with pytest.raises(InvalidStatus) as denied:
-        ws_connect(f"ws://127.0.0.1:{server.port}/deny", open_timeout=10)
+        ws_connect(f"ws://127.0.0.1:{server.port}/deny", open_timeout=10, origin=ORIGIN)  # type: ignore[arg-type]
     assert denied.value.response.status_code == 403
     with pytest.raises(InvalidStatus) as foreign:
         ws_connect(f"ws://127.0.0.1:{server.port}/echo", origin="https://evil.example",  # type: ignore[arg-type]
                    open_timeout=10)
     assert foreign.value.response.status_code == 403
-    assert RawWebSocket(server.port, request=handshake_request("/echo", version="8")).status == 426
-    assert RawWebSocket(server.port, request=handshake_request("/echo", key="short")).status == 400
+    origin = f"Origin: {ORIGIN}\r\n"
+    assert RawWebSocket(server.port, request=handshake_request("/echo", version="8", extra=origin)).status == 426
+    assert RawWebSocket(server.port, request=handshake_request("/echo", key="short", extra=origin)).status == 400
     samples = _wait_for_no_open_websockets(metrics_port)
     expected = {
         ("asgiws_websocket_opened_total", ()): 3,
@@ -323,10 +327,7 @@ def test_a_short_websocket_session_is_counted_exactly_over_both_workers(
 def test_ping_round_trips_and_a_client_that_never_answers_are_counted(
     cluster: Callable[..., Cluster],
 ) -> None:
-    metrics_port = free_port()
-    server = cluster(APP, "--metrics-port", str(metrics_port), "--lifespan", "off",
-                     "--ws-ping-interval", "0.2", "--ws-ping-timeout", "1")
-    server.wait_ready(1)
+    server, metrics_port = start(cluster, "--ws-ping-interval", "0.2", "--ws-ping-timeout", "1")
     with ws_connect(f"ws://127.0.0.1:{server.port}/echo", compression=None, open_timeout=10) as ws:
         wait_for(lambda: value(scrape(metrics_port), "asgiws_websocket_ping_rtt_seconds_count") >= 2, 20,
                  "two pings answered")
