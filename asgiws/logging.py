@@ -245,3 +245,26 @@ def _load_log_config(path: str) -> None:
         raise
     except Exception as exc:
         raise ValueError(f"cannot load log config {path}: {exc}") from exc
+
+
+def log_websocket_close(
+    client: tuple[str, int] | list[Any] | None, path_with_query: str, code: int, closed_by: str,
+    duration: float, messages_received: int, bytes_received: int, messages_sent: int, bytes_sent: int,
+) -> None:
+    """Write the access line of a WebSocket's end, beside the `101` line of its start.
+
+    `closed_by` is "client", "server", "app" or "timeout"; `duration` in
+    seconds since the accept; bytes are on the wire, frame headers included.
+    The path is redacted and escaped as in log_access. The record carries the
+    access format's fields (client_addr, request_line "WebSocket /path", and
+    status_code the rest), so the default format and `%(message)s` print the
+    same line. Cheap when disabled.
+    """
+    if not access_logger.isEnabledFor(logging.INFO):
+        return
+    client_text = f"{client[0]}:{client[1]}" if client else "-"
+    request_line = f"WebSocket {_escape(redact_target(path_with_query))}"
+    outcome = (f"closed {code} by {closed_by} after {duration:.3f}s, in: {messages_received} msg "
+               f"{bytes_received} B, out: {messages_sent} msg {bytes_sent} B")
+    access_logger.info('%s - "%s" %s', client_text, request_line, outcome,
+                       extra={"client_addr": client_text, "request_line": request_line, "status_code": outcome})

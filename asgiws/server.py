@@ -337,7 +337,12 @@ class Server:
                 os.unlink(self.config.uds)
 
     async def shutdown(self) -> None:
-        """Stop listening, close connections gracefully (bounded), cancel tasks, lifespan shutdown."""
+        """Stop listening, close connections gracefully and let app tasks end (bounded), cancel the rest.
+
+        The bound is --timeout-graceful-shutdown, for connections and app
+        tasks together: an app that cleans up after websocket.disconnect, or
+        works on after its HTTP response, is not cancelled halfway through.
+        """
         logger.info("Shutting down")
         for server in self.servers:
             server.close()
@@ -348,18 +353,21 @@ class Server:
             await asyncio.wait_for(self._wait_connections_closed(), self.config.timeout_graceful_shutdown)
         except asyncio.TimeoutError:
             logger.error("Cancel %d running task(s), timeout graceful shutdown exceeded", len(state.tasks))
-            for task in list(state.tasks):
-                task.cancel()
-            await asyncio.sleep(0)
-        for task in list(state.tasks):
+        tasks = list(state.tasks)
+        for task in tasks:
             task.cancel()
+        if tasks:
+            # Let each cancelled app run its except/finally blocks before lifespan shutdown.
+            await asyncio.wait(tasks, timeout=1.0)
         await self._close_listeners()
         if self.lifespan is not None and not self.force_exit:
             await self.lifespan.shutdown()
         await self._stop_broker()
 
     async def _wait_connections_closed(self) -> None:
-        while self.server_state.connections and not self.force_exit:
+        """Until every connection is closed and every app task has ended (or a second signal)."""
+        state = self.server_state
+        while (state.connections or state.tasks) and not self.force_exit:
             await asyncio.sleep(0.05)
 
     # -- signals -----------------------------------------------------------------------

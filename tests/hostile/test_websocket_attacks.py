@@ -264,13 +264,14 @@ def test_app_that_never_calls_receive_pauses_reading_at_max_queue(run_server):
         await send({"type": "websocket.accept"})
         await asyncio.sleep(30)
 
-    with run_server(app, ws_max_queue=8) as server:
+    # The app outlives the test: shutdown cancels it after a short graceful timeout.
+    with run_server(app, ws_max_queue=8, timeout_graceful_shutdown=0.3) as server:
         ws = RawWebSocket(server.port)
         message = client_frame(Opcode.BINARY, b"z" * 1000)
         sent = _send_until_stalled(ws.sock, message * 64, 20 * 1000 * 1000, stall=0.5)
         assert sent < 20 * 1000 * 1000  # the server stopped reading
-        state = server.call(lambda: [(len(c._queue), c._reading_paused) for c in server.server_state.connections
-                                     if hasattr(c, "_queue")])
+        state = server.call(lambda: [(len(c.session.messages), c._reading_paused)
+                                     for c in server.server_state.connections if hasattr(c, "session")])
         # Paused once the queue reaches ws_max_queue; the frames of the read in hand are still queued.
         [(queued, paused)] = state
         assert paused

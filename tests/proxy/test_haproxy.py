@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 from pathlib import Path
@@ -122,6 +123,12 @@ def test_cli_workers_behind_haproxy_log_the_original_clients_and_each_refusal(tm
     finally:
         assert asgiws.stop() == 0
     lines = [line.split(None, 1)[1] for line in asgiws.log().splitlines() if " - " in line]
+    # The WebSocket's close line comes when its close handshake ends, after the 101 line.
+    [closed] = [line for line in lines if '"WebSocket /ws" closed' in line]
+    assert lines.index(closed) > 1
+    assert re.fullmatch(rf'127\.0\.0\.1:{own_ports[1]} - "WebSocket /ws" closed 1000 by app after \d+\.\d{{3}}s, '
+                        r"in: 0 msg \d+ B, out: 1 msg \d+ B", closed), closed
+    lines.remove(closed)
     assert lines == [
         f'127.0.0.1:{own_ports[0]} - "GET / HTTP/1.1" 200 OK',
         f'127.0.0.1:{own_ports[1]} - "GET /ws HTTP/1.1" 101 Switching Protocols',

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import struct
 import subprocess
@@ -71,7 +72,11 @@ def test_access_log_names_the_original_client(run_server, caplog):
             http_identity(server.port, prefix=V1_CLIENT)
             ws_identity(server.port, prefix=V1_CLIENT)
     lines = [r.getMessage() for r in caplog.records if r.name == "asgiws.access"]
-    assert lines == ['203.0.113.7:56324 - "GET / HTTP/1.1" 200', '203.0.113.7:56324 - "GET /ws HTTP/1.1" 101']
+    assert lines[:2] == ['203.0.113.7:56324 - "GET / HTTP/1.1" 200', '203.0.113.7:56324 - "GET /ws HTTP/1.1" 101']
+    # The WebSocket's close line names the original client too.
+    [closed] = lines[2:]
+    assert re.fullmatch(r'203\.0\.113\.7:56324 - "WebSocket /ws" closed \d+ by \w+ after \d+\.\d{3}s, '
+                        r"in: \d+ msg \d+ B, out: \d+ msg \d+ B", closed), closed
 
 
 @pytest.mark.parametrize("header", [v2(command=0x0, family=0x00), b"PROXY UNKNOWN\r\n"])

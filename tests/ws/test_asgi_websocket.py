@@ -470,7 +470,8 @@ def test_client_that_never_answers_close_is_dropped_after_close_timeout(run_serv
         await send({"type": "websocket.close", "code": 1000})
         await asyncio.sleep(10)
 
-    with run_server(app, ws_close_timeout=0.3) as server:
+    # The app outlives the test: shutdown cancels it after a short graceful timeout.
+    with run_server(app, ws_close_timeout=0.3, timeout_graceful_shutdown=0.3) as server:
         ws = open_raw(server)
         assert ws.read_close()[0] == 1000
         assert ws.at_eof(timeout=3)
