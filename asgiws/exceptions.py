@@ -13,15 +13,16 @@ public API); this docstring is the one map of them all::
     │   │                               bad status, bad header, wrong order
     │   │                               (raised to the app; 500 / 1011 if uncaught)
     │   ├── websocket.ConnectionClosedError   the codec: send after the close
-    │   └── broadcast.BroadcastNotAvailable   no asgiws broker for this app
+    │   └── broadcast.BroadcastNeedsAsgiws    no asgiws broker for this app
+    │                                         (BroadcastNotAvailable: its old name)
     ├── websocket.ProtocolError         a peer broke RFC 6455 or 7692; carries
     │                                   its close code (1002, 1007, 1009 ...)
     │                                   and never leaves the codec
     ├── websocket.HandshakeError        an upgrade request refused; carries the
     │                                   HTTP status (400, 426) and its headers
     ├── broadcast.BroadcastError        base of the pub/sub errors
-    │   ├── BroadcastUnavailable        the broker (Redis) cannot be reached
-    │   └── BroadcastNotAvailable       (also a RuntimeError, above)
+    │   ├── BroadcastUnavailable        Redis cannot take the call right now
+    │   └── BroadcastNeedsAsgiws        (also a RuntimeError, above)
     ├── importer.ImportFromStringError  APP is not "module:attribute"
     └── server.StartupError             the server could not start (bind, lifespan)
 

@@ -73,12 +73,12 @@ class WorkerLocalBroker(MemoryBroker):
     """The in-process broker of one of N workers: the first publish says, once per worker, that the
     clients of the other workers do not get it. Apps that never publish never see the warning."""
 
-    def __init__(self, workers: int) -> None:
-        super().__init__()
+    def __init__(self, workers: int, history_size: int, history_ttl: float) -> None:
+        super().__init__(history_size, history_ttl)
         self.workers = workers
         self.warned = False
 
-    async def publish(self, channel: str, data: str | bytes) -> None:
+    async def publish(self, channel: str, data: str | bytes) -> str:
         if not self.warned:
             self.warned = True
             logger.warning(
@@ -86,7 +86,7 @@ class WorkerLocalBroker(MemoryBroker):
                 "that published them (%d workers). Use --broadcast-url redis://HOST:PORT to reach all.",
                 self.workers,
             )
-        await super().publish(channel, data)
+        return await super().publish(channel, data)
 
 
 def load_app(config: Config) -> ASGIApp:
@@ -299,11 +299,14 @@ class Server:
         A Redis that is down does not stop start-up: the broker reconnects by itself.
         """
         try:
-            broker = broadcast.create_broker(self.config.broadcast_url)
+            config = self.config
+            broker = broadcast.create_broker(
+                config.broadcast_url, config.broadcast_history_size, config.broadcast_history_ttl
+            )
         except (ValueError, RuntimeError) as exc:
             raise StartupError(str(exc)) from None
         if self.config.broadcast_url is None and self.config.workers > 1:
-            broker = WorkerLocalBroker(self.config.workers)
+            broker = WorkerLocalBroker(config.workers, config.broadcast_history_size, config.broadcast_history_ttl)
         await broker.start()
         self.broker = broker
         broadcast.install(asyncio.get_running_loop(), broker)

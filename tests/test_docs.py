@@ -319,10 +319,23 @@ def run_python(words: list[str], env: dict[str, str], context: Context) -> None:
                                 check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert re.search(r"\d+ passed", result.stdout) and "failed" not in result.stdout, result.stdout
-    elif module in ("bench.run", "conformance.run", "examples.chat.fanout_bench"):
+    elif module in ("bench.run", "conformance.run", "examples.chat.fanout_bench", "bench.broadcast_redis"):
         check_help_flags(module, words[2:])
+    elif module == "asgiws.broadcast":
+        run_broadcast_command(words[2:], env, context)
     else:
         raise AssertionError(f"no rule checks `python -m {module}`")
+
+
+def run_broadcast_command(words: list[str], env: dict[str, str], context: Context) -> None:
+    """`python -m asgiws.broadcast publish URL CHANNEL MESSAGE`, through a real Redis: prints the offset."""
+    words = [context.redis().url if word.startswith("redis://") else word for word in words]
+    result = subprocess.run([sys.executable, "-m", "asgiws.broadcast", *words], cwd=context.workdir,
+                            env={**context.env, **env}, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    if words[0] == "publish":
+        assert re.fullmatch(r"[0-9a-f]{8}:\d+-\d+\n", result.stdout), result.stdout
 
 
 def check_docker(words: list[str], env: dict[str, str], context: Context) -> None:

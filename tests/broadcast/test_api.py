@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 import zlib
@@ -229,3 +230,43 @@ def test_broadcasts_held_behind_a_fragmented_send_are_bounded_by_the_send_queue(
             time.sleep(0.05)
         sock.close()
     assert disconnects and disconnects[0]["code"] == 1008
+
+
+def test_in_process_channels_nobody_watches_with_nothing_live_are_swept() -> None:
+    from asgiws.broadcast import MemoryBroker
+
+    async def main() -> None:
+        broker = MemoryBroker(history_size=10, history_ttl=0.2)
+        watcher = FakeConnection()
+        await broker.subscribe(watcher, "watched")  # type: ignore[arg-type]
+        old = await broker.publish("idle", "m")
+        await broker.publish("watched", "w")
+        assert broker.sweep() == 0  # "idle" still holds a live message
+        await asyncio.sleep(0.3)
+        assert broker.sweep() == 1  # "idle" is gone; "watched" has a subscriber
+        assert await broker.history("idle") == []
+        # The channel made again has a new epoch: the old offset is not taken for a position in it.
+        late = FakeConnection()
+        sub = await broker.subscribe(late, "idle", since=old)  # type: ignore[arg-type]
+        assert sub.recovered is False and sub.offset.split(":")[0] != old.split(":")[0]
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+
+
+def test_in_process_server_restart_makes_old_offsets_not_recovered(run_server) -> None:
+    async def resume(server, since: str | None) -> dict:
+        ws = await connect(server.url("/resume/r" + (f"?since={since}" if since else ""), "ws"))
+        start = json.loads(await ws.recv())
+        await ws.close()
+        return start
+
+    with run_server(app) as server:
+        async def first() -> str:
+            async with httpx.AsyncClient() as http:
+                return (await http.post(server.url("/publish/r"), content="before")).text
+
+        offset = asyncio.run(first())
+        assert asyncio.run(resume(server, offset))["recovered"] is True
+    with run_server(app) as server:
+        assert asyncio.run(resume(server, offset))["recovered"] is False
