@@ -363,6 +363,14 @@ class Config:
         300.0, "Seconds a broadcast message stays in history (0: no age limit, only the size)."
     )
 
+    # -- metrics ----------------------------------------------------------------------
+    metrics_port: int | None = option(
+        None, "Serve Prometheus/OpenMetrics /metrics on this port, summed over every worker (default: off)."
+    )
+    # Loopback: the counters say how busy the service is and who it refuses; expose them on
+    # purpose (--metrics-host 0.0.0.0 for a scraper on another machine), not by default.
+    metrics_host: str = option("127.0.0.1", "Address the --metrics-port endpoint listens on.")
+
     def __post_init__(self) -> None:
         for name, normalise in _NORMALISE.items():
             object.__setattr__(self, name, normalise(getattr(self, name)))
@@ -395,6 +403,8 @@ class Config:
         return (
             (self.workers >= 1, "workers", "must be at least 1"),
             (0 <= self.port <= 65535, "port", "must be between 0 and 65535"),
+            (self.metrics_port is None or 0 <= self.metrics_port <= 65535, "metrics_port",
+             "must be between 0 and 65535"),
             (self.backlog >= 1, "backlog", "must be at least 1"),
             (self.ws_max_size >= 1, "ws_max_size", "must be at least 1"),
             (self.ws_max_queue >= 1, "ws_max_queue", "must be at least 1"),

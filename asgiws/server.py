@@ -165,6 +165,7 @@ class Server:
         self.sockets: list[socket.socket] = []
         self.bound_addresses: list[Any] = []  # (host, port) tuples, or paths for UNIX sockets
         self.servers: list[asyncio.AbstractServer] = []
+        self.metrics_server: asyncio.AbstractServer | None = None  # --metrics-port without a supervisor
         self.lifespan: LifespanOn | None = None
         self.app: ASGIApp | None = None
         self.broker: broadcast.Broker | None = None
@@ -264,6 +265,7 @@ class Server:
             self.servers.append(server)
             for server_sock in server.sockets:
                 self.bound_addresses.append(server_sock.getsockname())
+        await self._start_metrics()
         scheme = "https" if ssl_context else "http"
         # A worker that took over another slot's listener (SIGTTOU) has two on one address: say it once.
         for address in dict.fromkeys(self.bound_addresses):
@@ -273,6 +275,25 @@ class Server:
             else:
                 logger.info("Asgiws running on unix socket %s (Press CTRL+C to quit)", address)
         self.started = True
+
+    async def _start_metrics(self) -> None:
+        """Serve /metrics from this process (a supervisor's workers get no metrics_port: it serves).
+
+        Raises StartupError when the address cannot be bound.
+        """
+        config = self.config
+        if config.metrics_port is None:
+            return
+        from asgiws.protocols.metrics import MetricsProtocol
+
+        try:
+            self.metrics_server = await asyncio.get_running_loop().create_server(
+                MetricsProtocol, config.metrics_host, config.metrics_port)
+        except OSError as exc:
+            raise StartupError(f"Cannot serve metrics on {config.metrics_host}:{config.metrics_port}: "
+                               f"{exc.strerror or exc}") from None
+        host, port = self.metrics_server.sockets[0].getsockname()[:2]
+        logger.info("Metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)
 
     async def _start_broker(self) -> None:
         """Start the --broadcast-url broker (in-process without one) and make it the loop's.
@@ -311,6 +332,8 @@ class Server:
     async def _close_listeners(self) -> None:
         for server in self.servers:
             server.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         if getattr(self, "_owns_sockets", True):
             for sock in self.sockets:
                 sock.close()

@@ -45,6 +45,7 @@ from asgiws.workers import Channel, run_worker
 
 if TYPE_CHECKING:
     from asgiws.reload import Watcher
+    from asgiws.supervisor_metrics import MetricsEndpoint
 
 logger = logging.getLogger("asgiws.error")
 
@@ -129,6 +130,8 @@ class Supervisor:
         self.last_failure: str | None = None  # the last multi-line failure logged (said once)
         self.spawn_not_before = 0.0
         self.selector = selectors.DefaultSelector()
+        self.metrics: MetricsEndpoint | None = None  # --metrics-port (serve_metrics)
+        self.restart_reason = "sighup"  # why the current generation started, for the restart counter
         self._wakeup_r, self._wakeup_w = socket.socketpair()
 
     # -- the loop ----------------------------------------------------------------
@@ -166,6 +169,7 @@ class Supervisor:
         self._reap()
         now = time.monotonic()
         self._check_health(now)
+        self._tick_metrics(now)
         if not self.stopping:
             self._reconcile(now)
 
@@ -245,6 +249,7 @@ class Supervisor:
             return
         self.generation += 1
         self.spawn_not_before = 0.0  # a new generation deserves a prompt try
+        self.restart_reason = "sighup" if why == "SIGHUP" else "reload"
         logger.info("%s: rolling restart of %d worker(s)", why, self.target)
 
     def _begin_stop(self, why: str) -> None:
@@ -293,6 +298,8 @@ class Supervisor:
         self.selector.close()
         self._wakeup_r.close()
         self._wakeup_w.close()
+        if self.metrics is not None:
+            self.metrics.sock.close()
         if self.watcher is not None:
             self.watcher.close_in_child()
 
@@ -382,6 +389,8 @@ class Supervisor:
         while (lines := worker.channel.receive()):
             self._dispatch_lines(worker, lines)
         worker.channel.close()
+        if self.metrics is not None:
+            self.metrics.on_exit(worker.pid)
 
     def _on_exit(self, worker: Worker, code: int) -> None:
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
@@ -389,6 +398,7 @@ class Supervisor:
             logger.log(self._detail, "Worker %d stopped (%s)", worker.pid, how)
         elif worker.state is State.READY:
             logger.error("Worker %d died (%s): replacing it", worker.pid, how)
+            self._count_restart("died")
         else:
             self._on_startup_failure(worker, how)
 
@@ -472,6 +482,7 @@ class Supervisor:
                         "killing it", worker.pid, timeout,
                     )
                     _kill(worker.pid)
+                    self._count_restart("healthcheck")
                     worker.state = State.DRAINING  # replaced now; reaped when it dies
                     worker.drain_deadline = float("inf")
             elif now >= worker.next_ping_at:
@@ -534,6 +545,8 @@ class Supervisor:
                   for index in w.listeners}
         if set(leaving.listeners) <= served:
             logger.info("Draining worker %d", leaving.pid)
+            if self._outdated(leaving):
+                self._count_restart("max_requests" if leaving.replace else self.restart_reason)
             self._drain(leaving, CloseCode.SERVICE_RESTART)
 
     # -- listeners ---------------------------------------------------------------
@@ -567,6 +580,44 @@ class Supervisor:
                     "(SO_REUSEPORT)")
         return "Workers share one listening socket (SO_REUSEPORT applies to host:port only)"
 
+    # -- metrics (--metrics-port) ---------------------------------------------------
+
+    def serve_metrics(self, sock: socket.socket) -> None:
+        """Answer /metrics on the bound `sock` from this loop, summed over the workers."""
+        from asgiws.supervisor_metrics import MetricsEndpoint
+
+        self.metrics = MetricsEndpoint(sock, self.selector, self._ask_for_metrics, self._worker_states)
+        self.metrics.start()
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        logger.info("Metrics on http://%s:%d/metrics", shown, port)
+
+    def _ask_for_metrics(self) -> set[int]:
+        """Send "metrics" to every worker that serves (a starting one has counted nothing yet)."""
+        asked = set()
+        for worker in self.workers.values():
+            if worker.state is not State.STARTING and worker.channel.send("metrics"):
+                asked.add(worker.pid)
+        return asked
+
+    def _worker_states(self) -> dict[str, int]:
+        counts = {state.value: 0 for state in State}
+        for worker in self.workers.values():
+            counts[worker.state.value] += 1
+        return counts
+
+    def _on_metrics(self, worker: Worker, argument: str) -> None:
+        if self.metrics is not None:
+            self.metrics.on_snapshot(worker.pid, argument)
+
+    def _count_restart(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count_restart(reason)
+
+    def _tick_metrics(self, now: float) -> None:
+        if self.metrics is not None:
+            self.metrics.tick(now)
+
     # -- the end -----------------------------------------------------------------
 
     def _cleanup(self) -> None:
@@ -582,6 +633,8 @@ class Supervisor:
                 except OSError:
                     pass
             sock.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.selector.close()
         self._wakeup_r.close()
         self._wakeup_w.close()
@@ -592,6 +645,23 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _bind_metrics(config: Config) -> socket.socket | None:
+    """The --metrics-port socket, bound before any worker starts; None without the option.
+
+    Raises OSError (a port in use, an address not on this machine) after logging it.
+    """
+    if config.metrics_port is None:
+        return None
+    from asgiws.supervisor_metrics import bind_metrics_socket
+
+    try:
+        return bind_metrics_socket(config.metrics_host, config.metrics_port)
+    except OSError as exc:
+        logger.error("Cannot serve metrics on %s:%d: %s", config.metrics_host, config.metrics_port,
+                     exc.strerror or exc)
+        raise
 
 
 def run_supervisor(config: Config, sockets: list[socket.socket] | None = None) -> int:
@@ -612,11 +682,17 @@ def run_supervisor(config: Config, sockets: list[socket.socket] | None = None) -
     except ValueError as exc:  # a --header no response could carry
         logger.error("%s", exc)
         return 1
+    try:
+        metrics_sock = _bind_metrics(config)
+    except OSError:
+        return 1
     if sockets is None:
         try:
             sockets = bind_listeners(config, config.workers)
         except OSError as exc:
             logger.error("%s", bind_error(config, exc))
+            if metrics_sock is not None:
+                metrics_sock.close()
             return 1
     watcher = None
     if config.reload:
@@ -624,6 +700,8 @@ def run_supervisor(config: Config, sockets: list[socket.socket] | None = None) -
 
         watcher = Watcher(config)
     supervisor = Supervisor(config, sockets, watcher=watcher)
+    if metrics_sock is not None:
+        supervisor.serve_metrics(metrics_sock)
     if watcher is not None:
         watcher.start()
     return supervisor.run()

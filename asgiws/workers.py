@@ -5,8 +5,11 @@ a socketpair) carries short text lines:
 
   supervisor -> worker   "ping"          answer "pong" (from the event loop)
                          "stop <code>"   graceful shutdown; WebSockets get <code>
+                         "metrics"       answer "metrics <json>" (--metrics-port scrapes)
   worker -> supervisor   "ready"         the server is accepting connections
                          "pong"
+                         "metrics <json>" this worker's counters (asgiws.metrics.snapshot),
+                                         also sent once more as it exits after serving
                          "recycle"       --limit-max-requests reached: replace me
                          "fail <text>"   start-up failed, with the app's error
                          "fatal <text>"  start-up failed and retrying cannot help (the
@@ -24,6 +27,7 @@ rather than serving on as an orphan.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import random
@@ -34,6 +38,7 @@ import traceback
 from typing import Any
 
 from asgiws.config import Config
+from asgiws.metrics import METRICS
 from asgiws.websocket.frames import CloseCode
 
 logger = logging.getLogger("asgiws.error")
@@ -152,6 +157,7 @@ def run_worker(config: Config, sockets: list[socket.socket], channel_sock: socke
         reason = link.error or errors.message or "the server stopped before it started serving"
         channel.send(f"{'fatal' if link.fatal else 'fail'} {reason}")
         return 3
+    link.send_metrics()  # what it counted while draining, so the supervisor's totals keep it
     return 0
 
 
@@ -174,7 +180,8 @@ class SupervisorLink:
         # keeps serving until the supervisor has a replacement ready. The
         # sockets belong to the supervisor: a worker that stops must not
         # unlink the --uds path the others go on serving.
-        self.server = Server(config.replace(limit_max_requests=None, uds=None, fd=None))
+        # The supervisor serves --metrics-port, from every worker's counters.
+        self.server = Server(config.replace(limit_max_requests=None, uds=None, fd=None, metrics_port=None))
         # SIGTERM sent to this worker stops it gracefully; SIGINT stays ignored.
         self.server.handled_signals = (signal.SIGTERM,)
         # The supervisor says a start-up error once, however many workers met it.
@@ -203,6 +210,12 @@ class SupervisorLink:
                 self.channel.send("pong")
             elif command == "stop":
                 self._stop(int(argument or CloseCode.GOING_AWAY))
+            elif command == "metrics":
+                self.send_metrics()
+
+    def send_metrics(self) -> None:
+        """Send this worker's counters; answered by the event loop, as pings are."""
+        self.channel.send("metrics " + json.dumps(METRICS.snapshot(), separators=(",", ":")))
 
     def _stop(self, close_code: int) -> None:
         self.server.shutdown_close_code = close_code

@@ -1,7 +1,7 @@
 """Load generator: picows client (Cython) on uvloop, one process.
 
 Sub-commands print one JSON object on stdout. Every run is bounded in time.
-  echo    --conns N --size B [--binary] --duration S
+  echo    --conns N --size B [--binary] --duration S [--pid PID: also messages per server CPU second]
   fanout  --subs N --rounds R
   churn   --concurrency N --duration S
   memory  --conns N --pid PID [--deflate]     (websockets client: picows has no deflate)
@@ -91,15 +91,21 @@ async def run_echo(a):
     await asyncio.sleep(a.warmup)
     st["measuring"] = True
     t0 = time.perf_counter()
+    cpu0 = tree_cpu_seconds(a.pid) if a.pid else 0.0
     await asyncio.sleep(a.duration)
     st["measuring"] = False
     st["running"] = False
     el = time.perf_counter() - t0
+    cpu = tree_cpu_seconds(a.pid) - cpu0 if a.pid else 0.0
     lat = sorted(st["lat"])
     for tr, _ in conns:
         tr.disconnect()
-    return {"msgs_per_s": st["count"] / el, "p50_ms": (pct(lat, 50) or 0) * 1e3,
-            "p99_ms": (pct(lat, 99) or 0) * 1e3, "count": st["count"]}
+    result = {"msgs_per_s": st["count"] / el, "p50_ms": (pct(lat, 50) or 0) * 1e3,
+              "p99_ms": (pct(lat, 99) or 0) * 1e3, "count": st["count"]}
+    if a.pid:
+        # The server's own cost per message: steadier than msg/s on a machine others load too.
+        result["msgs_per_cpu_s"] = st["count"] / cpu if cpu else None
+    return result
 
 
 class Sub(WSListener):

@@ -17,7 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from importlib import metadata
 
 from bench import tls
@@ -29,9 +31,23 @@ TASKSET = shutil.which("taskset") if (os.cpu_count() or 1) >= 2 else None
 WRK = shutil.which("wrk")
 SERVER_CPU, LOAD_CPU = "0", "1"
 
+# asgiws-scraped: asgiws with --metrics-port, scraped every SCRAPE_INTERVAL s while the load runs (what a
+# Prometheus does), beside plain asgiws in the same rounds. asgiws-base: asgiws from --base-tree DIR (e.g. a
+# checkout of main), to compare the cost of a change against the code before it.
+METRICS_PORTS = {}  # server port -> its --metrics-port
+SCRAPE_INTERVAL = 1.0
+BASE_TREE = [None]  # --base-tree
+
+
+def _asgiws(port, *extra):
+    return [PY, "-m", "asgiws", "bench.app:app", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--no-access-log", *extra]
+
+
 SERVERS = {
-    "asgiws": lambda port: [PY, "-m", "asgiws", "bench.app:app", "--host", "127.0.0.1", "--port", str(port),
-                            "--log-level", "warning", "--no-access-log"],
+    "asgiws": _asgiws,
+    "asgiws-scraped": lambda port: _asgiws(port, "--metrics-port", str(METRICS_PORTS[port])),
+    "asgiws-base": _asgiws,
     # uvicorn's default WebSocket implementation (--ws auto picks websockets-sansio when websockets is
     # installed, uvicorn 0.54); the legacy websockets implementation and wsproto are rows of their own.
     "uvicorn": lambda port: [PY, "-m", "uvicorn", "bench.app:app", "--host", "127.0.0.1", "--port", str(port),
@@ -74,7 +90,8 @@ SCENARIOS = {
 TLS_SCENARIOS = {"wss_echo64", "wss_echo1m", "wss_memory"}
 # more figures per scenario: (metric key, label, unit, higher is better); each gets its own rows
 _FANOUT_CPU = [("deliveries_per_cpu_s", "deliveries per server CPU second", "1/s", True)]
-EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", False)],
+EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", False),
+                    ("msgs_per_cpu_s", "messages per server CPU second", "1/s", True)],
          "stall": [("p99_ms", "p99", "ms", False)],
          "fanout": _FANOUT_CPU, "fanout_queue": _FANOUT_CPU,
          "churn": [("handshakes_per_cpu_s", "handshakes per server CPU second", "1/s", True)]}
@@ -119,9 +136,14 @@ def wait_ready(proc, port, timeout):
 
 def start_server(name, port, logf, extra=()):
     """The server on port (extra: more flags, e.g. TLS), once it accepts connections; None if it did not."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # asgiws-base runs from the other tree: `python -m` puts the working directory first on sys.path,
+    # ahead of this checkout's editable install.
+    tree = BASE_TREE[0] if name == "asgiws-base" else ROOT
+    env = dict(os.environ, PYTHONPATH=tree + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if name == "asgiws-scraped":
+        METRICS_PORTS[port] = free_port()
     cmd = SERVERS[name](port) + list(extra)
-    proc = subprocess.Popen(pin(cmd, SERVER_CPU), cwd=ROOT, stdout=logf, stderr=logf,
+    proc = subprocess.Popen(pin(cmd, SERVER_CPU), cwd=tree, stdout=logf, stderr=logf,
                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     _procs.append(proc)
     if not wait_ready(proc, port, 15):
@@ -129,6 +151,31 @@ def start_server(name, port, logf, extra=()):
         return None
     time.sleep(0.3)
     return proc
+
+
+class Scraper(threading.Thread):
+    """GET /metrics every SCRAPE_INTERVAL s until stopped; counts the answers (and failures)."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.stopping = threading.Event()
+        self.scrapes = self.failures = 0
+
+    def run(self):
+        while not self.stopping.wait(SCRAPE_INTERVAL):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    ok = response.status == 200 and b"asgiws_websocket_connections" in response.read()
+            except OSError:
+                ok = False
+            self.scrapes += ok
+            self.failures += not ok
+
+    def stop(self):
+        self.stopping.set()
+        self.join(10)
+        return {"scrapes": self.scrapes, "scrape_failures": self.failures}
 
 
 def stop_server(proc):
@@ -211,7 +258,8 @@ def scenario(name, port, pid, q):
     D = DUR[q]
     d = D["echo"]
     if name == "echo64":
-        return loadgen(["echo", "--port", str(port), "--conns", "50", "--size", "64", "--duration", str(d)], d + 30)
+        return loadgen(["echo", "--port", str(port), "--conns", "50", "--size", "64", "--duration", str(d),
+                        "--pid", str(pid)], d + 30)
     if name == "echo1m":
         return loadgen(["echo", "--port", str(port), "--conns", "4", "--size", str(1 << 20), "--binary",
                         "--duration", str(d)], d + 30)
@@ -374,8 +422,16 @@ def main():
     ap.add_argument("--servers", help="comma-separated servers: " + ",".join(SERVERS))
     ap.add_argument("--runs", type=int, help="override the number of rounds (full: 3, quick: 1)")
     ap.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--base-tree", metavar="DIR",
+                    help="another asgiws checkout (e.g. of main, C helper built) served as asgiws-base")
     a = ap.parse_args()
-    servers = a.servers.split(",") if a.servers else list(SERVERS)
+    # The two asgiws variants run only when named (they compare asgiws with itself, not with peers).
+    variants = ("asgiws-base", "asgiws-scraped")
+    servers = a.servers.split(",") if a.servers else [s for s in SERVERS if s not in variants]
+    if "asgiws-base" in servers:
+        if not a.base_tree or not os.path.isdir(os.path.join(a.base_tree, "asgiws")):
+            ap.error("asgiws-base needs --base-tree DIR, a checkout with the asgiws package in it")
+        BASE_TREE[0] = os.path.abspath(a.base_tree)
     scen = a.only.split(",") if a.only else list(SCENARIOS)
     for s in servers:
         if s not in SERVERS:
@@ -421,8 +477,15 @@ def main():
                             r, alive = {"error": "failed to start"}, True
                             dead[s] = "failed to start"
                         else:
+                            scraper = Scraper(METRICS_PORTS[port]) if s == "asgiws-scraped" else None
+                            if scraper is not None:
+                                scraper.start()
                             try:
                                 r = scenario(n, port, proc.pid, a.quick)
+                                if scraper is not None:
+                                    r.update(scraper.stop())
+                                    if r["scrape_failures"] or not r["scrapes"]:
+                                        r["error"] = f"{r['scrape_failures']} scrape(s) of /metrics failed"
                             finally:
                                 alive = proc.poll() is None
                                 stop_server(proc)

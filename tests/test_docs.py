@@ -274,6 +274,11 @@ def serve_command(args: list[str], env: dict[str, str], context: Context) -> lis
         args += ["--port", port]
     if "--broadcast-url" in args:
         args[args.index("--broadcast-url") + 1] = context.redis().url
+    metrics_url = None
+    if "--metrics-port" in args:
+        metrics_port = str(free_port())
+        args[args.index("--metrics-port") + 1] = metrics_port
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     server = Server([sys.executable, "-m", "asgiws", *args], Context(context.page, context.workdir,
                                                                       {**context.env, **env}, context.redis))
     try:
@@ -281,6 +286,9 @@ def serve_command(args: list[str], env: dict[str, str], context: Context) -> lis
         server.wait_workers_ready(args)
         response = server.get(found.group(1) + "/")
         assert response.status_code < 500, response
+        if metrics_url is not None:  # docs/metrics.md: what the page says a scrape shows
+            metrics = server.get(metrics_url)
+            assert metrics.status_code == 200 and "asgiws_http_requests_total{" in metrics.text, metrics.text
     finally:
         output = server.stop()
     return output

@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 
 from asgiws.config import WS_FRAGMENT_SIZE, Config
 from asgiws.exceptions import ClientDisconnected
+from asgiws.metrics import APP_DENIED, BAD_REQUEST, METRICS, ORIGIN, RATE, VERSION
 from asgiws.protocols.origins import origin_allowed
 from asgiws.protocols.response import denial_head, error_response, format_fields
 from asgiws.types import Message, Scope
@@ -222,6 +223,7 @@ class WebSocketSession:
         "_out",
         "_pending_close",
         "_ping_payload",
+        "_ping_sent_at",
         "_plain_reads",
         "_pong_deadline",
         "_request",
@@ -284,6 +286,7 @@ class WebSocketSession:
         self._close_deadline: float | None = None
         self._pong_deadline: float | None = None
         self._ping_payload = b""
+        self._ping_sent_at: float | None = None  # for asgiws_websocket_ping_rtt_seconds
         self._response_chunked = False
         self._response_status = 0
         self._message_rate = config.ws_max_message_rate
@@ -296,11 +299,13 @@ class WebSocketSession:
             self._request = validate_upgrade_request(method, scope["http_version"], scope["headers"])
         except HandshakeError as exc:
             logger.info("Rejected WebSocket upgrade from %s: %s", self._client_text(), exc.reason)
+            METRICS.ws_rejected[VERSION if exc.status == 426 else BAD_REQUEST] += 1
             self._reject(exc.status, exc.reason, exc.headers)
             return
         if not origin_allowed(self._request.origin, config.ws_allowed_origins):
             logger.warning("Rejected WebSocket upgrade from %s: origin %r is not allowed",
                            self._client_text(), self._request.origin)
+            METRICS.ws_rejected[ORIGIN] += 1
             self._reject(403, "Origin not allowed", [])
             return
         scope["subprotocols"] = self._request.subprotocols
@@ -386,6 +391,7 @@ class WebSocketSession:
 
     def _on_message(self, event: TextMessage | BinaryMessage) -> None:
         if self._message_rate is not None and not self._take_token():
+            METRICS.ws_rejected[RATE] += 1
             self._on_failure(ProtocolFailure(CloseCode.POLICY_VIOLATION, "message rate limit exceeded"))
             return
         self.messages_received += 1
@@ -414,6 +420,9 @@ class WebSocketSession:
     def _on_pong(self, event: Pong) -> None:
         # 5.5.3: a Pong in response to a Ping carries its payload; unsolicited
         # pongs are allowed and simply ignored.
+        if self._ping_sent_at is not None and event.payload == self._ping_payload:
+            METRICS.ws_ping_rtt.observe(self._clock() - self._ping_sent_at)
+            self._ping_sent_at = None
         if self._pong_deadline is not None and event.payload == self._ping_payload:
             self._pong_deadline = None
 
@@ -511,6 +520,7 @@ class WebSocketSession:
         assert self.conn is not None
         self._ping_payload = os.urandom(4)
         self.conn.send_ping(self._ping_payload)
+        self._ping_sent_at = now
         timeout = self.config.ws_ping_timeout
         if timeout and self._pong_deadline is None:
             self._pong_deadline = now + timeout
@@ -705,6 +715,7 @@ class WebSocketSession:
             messages.popleft()
         self._out.append(response)
         self.opened_at = self._clock()
+        METRICS.websocket_opened(self)
         self._log_access(101)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("WebSocket %s %s accepted: subprotocol=%s, extensions=%s, origin=%s",
@@ -731,9 +742,11 @@ class WebSocketSession:
 
     def _app_close_before_accept(self, message: Message) -> None:
         # ASGI spec: websocket.close before accept means the server answers 403.
+        METRICS.ws_rejected[APP_DENIED] += 1
         self._reject(403, "", [])
 
     def _app_response_start(self, message: Message) -> None:
+        METRICS.ws_rejected[APP_DENIED] += 1  # the Websocket Denial Response extension
         status = message["status"]
         head, self._response_chunked = denial_head(
             status, message.get("headers") or (), self._default_headers, date=self.config.date_header
@@ -781,6 +794,7 @@ class WebSocketSession:
 
     def abandon(self, code: int, reason: str) -> None:
         """The connection is dropped without a close frame (a client not reading: 1008)."""
+        METRICS.ws_slow_consumer_drops += 1
         self.closed_by = "server"
         self._set_disconnect(code, reason)
         self._enter(_CLOSED)
@@ -840,6 +854,8 @@ class WebSocketSession:
             self._set_disconnect(CloseCode.ABNORMAL_CLOSURE, None)
             self._emit(SEND_EOF)
             if self.opened_at is not None:
+                code = self.disconnect["code"] if self.disconnect else CloseCode.ABNORMAL_CLOSURE
+                METRICS.websocket_closed(self, code, self.closed_by)
                 self._log_close()
         if previous is not state and logger.isEnabledFor(logging.DEBUG):
             logger.debug("WebSocket %s: %s -> %s", self._client_text(), previous.name, state.name)
@@ -858,6 +874,7 @@ class WebSocketSession:
         return path
 
     def _log_access(self, status: int) -> None:
+        METRICS.count_http(status, None)  # the handshake's response; its duration is not a request's
         if self.config.access_log:
             self._write_access_line(self.scope.get("client"), "GET", self._path(),
                                     self.scope.get("http_version", "1.1"), status)

@@ -32,6 +32,7 @@ from asgiws.broadcast.errors import (
     BroadcastUnavailable,
 )
 from asgiws.broadcast.offsets import History, Subscription
+from asgiws.metrics import METRICS
 
 __all__ = [
     "SCOPE_EXTENSION",
@@ -142,7 +143,9 @@ class Broadcast:
             raise TypeError(f"publish() takes str or bytes, not {type(data).__name__}")
         if not isinstance(data, str):
             data = bytes(data)
-        return await self.broker.publish(channel, data)
+        offset = await self.broker.publish(channel, data)
+        METRICS.broadcast_published += 1
+        return offset
 
     async def history(self, channel: str, since: str | None = None, limit: int = 100) -> History:
         """Up to `limit` (offset, data) of `channel`, oldest first.

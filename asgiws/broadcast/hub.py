@@ -8,6 +8,7 @@ from typing import Protocol
 
 from asgiws.broadcast.offsets import envelope_text
 from asgiws.broadcast.prepared import PreparedMessage
+from asgiws.metrics import METRICS
 
 __all__ = ["Hub", "Subscriber"]
 
@@ -114,7 +115,9 @@ class Hub:
             self._queue(plain, PreparedMessage(data))
         if enveloped:
             self._queue(enveloped, PreparedMessage(envelope_text(channel, offset, data)))
-        return len(plain) + len(enveloped)
+        delivered = len(plain) + len(enveloped)
+        METRICS.broadcast_deliveries += delivered
+        return delivered
 
     def replay(self, connection: Subscriber, channel: str, entries: Iterable[tuple[str, str | bytes]],
                envelope: bool) -> None:

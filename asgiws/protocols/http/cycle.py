@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from asgiws.exceptions import ClientDisconnected
 from asgiws.logging import log_access
+from asgiws.metrics import METRICS
 from asgiws.protocols.response import NO_BODY_STATUS, app_field_line, status_line
 from asgiws.types import ASGIApp, Message, Scope
 
@@ -29,7 +31,7 @@ class RequestCycle:
         "protocol", "transport", "scope", "keep_alive", "expect_100", "body", "buffered",
         "content_length", "body_received", "more_body", "disconnected", "response_started",
         "response_complete", "chunked", "expected_length", "sent_length", "status", "_waiter",
-        "_write_paused", "_drain", "is_head", "_lines", "_app_names",
+        "_write_paused", "_drain", "is_head", "_lines", "_app_names", "started_at",
     )
 
     def __init__(self, protocol: HttpProtocol, scope: Scope, *, keep_alive: bool) -> None:
@@ -60,6 +62,8 @@ class RequestCycle:
         # message writes them, and the field names the app set in it.
         self._lines: list[bytes] | None = None
         self._app_names: set[bytes] = _NO_NAMES
+        # For asgiws_http_request_duration_seconds; not loop.time(), which uvloop caches per loop tick.
+        self.started_at = time.monotonic()
 
     def body_owed(self) -> int:
         """Bytes of a Content-Length body not parsed yet; 0 when chunked or complete."""
@@ -166,6 +170,7 @@ class RequestCycle:
         self.protocol.on_response_complete(self.keep_alive)
 
     def _log(self) -> None:
+        METRICS.count_http(self.status, time.monotonic() - self.started_at)
         if self.protocol.config.access_log:
             scope = self.scope
             path = scope["path"]

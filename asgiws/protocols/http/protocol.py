@@ -19,6 +19,7 @@ import httptools
 
 from asgiws.config import Config
 from asgiws.logging import TRACE_LOG_LEVEL
+from asgiws.metrics import LIMIT, METRICS, PER_IP
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.http.cycle import RequestCycle
 from asgiws.protocols.http.head import Abort, HeadCallbacks, new_parser
@@ -131,6 +132,7 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
             logger.log(TRACE_LOG_LEVEL, "%s - HTTP connection made", self._client_text())
         if over_limit:
             logger.warning("Too many connections from %s", self.client_ip)
+            METRICS.ws_rejected[PER_IP] += 1  # HTTP or WebSocket: refused before a request says which
             self._send_error(503, "Too many connections from this address")
             return
         self._set_timer(self.config.timeout_handshake)
@@ -332,6 +334,7 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
     def _hand_over(self, scope: Scope, method: str, trailing: bytes) -> None:
         if self.concurrency_exceeded():
             logger.warning("Exceeded concurrency limit: upgrade refused")
+            METRICS.ws_rejected[LIMIT] += 1
             self._send_error(503, "Service Unavailable")
             return
         try:
@@ -395,6 +398,7 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
         self._enqueue(lambda: self._send_error(status, reason))
 
     def _send_error(self, status: int, reason: str) -> None:
+        METRICS.count_http(status, None)  # not timed: no request was parsed (or it broke a limit)
         if not self.transport.is_closing():
             self.transport.writelines(self._error_response(status, reason, keep_alive=False, body=True))
         self._close()
