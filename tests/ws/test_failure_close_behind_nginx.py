@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import shutil
 import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.proxy.wire import free_port, running
 from tests.rawws import RawWebSocket
 from tests.wire import client_frame
 
@@ -53,41 +52,14 @@ http {{
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextlib.contextmanager
 def nginx_in_front_of(upstream: int, directory: Path) -> Iterator[int]:
     """Run nginx on a free port, proxying to 127.0.0.1:`upstream`; yield its port."""
-    port = _free_port()
+    port = free_port()
     config = directory / "nginx.conf"
     config.write_text(CONFIG.format(dir=directory, port=port, upstream=upstream))
-    process = subprocess.Popen([NGINX, "-c", str(config), "-p", str(directory)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx did not start: {process.stderr.read().decode()}") from None
-                time.sleep(0.05)
+    with running([NGINX, "-c", str(config), "-p", str(directory)], port, directory / "nginx.out"):
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-        if process.stderr is not None:
-            process.stderr.close()
 
 
 def _stream_until_stopped(sock: socket.socket, stop: threading.Event) -> None:
