@@ -175,7 +175,9 @@ class Supervisor:
 
     def _timeout(self) -> float:
         now = time.monotonic()
-        deadlines = [now + TICK, self.spawn_not_before]
+        deadlines = [now + TICK]
+        if self.spawn_not_before > now:  # a spawn held back by the backoff; past it, _reconcile runs each tick
+            deadlines.append(self.spawn_not_before)
         timeout = self.config.timeout_worker_healthcheck
         for worker in self.workers.values():
             if worker.state is State.DRAINING:

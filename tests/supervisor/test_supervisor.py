@@ -10,6 +10,7 @@ import stat
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -201,6 +202,27 @@ def test_sigttin_and_sigttou_change_the_number_of_workers(cluster):
     assert "SIGTTOU: now 1 worker(s)" in server.log()
     assert server.supervisor_threads() == 1  # no thread, no event loop: forking stays safe
     assert get(server.port)[0] == 200
+    assert server.stop() == 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc (clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_server_sleeps_supervisor_and_workers_alike(cluster):
+    # The supervisor's select() timeout once took a spawn deadline of 0.0 as due: select(0) in a loop, a
+    # whole core burnt beside the workers it shares the machine with (half the echo throughput when pinned
+    # on the worker's core). An idle select() loop with a 0.25 s tick and health pings costs a few ms.
+    server = cluster("tests.supervisor.apps:app", "--workers", "2")
+    server.wait_ready(2)
+    time.sleep(0.5)  # start-up (imports, lifespan) is done
+    pids = [server.pid, *server.workers()]
+    before = {pid: _cpu_seconds(pid) for pid in pids}
+    time.sleep(3.0)
+    used = {pid: round(_cpu_seconds(pid) - before[pid], 3) for pid in pids}
+    assert all(seconds < 0.3 for seconds in used.values()), f"CPU seconds over 3 s idle: {used}"
     assert server.stop() == 0
 
 
