@@ -23,7 +23,7 @@ from asgiws.metrics import LIMIT, METRICS, PER_IP
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.http.cycle import RequestCycle
 from asgiws.protocols.http.head import Abort, HeadCallbacks, new_parser
-from asgiws.protocols.response import add_default_fields, error_response, format_fields
+from asgiws.protocols.response import add_default_fields, date_line, error_response, format_fields
 from asgiws.protocols.utils import TrustedProxies, get_local_addr, get_remote_addr, is_ssl, peer_name
 from asgiws.types import ASGIApp, Scope
 
@@ -58,7 +58,8 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
     __slots__ = (
         "config", "server_state", "app", "loop", "trusted", "parser", "transport", "client", "server",
         "client_ip", "scheme", "pipeline", "cycle", "_closing", "_upgraded", "_reading_paused",
-        "_timer", "_deadline", "_backlog", "_default_lines", "_proxy_trusted", "_raw_root_path",
+        "_timer", "_deadline", "_backlog", "_default_lines", "_default_block", "_default_names", "_proxy_trusted",
+        "_raw_root_path",
     )
 
     def __init__(
@@ -92,7 +93,10 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
         self._deadline: float | None = None  # loop time the idle/head timeout ends
         self._init_head()
         self._backlog = b""  # received but not parsed: the pipeline was full
-        self._default_lines: list[bytes] | None = None  # see _add_default_header_lines
+        # The default fields' lines, their block and names: made by _formatted_defaults on first use.
+        self._default_lines: list[bytes] | None = None
+        self._default_block = b""
+        self._default_names: frozenset[bytes] = frozenset()
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -412,12 +416,22 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
         # The lines formatted once per connection serve every response.
         if self._default_lines is None:
             self._default_lines = format_fields(self.server_state.default_headers)
+            self._default_block = b"".join(self._default_lines)
+            self._default_names = frozenset(name for name, _ in self.server_state.default_headers)
+            if self.config.date_header:
+                self._default_names |= {b"date"}
         return self._default_lines
 
-    def _add_default_header_lines(self, lines: list[bytes], app_names: set[bytes]) -> None:
-        """Append the Server, --header and Date lines, less those the app sent itself."""
+    def default_fields(self, app_names: frozenset[bytes]) -> bytes:
+        """The Server, --header and Date lines of a response, less those the app sent itself."""
+        self._formatted_defaults()
+        if app_names.isdisjoint(self._default_names):
+            # Nearly every response: the block made once per connection, and the Date line.
+            return self._default_block + date_line() if self.config.date_header else self._default_block
+        lines: list[bytes] = []
         add_default_fields(lines, self.server_state.default_headers, self._formatted_defaults(), app_names,
                            date=self.config.date_header)
+        return b"".join(lines)
 
     def _close(self) -> None:
         self._closing = True
