@@ -109,7 +109,7 @@ class RequestCycle:
     def start(self) -> None:
         protocol = self.protocol
         protocol.cycle = self
-        if protocol.concurrency_exceeded():
+        if protocol.config.limit_concurrency is not None and protocol.concurrency_exceeded():
             logger.warning("Exceeded concurrency limit.")
             self.keep_alive = False
             self._simple(503, "Service Unavailable")

@@ -163,10 +163,16 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
         return self.server_state.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._receive(self.server_state.read_buffer, nbytes)
+        # _receive's steps written out: this runs once per read, most often once per request.
+        if self._closing or self._upgraded:
+            return
+        if self._backlog:
+            self._backlog += self.server_state.read_buffer[:nbytes]
+            return
+        self._parse(self.server_state.read_buffer, nbytes)
 
     def _receive(self, data: bytes | bytearray, size: int) -> None:
-        """Parse data[:size], just read (or given back after an h2c upgrade)."""
+        """Parse data[:size], just read (or given back after an h2c upgrade or a PROXY header)."""
         if self._closing or self._upgraded:
             return
         if self._backlog:
@@ -176,43 +182,41 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
         self._parse(data, size)
 
     def _parse(self, data: bytes | bytearray, size: int) -> None:
-        """Parse data[:size]; then start the head timer if a head began in it and is not complete.
-
-        The timer starts here rather than in on_message_begin: most heads end in
-        the read that began them, and the timer would be set for nothing. It is
-        not moved by later reads of the same head (a slowloris client gains nothing).
-        """
-        self._head_began = False
-        self._parse_pieces(data, size)
-        if self._head_began and self._in_head and not self._closing:
-            self._set_timer(self.config.timeout_handshake)
-
-    def _parse_pieces(self, data: bytes | bytearray, size: int) -> None:
         """Feed httptools data[:size] piece by piece; stop and keep the rest once the pipeline is full.
 
         One read can hold thousands of pipelined requests: parsing it whole would
         queue them all. Between pieces (`_piece_end`) the queue is checked, so it
         holds at most max_pipelined_requests plus what one piece can complete, and
         the rest of the read waits (reading paused) until answers drain the queue.
+
+        Then the head timer starts if a head began in data and is not complete.
+        It starts here rather than in on_message_begin: most heads end in the
+        read that began them, and the timer would be set for nothing. It is not
+        moved by later reads of the same head (a slowloris client gains nothing).
         """
+        self._head_began = False
         offset = 0
         view = memoryview(data)[:size]  # pieces are fed as views, not copied
+        config = self.config
         while offset < size and not self._closing and not self._upgraded:
-            if len(self.pipeline) >= self.config.max_pipelined_requests:
+            if len(self.pipeline) >= config.max_pipelined_requests:
                 self._backlog = bytes(view[offset:])
                 self._update_reading()
-                return
-            end = self._piece_end(data, offset, size)
+                break
+            # A short read is one piece: _piece_end's first answer, without the call.
+            end = size if size - offset <= _PARSE_SLICE else self._piece_end(data, offset, size)
             if self._in_head:
                 # Raw bytes of an unfinished head (httptools buffers a partial field
                 # whole): bounded here, before the field ends, to the piece.
                 self._head_bytes += end - offset
-                if self._head_bytes > self.config.max_request_line_size + self.config.max_header_size:
+                if self._head_bytes > config.max_request_line_size + config.max_header_size:
                     self._fail(431, "Request header fields too large")
-                    return
+                    break
             if not self._feed(view, offset, end):
-                return
+                break
             offset = end
+        if self._head_began and self._in_head and not self._closing:
+            self._set_timer(config.timeout_handshake)
 
     def _piece_end(self, data: bytes | bytearray, offset: int, size: int) -> int:
         """Where the next piece of data[:size] to parse ends: it completes few request heads.
