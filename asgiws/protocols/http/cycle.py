@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from asgiws.exceptions import ClientDisconnected
 from asgiws.logging import log_access
@@ -14,15 +14,39 @@ from asgiws.protocols.response import NO_BODY_STATUS, AppHead, app_head
 from asgiws.types import ASGIApp, Message, Scope
 
 if TYPE_CHECKING:
-    from asgiws.protocols.http.protocol import HttpProtocol
+    from asgiws.config import Config
+    from asgiws.protocols.common import ServerState
 
-__all__ = ["RequestCycle"]
+__all__ = ["HttpConnection", "RequestCycle"]
 
 logger = logging.getLogger("asgiws.error")
 
 # A body shorter than this (bytes) is copied behind its head for one write; a
 # longer one is written after it without the copy.
 _JOIN_BODY_BELOW = 65536
+
+
+class HttpConnection(Protocol):
+    """What a RequestCycle uses of the connection it serves (protocol.py's HttpProtocol).
+
+    Written here so that cycle.py imports nothing from protocol.py, which
+    imports this module (head.py makes the cycles, protocol.py runs them).
+    """
+
+    transport: asyncio.Transport
+    config: Config
+    loop: asyncio.AbstractEventLoop
+    app: ASGIApp
+    server_state: ServerState
+    cycle: RequestCycle | None  # the request being served
+
+    def concurrency_exceeded(self) -> bool: ...
+    def on_response_complete(self, keep_alive: bool) -> None: ...
+    def default_fields(self, app_names: frozenset[bytes]) -> bytes: ...
+    def _update_reading(self) -> None: ...
+    def _close(self) -> None: ...
+    def _error_response(self, status: int, reason: str, *, keep_alive: bool, body: bool) -> list[bytes]: ...
+    def _client_text(self) -> str: ...
 
 
 class RequestCycle:
@@ -36,7 +60,7 @@ class RequestCycle:
         "_write_paused", "_drain", "is_head", "_head", "started_at",
     )
 
-    def __init__(self, protocol: HttpProtocol, scope: Scope, *, keep_alive: bool) -> None:
+    def __init__(self, protocol: HttpConnection, scope: Scope, *, keep_alive: bool) -> None:
         self.protocol = protocol
         self.transport = protocol.transport
         self.scope = scope

@@ -14,6 +14,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -21,7 +22,7 @@ from asgiws.config import Config
 from asgiws.logging import TRACE_LOG_LEVEL
 from asgiws.metrics import LIMIT, METRICS, PER_IP
 from asgiws.protocols.common import ServerState
-from asgiws.protocols.http.cycle import RequestCycle
+from asgiws.protocols.http.cycle import HttpConnection, RequestCycle
 from asgiws.protocols.http.head import Abort, HeadCallbacks, new_parser
 from asgiws.protocols.response import add_default_fields, date_line, error_response, format_fields
 from asgiws.protocols.utils import TrustedProxies, get_local_addr, get_remote_addr, is_ssl, peer_name
@@ -497,6 +498,11 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
 
     def _client_text(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+
+
+if TYPE_CHECKING:
+    # mypy checks here that HttpProtocol is what a RequestCycle expects of its connection.
+    _CONNECTION: type[HttpConnection] = HttpProtocol
 
 
 def _skip_empty_lines(data: bytes | bytearray, offset: int, size: int) -> int:
