@@ -57,7 +57,7 @@ class RequestCycle:
         "protocol", "transport", "scope", "keep_alive", "expect_100", "body", "buffered",
         "content_length", "body_received", "more_body", "disconnected", "response_started",
         "response_complete", "chunked", "expected_length", "sent_length", "status", "_waiter",
-        "_write_paused", "_drain", "is_head", "_head", "started_at",
+        "_write_paused", "_drain", "is_head", "_head", "started_at", "_task",
     )
 
     def __init__(self, protocol: HttpConnection, scope: Scope, *, keep_alive: bool) -> None:
@@ -86,6 +86,7 @@ class RequestCycle:
         self.is_head = scope["method"] == "HEAD"
         # The app's response head from http.response.start until the first body message writes it.
         self._head: AppHead | None = None
+        self._task: asyncio.Task[None] | None = None  # the app's, once start() made it
         # For asgiws_http_request_duration_seconds; not loop.time(), which uvloop caches per loop tick.
         self.started_at = time.monotonic()
 
@@ -138,38 +139,47 @@ class RequestCycle:
             self.keep_alive = False
             self._simple(503, "Service Unavailable")
             return
-        task = protocol.loop.create_task(self.run_asgi(protocol.app))
-        protocol.server_state.tasks.add(task)
-        task.add_done_callback(protocol.server_state.tasks.discard)
+        # The task runs from the next loop iteration: self._task is set before run_asgi reads it.
+        self._task = protocol.loop.create_task(self.run_asgi(protocol.app))
+        protocol.server_state.tasks.add(self._task)
 
     async def run_asgi(self, app: ASGIApp) -> None:
+        """Run the app on this request; the task leaves server_state.tasks as it ends.
+
+        Removed here rather than by a done callback: that was one more loop
+        callback per request. (A task cancelled before it first ran never gets
+        here; only shutdown cancels, and it no longer waits on the set then.)
+        """
         try:
-            await app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            pass
-        except asyncio.CancelledError:
-            # Shutdown ran out of time: drop the connection, nothing to log.
-            if not self.response_complete:
-                self.protocol._close()
-            raise
-        except BaseException as exc:
-            logger.error("Exception in ASGI application", exc_info=exc)
-            if not self.response_started or self._head is not None:
-                # Nothing of the app's response is written yet (its head waits for the first body).
-                self._simple(500, "Internal Server Error")
-            elif not self.response_complete:
-                self.keep_alive = False
-                self.protocol._close()
-            if not isinstance(exc, Exception):
+            try:
+                await app(self.scope, self.receive, self.send)
+            except ClientDisconnected:
+                pass
+            except asyncio.CancelledError:
+                # Shutdown ran out of time: drop the connection, nothing to log.
+                if not self.response_complete:
+                    self.protocol._close()
                 raise
-        else:
-            if not self.response_started and not self.disconnected:
-                logger.error("ASGI callable returned without starting response.")
-                self._simple(500, "Internal Server Error")
-            elif not self.response_complete and not self.disconnected:
-                logger.error("ASGI callable returned without completing response.")
-                self.keep_alive = False
-                self.protocol._close()
+            except BaseException as exc:
+                logger.error("Exception in ASGI application", exc_info=exc)
+                if not self.response_started or self._head is not None:
+                    # Nothing of the app's response is written yet (its head waits for the first body).
+                    self._simple(500, "Internal Server Error")
+                elif not self.response_complete:
+                    self.keep_alive = False
+                    self.protocol._close()
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                if not self.response_started and not self.disconnected:
+                    logger.error("ASGI callable returned without starting response.")
+                    self._simple(500, "Internal Server Error")
+                elif not self.response_complete and not self.disconnected:
+                    logger.error("ASGI callable returned without completing response.")
+                    self.keep_alive = False
+                    self.protocol._close()
+        finally:
+            self.protocol.server_state.tasks.discard(self._task)
 
     def _simple(self, status: int, reason: str) -> None:
         """A server-made response (500, 503) in place of the app's."""
