@@ -330,22 +330,18 @@ class WebSocketSession:
                 self._early_input += data
             return []
         self.bytes_received += len(data)
-        if self._plain_reads:
-            # The common read: the codec appends the app's messages to its
-            # queue itself (no Python call per message); the events left are
-            # pongs, then maybe a close or failure behind every message.
-            messages = self.messages
-            queued = len(messages)
-            try:
-                events = conn.receive_data(data, messages)
-            except Exception as exc:  # noqa: BLE001  (our bug, not the client's: 1011, see _codec_crashed)
-                events = self._codec_crashed(exc)
-            self.messages_received += len(messages) - queued
-        else:
-            try:
-                events = conn.receive_data(data)
-            except Exception as exc:  # noqa: BLE001  (our bug, not the client's: 1011, see _codec_crashed)
-                events = self._codec_crashed(exc)
+        # The common read (open, no message rate): the codec appends the app's
+        # messages to its queue itself (no Python call per message), and the
+        # events left are pongs, then maybe a close or failure behind them.
+        # Otherwise each message is an event for this state's handler.
+        queue = self.messages if self._plain_reads else None
+        queued = len(self.messages)
+        try:
+            events = conn.receive_data(data, queue)
+        except Exception as exc:  # noqa: BLE001  (our bug, not the client's: 1011, see _codec_crashed)
+            events = self._codec_crashed(exc)
+        if queue is not None:
+            self.messages_received += len(queue) - queued
         for event in events:
             getattr(self, EVENT_TRANSITIONS[self.state][type(event)])(event)
         chunks = conn.data_to_send()  # pongs, or the close frame
