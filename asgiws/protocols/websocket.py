@@ -306,16 +306,20 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- ASGI receive / send ------------------------------------------------------------
 
     async def receive(self) -> Message:
-        messages = self.session.messages
+        session = self.session
+        messages = session.messages
         if messages:
             message = messages.popleft()
             if self._reading_paused and not self._writing_paused and len(messages) <= self._resume_queue:
                 self._resume_reading()
             return message
-        next_message = self.session.next_message()
-        if next_message is not None:
-            self._sync()  # reaching the client's close behind messages answered it
-            return next_message
+        if session.state is not _OPEN:
+            # Open with nothing queued, the app waits (the echo's every
+            # receive); any other state may have its disconnect message.
+            next_message = session.next_message()
+            if next_message is not None:
+                self._sync()  # reaching the client's close behind messages answered it
+                return next_message
         waiter: asyncio.Future[Message] = self.loop.create_future()
         self._waiter = waiter
         try:
