@@ -1,9 +1,9 @@
 """Many idle WebSockets, pings on: memory and idle CPU per connection, and a broadcast to all of them.
 
-    python -m bench.idle one  [--conns 19000] [--servers asgiws,uvicorn] [--runs N] [--base-tree DIR]
-    python -m bench.idle many [--conns 100000] [--workers 6] [--server-python PY]
+    python -m bench.idle [--scenario idle19k] [--conns 19000] [--servers asgiws,uvicorn] [--runs N]
+    python -m bench.idle --scenario idle100k [--conns 100000] [--workers 6] [--server-python PY]
 
-`one` (scenario idle19k): one worker, pinned to CPU 0 as bench/run.py pins it, holding `--conns`
+idle19k: one worker, pinned to CPU 0 as bench/run.py pins it, holding `--conns`
 WebSockets opened by client processes on CPU 1; every server at its default ping interval (asgiws
 and uvicorn: 20 s). Per server: RSS per connection (tree RSS after the connections minus before,
 over the count), idle server CPU over `--idle-window` seconds (45 s by default: two ping rounds),
@@ -13,7 +13,7 @@ send to the last delivery (over every client process), for the app's plain `send
 /broadcast_publish). asgiws's subscribers are on /broadcast, which joins both (so its memory figure
 includes the broadcast subscription); uvicorn's are on /fanout.
 
-`many` (scenario idle100k): `--workers` asgiws workers with `--broadcast-url redis://` on a
+idle100k: `--workers` asgiws workers with `--broadcast-url redis://` on a
 redis-server of its own, `--conns` connections from enough client processes that each holds under
 10,000 files; the same figures for the whole process tree, the broadcast through Redis. Not
 pinned: every core serves and loads. A run-by-hand benchmark; on 2 cores it takes minutes.
@@ -30,7 +30,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -113,7 +112,7 @@ class Clients:
         n_procs = -(-total // PER_CLIENT)
         for k in range(n_procs):
             share = total // n_procs + (k < total % n_procs)
-            cmd = [sys.executable, "-m", "bench.idle", "client", "--host", host, "--port", str(port),
+            cmd = [sys.executable, "-m", "bench.idle", "--client", "--host", host, "--port", str(port),
                    "--path", path, "--conns", str(share), "--source", f"127.0.0.{2 + k}"]
             if cpu is not None and shutil.which("taskset"):
                 cmd = ["taskset", "-c", cpu, *cmd]
@@ -254,7 +253,7 @@ def run_one(name, a):
         finally:
             clients.stop()
         return result
-    except Exception as exc:  # one server's failure is a row that says so, not a lost run
+    except Exception as exc:  # noqa: BLE001 - one server's failure is a row that says so, not a lost run
         return {"server": name, "error": repr(exc)}
     finally:
         run.stop_server(proc)
@@ -355,33 +354,33 @@ def kernel_limits():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    one = sub.add_parser("one", help="idle19k: one pinned worker per server")
-    one.add_argument("--conns", type=int, default=19000)
-    one.add_argument("--servers", default="asgiws,uvicorn")
-    one.add_argument("--runs", type=int, default=1)
-    one.add_argument("--base-tree", help="for the asgiws-base server (bench/run.py's --base-tree)")
-    many = sub.add_parser("many", help="idle100k: --workers asgiws workers with --broadcast-url redis://")
-    many.add_argument("--conns", type=int, default=100000)
-    many.add_argument("--workers", type=int, default=6)
-    many.add_argument("--server-python", default=sys.executable,
-                      help="the Python that runs asgiws (needs asgiws[redis])")
-    for sp in (one, many):
-        sp.add_argument("--idle-window", type=float, default=45.0, help="seconds; 45 s holds two ping rounds")
-        sp.add_argument("--broadcasts", type=int, default=3)
-    client = sub.add_parser("client")
-    client.add_argument("--host", default="127.0.0.1")
-    client.add_argument("--port", type=int, required=True)
-    client.add_argument("--path", required=True)
-    client.add_argument("--conns", type=int, required=True)
-    client.add_argument("--source", required=True)
+    p.add_argument("--scenario", choices=["idle19k", "idle100k"], default="idle19k",
+                   help="idle19k: one pinned worker per server; idle100k: --workers asgiws workers with "
+                        "--broadcast-url redis://")
+    p.add_argument("--conns", type=int, help="connections (default: 19000 for idle19k, 100000 for idle100k)")
+    p.add_argument("--servers", default="asgiws,uvicorn", help="idle19k: bench/run.py's server names")
+    p.add_argument("--runs", type=int, default=1, help="idle19k: rounds, the servers' order rotated")
+    p.add_argument("--base-tree", help="idle19k: the tree of the asgiws-base server (as bench/run.py's)")
+    p.add_argument("--workers", type=int, default=6, help="idle100k: asgiws workers")
+    p.add_argument("--server-python", default=sys.executable,
+                   help="idle100k: the Python that runs asgiws (it needs asgiws[redis])")
+    p.add_argument("--idle-window", type=float, default=45.0, help="seconds; 45 s holds two ping rounds")
+    p.add_argument("--broadcasts", type=int, default=3, help="broadcasts to all per publishing path")
+    # One client process of the load, started by the controller.
+    p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    p.add_argument("--source", help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.cmd == "client":
+    if a.client:
         import uvloop
         uvloop.run(client_main(a))
-    elif a.cmd == "one":
+    elif a.scenario == "idle19k":
+        a.conns = a.conns or 19000
         cmd_one(a)
     else:
+        a.conns = a.conns or 100000
         cmd_many(a)
 
 
