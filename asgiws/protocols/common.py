@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from asgiws.config import HTTP_READ_SIZE
 from asgiws.fdlimit import OpenFileWatch
+from asgiws.protocols.heartbeat import PingWheel
 
 
 class Connection(Protocol):
@@ -54,6 +55,8 @@ class ServerState:
     # from `watch_files_from` connections on, so below that it costs one comparison.
     open_files: OpenFileWatch | None = None
     watch_files_from: int = sys.maxsize
+    # The next ping of every WebSocket of this worker (made by the first one that pings).
+    ping_wheel: PingWheel | None = None
 
     def over_connection_limit(self, client_ip: str | None, limit_per_ip: int | None) -> bool:
         """True when `client_ip` already holds `limit_per_ip` connections."""
