@@ -190,7 +190,7 @@ class OpenFileWatch:
     def _say_reached(self, connections: int | None) -> None:
         held = f"{connections} connections open, " if connections is not None else ""
         logger.warning(
-            "Open-file limit %d reached (%sEMFILE): new connections are closed at accept until some "
+            "Open-file limit %d reached (%sEMFILE): new connections are refused until some "
             "close; %s", self.limit, held, HOW_TO_RAISE,
         )
 
