@@ -6,6 +6,10 @@ Routes
   WS   /fanout_queue  subscriber with its own task, fed by an asyncio.Queue
   WS   /fanout_broadcast  subscriber of the asgiws.broadcast channel "fanout" (asgiws only)
   WS   /publish       control socket: each message received is sent to every subscriber
+  WS   /broadcast     subscriber to the channel "all" through asgiws.broadcast (asgiws only), and
+                      to /publish's send loop as /fanout is
+  WS   /broadcast_publish  control socket: each message received is published on "all" with
+                      asgiws.broadcast (reaches every worker; through Redis with --broadcast-url)
   GET  /              "Hello, world!"
   POST /echo          the request body back
   POST /publish       the body is published to every subscriber (HTTP alternative)
@@ -125,6 +129,26 @@ async def _ws_publish(receive, send):
             return
 
 
+async def _ws_broadcast(receive, send, scope, publisher):
+    """asgiws.broadcast: the server writes one prepared frame to every subscriber, no task each."""
+    from asgiws.broadcast import Broadcast
+
+    if not await _accept(receive, send):
+        return
+    hub = Broadcast.from_scope(scope)
+    if not publisher:
+        await hub.subscribe(scope, "all")
+        _direct_sends.add(send)  # /publish's send loop reaches it too: one set of subscribers, two paths
+    while True:
+        msg = await receive()
+        if msg["type"] == "websocket.disconnect":
+            _direct_sends.discard(send)
+            return
+        if publisher:
+            data = msg.get("bytes")
+            await hub.publish("all", data if data is not None else msg.get("text"))
+
+
 async def _read_body(receive):
     chunks = []
     while True:
@@ -158,6 +182,8 @@ async def app(scope, receive, send):
             return await _ws_fanout_broadcast(scope, receive, send)
         if path == "/publish":
             return await _ws_publish(receive, send)
+        if path in ("/broadcast", "/broadcast_publish"):
+            return await _ws_broadcast(receive, send, scope, path == "/broadcast_publish")
         return await _ws_echo(receive, send)
     if kind == "http":
         method = scope["method"]
