@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -16,7 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.rawws import RawWebSocket
@@ -44,7 +44,7 @@ def server_under_limit(tmp_path: Path, soft: int, hard: int, *args: str) -> Iter
         )
     try:
         wait_for(lambda: "Asgiws running on" in log_path.read_text(), 20, f"start-up in {log_path}")
-        worker = wait_for(lambda: psutil.Process(process.pid).children(), 10, "the worker")[0].pid
+        worker = wait_for(lambda: children(process.pid), 10, "the worker")[0]
         yield port, log_path, worker
     finally:
         process.send_signal(signal.SIGTERM)
@@ -55,8 +55,17 @@ def server_under_limit(tmp_path: Path, soft: int, hard: int, *args: str) -> Iter
             process.wait(5)
 
 
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (which may hold spaces): field 3 onwards, from index 0."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def soft_limit(pid: int) -> int:
-    return psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)[0]
+    return resource.prlimit(pid, resource.RLIMIT_NOFILE)[0]
 
 
 def echo(ws: RawWebSocket, text: bytes) -> bytes:
@@ -72,7 +81,7 @@ def lines_with(log_path: Path, text: str) -> list[str]:
 
 def test_supervisor_and_worker_raise_the_soft_limit_to_the_hard_limit(tmp_path: Path) -> None:
     with server_under_limit(tmp_path, 256, 4096, "--log-level", "debug") as (_port, log_path, worker):
-        supervisor = psutil.Process(worker).ppid()
+        supervisor = int(stat_fields(worker)[1])
         assert soft_limit(supervisor) == 4096
         assert soft_limit(worker) == 4096
         # At debug: the supervisor raised it, and the worker inherited it already raised.
@@ -101,8 +110,8 @@ def test_limit_concurrency_above_the_limit_is_named(tmp_path: Path) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    fields = stat_fields(pid)  # utime and stime, in clock ticks
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def open_until_refused(port: int, most: int) -> tuple[list[RawWebSocket], int]:
@@ -130,7 +139,8 @@ def test_past_the_open_file_limit_connections_are_refused_without_spinning_and_a
             assert refused >= 1, "every connection was accepted past the open-file limit"
             assert limit - 64 < len(opened) < limit, len(opened)
             # While the limit holds, more clients keep trying: the worker must neither spin on
-            # EMFILE nor crash. Generous bound on a shared machine: under half a core over 2 s.
+            # EMFILE nor crash. A spin takes a whole core (2 CPU s over 2 s); asyncio's listener,
+            # paused and retried each second, has been seen at 1.2 CPU s on a loaded machine.
             before = cpu_seconds(worker)
             deadline = time.monotonic() + 2.0
             attempts: list[socket.socket] = []
@@ -139,7 +149,7 @@ def test_past_the_open_file_limit_connections_are_refused_without_spinning_and_a
                     attempts.append(socket.create_connection(("127.0.0.1", port), timeout=1.0))
                 time.sleep(0.05)
             spent = cpu_seconds(worker) - before
-            assert spent < 1.0, f"{spent:.2f} CPU s over 2 s at the open-file limit"
+            assert spent < 1.6, f"{spent:.2f} CPU s over 2 s at the open-file limit"
             for sock in attempts:
                 sock.close()
             # The connections it holds keep working.
@@ -151,7 +161,7 @@ def test_past_the_open_file_limit_connections_are_refused_without_spinning_and_a
             reached = wait_for(lambda: lines_with(log_path, f"Open-file limit {limit} reached"), 5,
                                f"the limit-reached line in:\n{log_path.read_text()}")
             assert len(reached) == 1, log_path.read_text()  # rate-limited, not one per refusal
-            assert psutil.Process(worker).is_running()
+            os.kill(worker, 0)  # still running: ProcessLookupError otherwise
         finally:
             for ws in opened[50:]:
                 ws.sock.close()
