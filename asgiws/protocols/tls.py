@@ -105,6 +105,12 @@ class TLSProtocol(asyncio.BufferedProtocol):
         return self._state.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
+        if nbytes <= MAX_RECORD_CIPHERTEXT:  # small messages: one BIO write, as the loop below would do
+            self._incoming.write(memoryview(self._state.read_buffer)[:nbytes])
+            if self._handshaking and not self._handshake():
+                return
+            self._deliver()
+            return
         # A record's worth at a time, each decrypted before the next (the module's docstring says why).
         ciphertext = memoryview(self._state.read_buffer)[:nbytes]
         write = self._incoming.write
