@@ -13,6 +13,8 @@ import tempfile
 # Each server's command-line flags for a certificate and key (PEM files).
 SERVER_FLAGS = {
     "asgiws": lambda cert, key: ["--ssl-certfile", cert, "--ssl-keyfile", key],
+    "asgiws-base": lambda cert, key: ["--ssl-certfile", cert, "--ssl-keyfile", key],
+    "asgiws-scraped": lambda cert, key: ["--ssl-certfile", cert, "--ssl-keyfile", key],
     "uvicorn": lambda cert, key: ["--ssl-certfile", cert, "--ssl-keyfile", key],
     "uvicorn-legacy": lambda cert, key: ["--ssl-certfile", cert, "--ssl-keyfile", key],
     "uvicorn-wsproto": lambda cert, key: ["--ssl-certfile", cert, "--ssl-keyfile", key],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import socket
@@ -312,3 +313,126 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def _tls_client(port: int) -> ssl.SSLSocket:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10))
+
+
+def _upgrade(sock: ssl.SSLSocket) -> None:
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, "the server closed before answering the upgrade"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert head.endswith(b"\r\n\r\n"), "nothing may follow the 101 before the client speaks"
+
+
+def test_failure_close_over_tls_half_closes_with_close_notify_instead_of_waiting_the_close_timeout(
+        run_server, certs):
+    """After a failure close (1009 here) the session half-closes. Over TLS that is close_notify (RFC 8446
+    6.1), which the client reads as the end of the stream at once; before, TLS could not half-close and the
+    client heard nothing more until ws_close_timeout (60 s here) dropped TCP."""
+    with (run_server(echo_app, ws_max_size=1000, ws_close_timeout=60, **certs) as server,
+          _tls_client(server.port) as sock):
+        _upgrade(sock)
+        # A masked text frame declaring 2,000 bytes: past ws_max_size from its header alone.
+        sock.sendall(bytes([0x81, 0x80 | 126]) + (2000).to_bytes(2, "big") + b"\x00" * 4)
+        received = b""
+        while chunk := sock.recv(4096):  # b"" is the server's close_notify; the 10 s socket timeout raises
+            received += chunk
+        assert received[0] == 0x88 and received[2:4] == (1009).to_bytes(2, "big"), received
+        sock.unwrap()  # our close_notify answers theirs: the server then closes TCP
+        assert sock.recv(1) == b""
+
+
+def test_wss_client_sending_after_the_failure_close_still_gets_close_notify(run_server, certs, caplog):
+    """Records of a message the client was still streaming when the server failed the connection arrive
+    after the close frame: they are read and dropped, close_notify follows once they stop, and the
+    server logs no TLS error for them."""
+    with (caplog.at_level(logging.INFO, logger="asgiws.error"),
+          run_server(echo_app, ws_max_size=1000, ws_close_timeout=60, **certs) as server,
+          _tls_client(server.port) as sock):
+        _upgrade(sock)
+        # The frame's header is past ws_max_size; its 256 KiB payload keeps coming in many records.
+        payload_size = 256 * 1024
+        sock.sendall(bytes([0x82, 0x80 | 127]) + payload_size.to_bytes(8, "big") + b"\x00" * 4)
+        for _ in range(16):
+            sock.sendall(b"\x00" * (payload_size // 16))
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+        assert received[0] == 0x88 and received[2:4] == (1009).to_bytes(2, "big"), received
+        sock.unwrap()
+    tls_errors = [r.getMessage() for r in caplog.records if r.name == "asgiws.error" and "TLS" in r.getMessage()]
+    assert tls_errors == []
+
+
+def _live_rss_kib() -> int:
+    """This process's RSS after glibc gives freed memory back (malloc_trim), KiB."""
+    ctypes.CDLL(None).malloc_trim(0)
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+_HOLDING_CLIENT = """
+import socket, ssl, sys
+conns, size, port = (int(arg) for arg in sys.argv[1:])
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+held = []
+for _ in range(conns):
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30))
+    sock.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n")
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        head += sock.recv(4096)
+    # one binary message of `size` bytes, mask 0: the server's echo app sends it back
+    sock.sendall(bytes([0x82, 0x80 | 127]) + size.to_bytes(8, "big") + bytes(4) + bytes(size))
+    want, got = 10 + size, 0
+    while got < want:
+        got += len(sock.recv(1 << 20))
+    held.append(sock)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_wss_connection_that_echoed_1_mib_keeps_no_megabyte_of_tls_buffers(run_server, certs):
+    """OpenSSL's memory BIOs keep the largest size they grew to until freed: one 1 MiB SSL_write left
+    each connection holding about 1.3 MiB of outgoing BIO for life, and a 256 KiB socket read up to
+    340 KiB of incoming BIO. Through the BIOs a record at a time, 16 connections that each echoed 1 MiB
+    hold well under 256 KiB each once idle (about 1.6 MiB each before)."""
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "bytes": message.pop("bytes")})
+            del message  # an app holding its last message would hold 1 MiB per connection itself
+
+    conns = 16
+    with run_server(app, **certs) as server:
+        warm = subprocess.run([sys.executable, "-c", _HOLDING_CLIENT, "2", str(1 << 20), str(server.port)],
+                              input="", capture_output=True, text=True, timeout=60, check=False)
+        assert warm.stdout == "held\n", warm.stderr
+        time.sleep(0.3)
+        before = _live_rss_kib()
+        client = subprocess.Popen([sys.executable, "-c", _HOLDING_CLIENT, str(conns), str(1 << 20),
+                                   str(server.port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert client.stdout is not None
+            assert client.stdout.readline() == "held\n"
+            time.sleep(0.3)
+            per_connection = (_live_rss_kib() - before) / conns
+        finally:
+            client.communicate("", timeout=30)
+    assert per_connection < 256, f"{per_connection:.0f} KiB per idle wss connection after a 1 MiB echo"

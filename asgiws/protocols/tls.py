@@ -12,6 +12,14 @@ per connection is OpenSSL's own state: the SSL object and its two memory BIOs,
 about 17 KiB after a handshake (`SSL_MODE_RELEASE_BUFFERS`, which CPython sets,
 already frees OpenSSL's record buffers between reads).
 
+A memory BIO never gives memory back: its buffer (a BUF_MEM) keeps the largest
+size it ever grew to, 4/3 of the most it held at once, until the BIO is freed.
+So bytes go through both BIOs one record at a time: plaintext is encrypted at
+most one record per SSL_write and the outgoing BIO drained after each, and the
+ciphertext read from the socket is written to the incoming BIO a record's worth
+at a time, each decrypted before the next. A connection that once sent a 1 MiB
+message then holds about 20 KiB of BIO buffer, not 1.3 MiB for its life.
+
 `TLSProtocol` is the raw TCP transport's protocol for the connection's whole
 life; the protocols above it (HttpProtocol, then WebSocketProtocol) see a
 `TLSTransport`, which encrypts what they write and forwards flow control.
@@ -22,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any, Callable, cast
+from collections.abc import Callable
+from typing import Any, cast
 
+from asgiws.config import KiB
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.utils import get_remote_addr
 
@@ -31,6 +41,13 @@ logger = logging.getLogger("asgiws.error")
 
 # What OpenSSL calls a peer that stopped talking TLS properly; logged, not raised.
 _TLS_FAILURES = (ssl.SSLError, ssl.CertificateError)
+
+# RFC 8446 5.1: "The length MUST NOT exceed 2^14 bytes" (a record's plaintext): each SSL_write takes at
+# most this much, so it makes one record and the outgoing BIO holds one record before it is drained.
+MAX_RECORD_PLAINTEXT = 16 * KiB
+# RFC 8446 5.2: a TLSCiphertext's "length MUST NOT exceed 2^14 + 256 bytes", after its 5-byte header:
+# the slice of a socket read written to the incoming BIO at a time.
+MAX_RECORD_CIPHERTEXT = 5 + 16 * KiB + 256
 
 
 class TLSProtocol(asyncio.BufferedProtocol):
@@ -44,9 +61,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
     """
 
     __slots__ = (
-        "_app", "_app_buffered", "_closing", "_handshaking", "_incoming", "_outgoing", "_paused_by_app",
-        "_protocol_factory", "_state", "_timer", "_tls_transport", "handshake_timeout", "loop", "sslobj",
-        "transport",
+        "_app", "_app_buffered", "_close_notify_sent", "_closing", "_handshaking", "_incoming", "_outgoing", "_paused_by_app",
+        "_protocol_factory", "_state", "_timer", "_tls_transport", "_write_closed", "handshake_timeout", "loop",
+        "sslobj", "transport",
     )
 
     def __init__(
@@ -70,6 +87,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._tls_transport: TLSTransport | None = None
         self._handshaking = True
         self._closing = False
+        self._write_closed = False  # the protocol above half-closed: no more plaintext from it
+        self._close_notify_sent = False
         self._paused_by_app = False  # the protocol above asked for no more data
         self._timer: asyncio.TimerHandle | None = None
 
@@ -86,10 +105,26 @@ class TLSProtocol(asyncio.BufferedProtocol):
         return self._state.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._incoming.write(memoryview(self._state.read_buffer)[:nbytes])
-        if self._handshaking and not self._handshake():
+        if nbytes <= MAX_RECORD_CIPHERTEXT:  # small messages: one BIO write, as the loop below would do
+            self._incoming.write(memoryview(self._state.read_buffer)[:nbytes])
+            if self._handshaking and not self._handshake():
+                return
+            self._deliver()
             return
-        self._deliver()
+        # A record's worth at a time, each decrypted before the next (the module's docstring says why).
+        ciphertext = memoryview(self._state.read_buffer)[:nbytes]
+        write = self._incoming.write
+        for start in range(0, nbytes, MAX_RECORD_CIPHERTEXT):
+            if self._closing:
+                return
+            if self._paused_by_app:
+                # The shared buffer is another connection's on the next read: the rest waits in the BIO.
+                write(ciphertext[start:])
+                return
+            write(ciphertext[start:start + MAX_RECORD_CIPHERTEXT])
+            if self._handshaking and not self._handshake():
+                continue  # more handshake bytes to come (a failure set _closing)
+            self._deliver()
 
     def eof_received(self) -> bool | None:
         # A TCP FIN without close_notify: the protocol above hears of it as the end of the stream.
@@ -188,7 +223,9 @@ class TLSProtocol(asyncio.BufferedProtocol):
                 break
             if not nbytes:
                 break
-        # Reading may have produced records to send (key updates, alerts).
+        if self._write_closed and not self._close_notify_sent:
+            self._send_close_notify()
+        # Reading may have produced records to send (key updates, alerts, close_notify).
         self._flush()
 
     def _peer_closed(self) -> None:
@@ -215,23 +252,43 @@ class TLSProtocol(asyncio.BufferedProtocol):
     # -- what TLSTransport calls ---------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or not data:
+        if self._closing or self._write_closed or not data:
             return
-        written = self.sslobj.write(data)
-        if written < len(data):  # SSL_write stops early only at a record boundary; write the rest
-            rest = memoryview(data)[written:]
-            while rest:
-                rest = rest[self.sslobj.write(rest):]
-        self._flush()
+        if len(data) <= MAX_RECORD_PLAINTEXT:
+            self.sslobj.write(data)
+            self._flush()
+        else:
+            self._send_records([data])
 
     def writelines(self, chunks: Any) -> None:
-        if self._closing:
+        if self._closing or self._write_closed:
             return
-        write = self.sslobj.write
+        chunks = [chunk for chunk in chunks if chunk]
+        if not chunks:
+            return
+        if sum(map(len, chunks)) <= MAX_RECORD_PLAINTEXT:
+            # A frame header and its payload, a response head and its body: one record, not one each.
+            self.sslobj.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+            self._flush()
+        else:
+            self._send_records(chunks)
+
+    def _send_records(self, chunks: list[Any]) -> None:
+        """Encrypt at most one record per SSL_write, draining the outgoing BIO after each (the module's
+        docstring says why), and hand the socket every record in one writelines."""
+        write, drain = self.sslobj.write, self._outgoing.read
+        records = [drain()] if self._outgoing.pending else []
         for chunk in chunks:
-            if chunk:
+            if len(chunk) <= MAX_RECORD_PLAINTEXT:
                 write(chunk)
-        self._flush()
+                records.append(drain())
+                continue
+            view = memoryview(chunk)
+            for start in range(0, len(view), MAX_RECORD_PLAINTEXT):
+                write(view[start:start + MAX_RECORD_PLAINTEXT])
+                records.append(drain())
+        if not self.transport.is_closing():
+            self.transport.writelines(records)
 
     def close(self) -> None:
         """Send close_notify (RFC 8446 6.1: "Each party MUST send a close_notify alert before closing
@@ -239,12 +296,36 @@ class TLSProtocol(asyncio.BufferedProtocol):
         if self._closing:
             return
         self._closing = True
+        if not self._close_notify_sent:
+            self._close_notify_sent = True
+            try:
+                self.sslobj.unwrap()
+            except (ssl.SSLWantReadError, *_TLS_FAILURES):
+                pass  # the peer's close_notify is not waited for: the read side closes with the socket
+            self._flush()
+        self.transport.close()
+
+    def write_eof(self) -> None:
+        """Half-close: close_notify now, and keep reading. RFC 8446 6.1: close_notify "does not have any
+        effect on its read side of the connection", and the peer answers with its own, which ends the
+        connection (`_peer_closed`) without waiting for a timeout."""
+        if self._closing or self._write_closed:
+            return
+        self._write_closed = True
+        self._send_close_notify()
+        self._flush()
+
+    def _send_close_notify(self) -> None:
+        # SSL_shutdown also looks for the peer's close_notify in the incoming BIO, and a whole record of
+        # application data there fails it (APPLICATION_DATA_AFTER_CLOSE_NOTIFY) and the records after
+        # it: the alert waits until _deliver has emptied the BIO.
+        if self._incoming.pending:
+            return
+        self._close_notify_sent = True
         try:
             self.sslobj.unwrap()
         except (ssl.SSLWantReadError, *_TLS_FAILURES):
-            pass  # the peer's close_notify is not waited for: the read side closes with the socket
-        self._flush()
-        self.transport.close()
+            pass  # sent; the peer's close_notify arrives through _deliver
 
     def pause_reading_for_app(self) -> None:
         self._paused_by_app = True
@@ -286,10 +367,10 @@ class TLSTransport(asyncio.Transport):
         return self.tls._closing or self.tls.transport.is_closing()
 
     def can_write_eof(self) -> bool:
-        return False  # TLS has close_notify, not a half-close
+        return True  # close_notify closes our write side only (TLSProtocol.write_eof)
 
     def write_eof(self) -> None:
-        raise NotImplementedError("TLS connections cannot half-close")
+        self.tls.write_eof()
 
     def pause_reading(self) -> None:
         self.tls.pause_reading_for_app()
