@@ -95,8 +95,8 @@ _HTTP_CPU = [("req_per_cpu_s", "requests per server CPU second", "1/s", True)]
 _FANOUT_CPU = [("deliveries_per_cpu_s", "deliveries per server CPU second", "1/s", True)]
 _MSG_CPU = [("msgs_per_cpu_s", "messages per server CPU second", "1/s", True)]
 EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", False),
-                    ("msgs_per_cpu_s", "messages per server CPU second", "1/s", True)],
-         "echo1m": [("msgs_per_cpu_s", "messages per server CPU second", "1/s", True)],
+                    *_MSG_CPU],
+         "echo1m": _MSG_CPU,
          "stall": [("p99_ms", "p99", "ms", False)],
          # TLS record work is most of a wss server's CPU: per CPU second is the figure noise moves less
          "wss_echo64": _MSG_CPU, "wss_echo1m": _MSG_CPU,
