@@ -51,7 +51,7 @@ REJECT_REASONS = ("origin", "version", "bad_request", "limit", "per_ip", "rate",
 # Why the supervisor replaced a worker. "died": it exited while serving; "healthcheck": its loop did
 # not answer in --timeout-worker-healthcheck; "max_requests": --limit-max-requests; "sighup" and
 # "reload": a rolling restart (SIGHUP, a changed file).
-RESTART_REASONS = ("died", "healthcheck", "max_requests", "sighup", "reload")
+RESTART_REASONS = ("died", "healthcheck", "max_requests", "memory", "lifetime", "sighup", "reload")
 
 # Close codes are 1000-4999 (RFC 6455 7.4.2), with 1005/1006 recorded for "none received" and
 # "dropped": one slot per code keeps the close path an index too.

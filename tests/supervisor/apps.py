@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -50,3 +51,42 @@ async def gated_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "lifespan.startup.failed", "message": "bad deploy: config missing"})
         return
     await app(scope, receive, send)
+
+
+# Memory /grow holds on to, per request, so that the worker's RSS passes --limit-max-memory.
+_held: list[bytes] = []
+
+
+async def drain_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """`app`, and what asgiws.drain tells an app.
+
+    WebSocket: echo (an empty message answers the pid), and when the worker drains, one text message
+    "draining <close code> <seconds left>" before the server closes. HTTP: GET /drain answers
+    "<is_set> <close code>"; GET /grow holds 64 MiB more.
+    """
+    if scope["type"] == "websocket":
+        drain = scope["extensions"]["asgiws.drain"]
+        await receive()
+        await send({"type": "websocket.accept"})
+
+        async def tell() -> None:
+            await drain.wait()
+            await send({"type": "websocket.send", "text": f"draining {drain.close_code} {drain.seconds_left():.3f}"})
+
+        teller = asyncio.ensure_future(tell())
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                await send({"type": "websocket.send", "text": message.get("text") or str(os.getpid())})
+        finally:
+            teller.cancel()
+    elif scope["type"] == "http" and scope["path"] == "/drain":
+        drain = scope["extensions"]["asgiws.drain"]
+        await _text(send, f"{drain.is_set()} {drain.close_code}".encode())
+    elif scope["type"] == "http" and scope["path"] == "/grow":
+        _held.append(b"x" * (64 * 1024 * 1024))  # written, so resident
+        await _text(send, str(os.getpid()).encode())
+    else:
+        await app(scope, receive, send)
