@@ -250,7 +250,7 @@ class Config:
     # (40,000 handshakes/s on the next server); over 1 s it is 2,000/s, and 1 s plus the close
     # handshake still fits inside docker stop's 10 s beside --timeout-graceful-shutdown's 8 s.
     ws_close_spread: float = option(
-        1.0, "Spread the shutdown/restart closes of WebSockets evenly over this many seconds (0: all at once)."
+        1.0, "Spread the shutdown/restart closes of WebSockets evenly over this many seconds (0: at once)."
     )
 
     # -- WebSocket -------------------------------------------------------------------

@@ -71,7 +71,8 @@ async def drain_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
         async def tell() -> None:
             await drain.wait()
-            await send({"type": "websocket.send", "text": f"draining {drain.close_code} {drain.seconds_left():.3f}"})
+            text = f"draining {drain.close_code} {drain.seconds_left():.3f}"
+            await send({"type": "websocket.send", "text": text})
 
         teller = asyncio.ensure_future(tell())
         try:
