@@ -96,6 +96,8 @@ class LifespanOn:
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
         try:
             await self.app(scope, self.receive, self.send)
+            if not self.startup_event.is_set():
+                self._returned_without_answering()
         except asyncio.CancelledError:
             pass  # the server stopped waiting (abandon, shutdown timeout): not an app error
         except BaseException as exc:
@@ -111,6 +113,19 @@ class LifespanOn:
         finally:
             self.startup_event.set()
             self.shutdown_event.set()
+
+    def _returned_without_answering(self) -> None:
+        """The app returned from its lifespan scope before answering lifespan.startup.
+
+        What `if scope["type"] != "http": return` does: the app takes no part in
+        lifespan. Saying "startup complete" for it (as uvicorn does) claims a
+        startup that never ran; the same lines as for an app that raises are said.
+        """
+        self.error = "the app returned from the lifespan scope without answering lifespan.startup"
+        if self.config.lifespan == "auto":
+            logger.info("ASGI 'lifespan' protocol appears unsupported.")
+        else:
+            logger.error("%s (--lifespan on needs an app that answers it)", self.error.capitalize())
 
     async def receive(self) -> Message:
         return await self.receive_queue.get()

@@ -82,3 +82,48 @@ def test_failed_startup_exits_non_zero_with_message(tmp_path):
     assert result.returncode != 0
     assert "missing SECRET_KEY" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _run_briefly(tmp_path, source, *args):
+    """`asgiws app:app` on a free port, stopped with SIGTERM once it serves; its log lines and exit status."""
+    (tmp_path / "ignoring.py").write_text(textwrap.dedent(source))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "asgiws", "ignoring:app", "--port", "0", "--app-dir", str(tmp_path), *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line.rstrip("\n"))
+            if "Press CTRL+C to quit" in line:
+                process.terminate()  # serving: stop it; a failed start-up exits by itself
+                break
+        rest, _ = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    return lines + rest.splitlines(), process.returncode
+
+
+IGNORES_LIFESPAN = """
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return  # what many small apps do: no part in lifespan
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+"""
+
+
+def test_an_app_that_returns_from_lifespan_is_not_said_to_have_started_up(tmp_path):
+    lines, code = _run_briefly(tmp_path, IGNORES_LIFESPAN)
+    assert code == 0
+    assert "INFO:     ASGI 'lifespan' protocol appears unsupported." in lines
+    # No startup ran, so none is claimed, and no shutdown is waited for.
+    assert not [line for line in lines if "Application startup" in line or "Application shutdown" in line]
+
+
+def test_an_app_that_returns_from_lifespan_fails_lifespan_on(tmp_path):
+    lines, code = _run_briefly(tmp_path, IGNORES_LIFESPAN, "--lifespan", "on")
+    assert code != 0
+    assert ("ERROR:    The app returned from the lifespan scope without answering lifespan.startup "
+            "(--lifespan on needs an app that answers it)") in lines
+    assert "ERROR:    Application startup failed. Exiting." in lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -193,6 +194,10 @@ def test_serve_in_thread_for_blocking_clients() -> None:
     with serve_in_thread(make_app(events)) as server:
         assert events == ["startup"]
         assert httpx.get(server.url("/health"), timeout=10).json() == {"status": "ok"}
+        # httpx has closed its connection; the server sees the FIN on its own loop, a moment later.
+        deadline = time.monotonic() + 10
+        while server.call(lambda: len(server.server_state.connections)) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert server.call(lambda: len(server.server_state.connections)) == 0
     assert events == ["startup", "shutdown"]
 

@@ -24,7 +24,7 @@ import asyncio
 import weakref
 from typing import Any
 
-from asgiws.broadcast.brokers import Broker, MemoryBroker, create_broker
+from asgiws.broadcast.brokers import Broker, MemoryBroker
 from asgiws.broadcast.errors import (
     BroadcastError,
     BroadcastNeedsAsgiws,
@@ -178,6 +178,23 @@ def _connection(scope: dict[str, Any] | Any) -> Any:
     if connection.conn is None:
         raise RuntimeError("subscribe after websocket.accept (the connection is not open yet)")
     return connection
+
+
+def create_broker(url: str | None, history_size: int, history_ttl: float) -> Broker:
+    """The broker for --broadcast-url (None: in-process).
+
+    Chosen here rather than in brokers.py, so that redis_broker.py builds on
+    brokers.py and nothing imports back.
+    Raises ValueError for an unknown scheme or a negative history option,
+    RuntimeError when the redis client is not installed.
+    """
+    if url is None:
+        return MemoryBroker(history_size, history_ttl)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from asgiws.broadcast.redis_broker import RedisBroker  # the redis client is an extra
+
+        return RedisBroker(url, history_size, history_ttl)
+    raise ValueError(f"broadcast_url: unsupported scheme in {url!r} (expected redis:// or rediss://)")
 
 
 def __getattr__(name: str) -> Any:

@@ -58,7 +58,7 @@ def script() -> None:
 
 
 async def _publish(url: str, channel: str, data: str | bytes, history_size: int, history_ttl: float) -> str:
-    from asgiws.broadcast.brokers import create_broker
+    from asgiws.broadcast import create_broker
 
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"{url!r} is not a Redis URL (redis://HOST:PORT/DB)")

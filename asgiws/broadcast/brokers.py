@@ -19,7 +19,7 @@ from typing import Any
 from asgiws.broadcast.hub import Hub, Subscriber
 from asgiws.broadcast.offsets import History, Offset, Subscription, new_epoch, parse_offset
 
-__all__ = ["Broker", "MemoryBroker", "create_broker", "history_covers", "presence_json"]
+__all__ = ["Broker", "MemoryBroker", "history_covers", "presence_json"]
 
 # history() returns at most this many messages per call, whatever `limit` asks.
 MAX_HISTORY_LIMIT = 10_000
@@ -236,27 +236,3 @@ class MemoryBroker(Broker):
 
     async def presence(self, channel: str) -> list[Any]:
         return [json.loads(info) for info in self.local_presence.get(channel, {}).values()]
-
-
-def create_broker(url: str | None, history_size: int, history_ttl: float) -> Broker:
-    """The broker for --broadcast-url (None: in-process).
-
-    Raises ValueError for an unknown scheme or a negative history option,
-    RuntimeError when the redis client is not installed.
-    """
-    if url is None:
-        return MemoryBroker(history_size, history_ttl)
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from asgiws.broadcast.redis_broker import RedisBroker
-
-        return RedisBroker(url, history_size, history_ttl)
-    raise ValueError(f"broadcast_url: unsupported scheme in {url!r} (expected redis:// or rediss://)")
-
-
-def __getattr__(name: str) -> Any:
-    # RedisBroker lives beside the redis client import; `from brokers import RedisBroker` still works.
-    if name == "RedisBroker":
-        from asgiws.broadcast.redis_broker import RedisBroker
-
-        return RedisBroker
-    raise AttributeError(name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import signal
 import socket
@@ -408,15 +410,13 @@ def test_broadcasts_are_counted_once_published_and_once_per_subscriber_delivered
     cluster: Callable[..., Cluster], redis_server: Any,
 ) -> None:
     server, metrics_port = start(cluster, "--broadcast-url", redis_server.url)
-    listeners = [ws_connect(f"ws://127.0.0.1:{server.port}/room", open_timeout=10) for _ in range(3)]
-    try:
+    with contextlib.ExitStack() as stack:
+        listeners = [stack.enter_context(ws_connect(f"ws://127.0.0.1:{server.port}/room", open_timeout=10))
+                     for _ in range(3)]
         wait_for(lambda: sum(v for (name, _), v in scrape(metrics_port).items()
                              if name == "asgiws_websocket_connections") == 3, 20, "three subscribers")
         listeners[0].send("hello")  # /room publishes what it receives, to the 3 of them on either worker
         assert [listener.recv(timeout=10) for listener in listeners] == ["hello"] * 3
         samples = scrape(metrics_port)
-    finally:
-        for listener in listeners:
-            listener.close()
     assert value(samples, "asgiws_broadcast_published_total") == 1
     assert value(samples, "asgiws_broadcast_deliveries_total") == 3
