@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -35,12 +36,13 @@ CLOSE_SPREAD = 2.0
 OPENING_CONCURRENCY = 50
 # A loaded machine (2 cores, other test runs) delays reads: every wait is generous.
 SESSION_TIMEOUT = 60.0
-# Bunching, seen from a client process that a loaded machine (load average 10 on 2 cores, other test
-# runs) stalls for a few hundred ms at a time, so that it reads the closes that came meanwhile at once:
-# an even spread puts a tenth of the closes in each tenth of the window, all at once puts them all in
-# one. Measured under such load: up to 29% in one tenth. So: at most half in any tenth, and the middle
-# 80% of the closes over at least half the spread (all at once: 0.4 s for 2,000 on this machine).
-MOST_IN_A_TENTH = 0.5
+# Bunching, on the server's own close times (the app's websocket.disconnect, which asgiws gives as it
+# sends the close frame): an even spread puts a tenth of the closes in each tenth of the window, all at
+# once puts them all in one. The issue's bound is a quarter; a worker stalled by a loaded machine closes
+# what fell due meanwhile at once, hence a third. And the middle 80% of the closes must cover at least
+# half the spread (an even spread: 80% of it; all at once: nothing). The clients' own view is printed
+# only: a client process stalled for seconds at a load average of 17 read 2,000 closes within 0.6 s.
+MOST_IN_A_TENTH = 1 / 3
 MIDDLE_80_AT_LEAST = 0.5
 
 
@@ -110,9 +112,22 @@ def _most_in_any_window(times: list[float], width: float) -> int:
     return most
 
 
-def test_sigterm_drains_then_spreads_2000_closes_with_1001_over_the_spread(cluster):
+def _server_side_closes(where: Path) -> tuple[list[float], list[float]]:
+    """The close times and lifespan shutdown times the workers wrote (tests.supervisor.apps:drain_app)."""
+    closes: list[float] = []
+    shutdowns: list[float] = []
+    for path in where.iterdir():
+        for line in path.read_text().splitlines():
+            kind, moment = line.split()
+            (closes if kind == "close" else shutdowns).append(float(moment))
+    return sorted(closes), shutdowns
+
+
+def test_sigterm_drains_then_spreads_2000_closes_with_1001_over_the_spread(cluster, tmp_path):
+    where = tmp_path / "closes"
+    where.mkdir()
     server = cluster(APP, "--workers", str(WORKERS), "--no-access-log", "--ws-drain-time", str(DRAIN_TIME),
-                     "--ws-close-spread", str(CLOSE_SPREAD))
+                     "--ws-close-spread", str(CLOSE_SPREAD), env={"ASGIWS_TEST_CLOSES": str(where)})
     server.wait_ready(WORKERS)
     _wait_serving(server, WORKERS)
 
@@ -124,15 +139,18 @@ def test_sigterm_drains_then_spreads_2000_closes_with_1001_over_the_spread(clust
         return signalled, await asyncio.wait_for(asyncio.gather(*watchers), SESSION_TIMEOUT)
 
     signalled, sessions = asyncio.run(main())
-    closes = sorted(s.closed_at - signalled for s in sessions)
+    assert server.process.wait(30) == 0
+    seen = sorted(s.closed_at - signalled for s in sessions)
+    absolute, shutdowns = _server_side_closes(where)
+    closes = [moment - signalled for moment in absolute]
     first, last = closes[0], closes[-1]
     middle = closes[len(closes) * 9 // 10] - closes[len(closes) // 10]
     most = _most_in_any_window(closes, CLOSE_SPREAD / 10)
     print(f"SIGTERM, {CONNECTIONS} WebSockets on {WORKERS} workers, drain {DRAIN_TIME}s, "
-          f"spread {CLOSE_SPREAD}s: "
-          f"closes from {first:.2f}s to {last:.2f}s after the signal, the middle 80% over {middle:.2f}s, "
-          f"at most {most} in any "
-          f"{CLOSE_SPREAD / 10:.1f}s; codes {dict(Counter(s.code for s in sessions))}")
+          f"spread {CLOSE_SPREAD}s: the servers closed from {first:.2f}s to {last:.2f}s after the signal, "
+          f"the middle 80% over {middle:.2f}s, at most {most} in any {CLOSE_SPREAD / 10:.1f}s; "
+          f"the clients saw them from {seen[0]:.2f}s to {seen[-1]:.2f}s; "
+          f"codes {dict(Counter(s.code for s in sessions))}")
     assert Counter(s.code for s in sessions) == {1001: CONNECTIONS}
     # Told first, with the time left before the closes begin.
     assert all(s.drained is not None for s in sessions)
@@ -140,12 +158,16 @@ def test_sigterm_drains_then_spreads_2000_closes_with_1001_over_the_spread(clust
     assert {code for _, code, _ in told} == {"1001"}
     assert all(0 < float(left) <= DRAIN_TIME for _, _, left in told)
     # Served on for the drain time: no close before it (the signal reaches the workers after this clock read).
+    assert len(closes) == CONNECTIONS
     assert first >= DRAIN_TIME
     # Spread: the closes cover most of the window, and never bunch.
     assert middle >= MIDDLE_80_AT_LEAST * CLOSE_SPREAD
     assert last - first <= CLOSE_SPREAD + 10
     assert most <= MOST_IN_A_TENTH * CONNECTIONS
-    assert server.process.wait(30) == 0
+    # The lifespan shutdown of each worker came after its drain.
+    assert len(shutdowns) == WORKERS
+    assert min(shutdowns) - signalled >= DRAIN_TIME
+    assert max(shutdowns) >= max(absolute)
     log = server.log()
     assert "Draining: WebSockets keep serving for 1s" in log
     assert log.count(" WebSocket(s) with 1001 over 2s") == WORKERS
