@@ -7,6 +7,7 @@ Options left at their default are not passed on, so Config's default applies.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 from typing import Any
@@ -165,7 +166,9 @@ def _command(app: str, **values: Any) -> None:
         # look it up; the worker imports it, and the supervisor reports its errors.
         check_importable(app)
     except ImportFromStringError as exc:
-        _fail(str(exc))
+        # Said as the worker says an attribute it cannot find: one ERROR line in the log's format.
+        logging.getLogger("asgiws.error").error("%s", exc)
+        sys.exit(1)
     sys.exit(run_config(config))
 
 

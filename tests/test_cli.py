@@ -89,7 +89,15 @@ def test_missing_module_is_one_line_error():
     result = asgiws("nosuchmodule_xyz:app")
     assert result.returncode != 0
     assert single_error_line(result.stderr) == (
-        'Error: could not import "nosuchmodule_xyz:app": No module named \'nosuchmodule_xyz\''
+        'ERROR:    could not import "nosuchmodule_xyz:app": No module named \'nosuchmodule_xyz\''
+    )
+
+
+def test_an_app_without_its_attribute_is_one_line_error():
+    result = asgiws("main")
+    assert result.returncode == 1
+    assert single_error_line(result.stderr) == (
+        'ERROR:    import string "main" must be in format "<module>:<attribute>"'
     )
 
 

@@ -160,6 +160,11 @@ def test_three_pages_presence_own_messages_unread_and_reconnect_after_restart(
         for page in (alice, bob, carol):
             expect(page.locator("#state")).to_have_attribute("data-state", "live", timeout=TIMEOUT_MS)
         expect_people(carol, "bob", "carol")  # carol is looking at #dev
+        # A new in-memory server has none of the old one's history: each page says what it could not resume.
+        expect(carol.locator("#messages")).to_contain_text(
+            "Could not resume #dev: some messages may be missing", timeout=TIMEOUT_MS)
+        expect(alice.locator("#messages")).to_contain_text(
+            "Could not resume #lobby: some messages may be missing", timeout=TIMEOUT_MS)
         carol.click("#rooms .room[data-room=lobby]")
         expect_people(carol, "alice", "bob", "carol")
         expect_people(alice, "alice", "bob", "carol")
@@ -210,6 +215,58 @@ def test_two_workers_sharing_redis_list_each_others_users(
         ben.close()
         expect_people(ann, "ann")
         expect(ann.locator("#messages")).to_contain_text("ben left", timeout=TIMEOUT_MS)
+
+
+def test_a_message_sent_while_redis_is_down_is_kept_in_the_box_and_sent_once_it_is_back(
+    run_server: Any, browser: Any, redis_server: RedisServer, tmp_path: Path,
+) -> None:
+    """Redis down: the publish fails, the page is told (banner, 1013), and the text is not lost."""
+    from playwright.sync_api import expect
+
+    with run_server(app, broadcast_url=redis_server.url) as server:
+        wait_for_pattern_subscribers(redis_server.url, 1)
+        fay = sign_in(browser, server.url("/"), "fay")
+        assert redis_server.process is not None
+        redis_server.process.send_signal(signal.SIGSTOP)  # hung, not gone: the publish waits, then fails
+        say(fay, "is anyone there?")
+        messages = fay.locator("#messages")
+        expect(messages).to_contain_text("chat is temporarily unavailable", timeout=TIMEOUT_MS)
+        expect(messages).to_contain_text("Connection closed (1013, chat unavailable)", timeout=TIMEOUT_MS)
+        expect(messages).to_contain_text("Not delivered: \u201cis anyone there?\u201d; it is back in the message box")
+        expect(fay.locator("#banner")).to_contain_text("Offline (chat unavailable)", timeout=TIMEOUT_MS)
+        expect(fay.locator("#text")).to_have_value("is anyone there?")
+        expect(fay.locator("#send")).to_be_disabled()
+        screenshot(fay, "5-redis-down", tmp_path)
+
+        redis_server.process.send_signal(signal.SIGCONT)
+        # The page's backoff grew while each try met 1013 (0.5 s doubling, at most 15 s).
+        expect(fay.locator("#state")).to_have_attribute("data-state", "live", timeout=40_000)
+        # The hung Redis may still run the PUBLISH it had read before SIGSTOP: then the resume delivers the
+        # message after all, and the page takes it out of the box. Else it waits there, to be sent again.
+        fay.wait_for_timeout(1000)
+        if fay.locator("#text").input_value():
+            expect(fay.locator("#text")).to_have_value("is anyone there?")
+            fay.click("#send")
+        else:
+            expect(messages).to_contain_text("\u201cis anyone there?\u201d was delivered after all")
+        expect(fay.locator(".msg.mine .body")).to_have_text(["is anyone there?"], timeout=TIMEOUT_MS)
+        expect(fay.locator("#text")).to_have_value("")
+        fay.wait_for_timeout(300)
+        expect(fay.locator(".msg.mine")).to_have_count(1)  # delivered once
+
+        # Redis gone: the next message fails and closes with 1013; each try after it is accepted, then
+        # closed with 1013 again. The page backs off (0.5 s doubling: about 4 tries in 6 s), where resetting
+        # the backoff on every open retried every 0.25-0.5 s.
+        closes = fay.locator("#messages .notice", has_text="Connection closed (1013")
+        before = closes.count()
+        redis_server.stop()
+        say(fay, "and now?")
+        expect(closes).to_have_count(before + 1, timeout=TIMEOUT_MS)
+        fay.wait_for_timeout(6000)
+        tries = closes.count() - before
+        redis_server.start()
+        assert 2 <= tries <= 6, f"{tries} closes with 1013 in 6 s"
+        expect(fay.locator("#text")).to_have_value("and now?")
 
 
 def start_chat_process(port: int, redis_url: str) -> subprocess.Popen[bytes]:
