@@ -92,7 +92,10 @@ class Histogram:
     def observe(self, value: float) -> None:
         """Record one observation (in the histogram's unit, seconds for every histogram here)."""
         # bisect_left: a value equal to a bound belongs to that bound's bucket (Prometheus's "le").
-        self.counts[bisect_left(self.bounds, value)] += 1
+        # Nearly every observation is in the first bucket (a response under 5 ms, a loopback ping
+        # under 0.5 ms): one comparison answers it, and the bisect call is half the cost of observing.
+        bounds = self.bounds
+        self.counts[0 if value <= bounds[0] else bisect_left(bounds, value)] += 1
         self.sum += value
 
 

@@ -25,6 +25,7 @@ from asgiws.broadcast.brokers import MemoryBroker
 from asgiws.compat import StartupSettingError, adapt_app, compatibility_notes
 from asgiws.config import Config
 from asgiws.drain import close_spread_out
+from asgiws.fdlimit import OpenFileWatch, log_open_file_limit, raise_open_file_limit
 from asgiws.importer import ImportFromStringError, import_from_string
 from asgiws.lifespan import LifespanOn
 from asgiws.logging import set_redacted_query_params
@@ -178,6 +179,8 @@ class Server:
         # A supervisor's worker leaves saying start-up errors to the supervisor (said once for N workers).
         self.log_startup_error = True
         self.startup_error_is_fatal = False
+        # A supervisor's worker leaves saying an open-file limit too low for the settings to the supervisor.
+        self.log_file_limit_shortfall = True
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
@@ -229,6 +232,8 @@ class Server:
     async def _startup(self, sockets: list[socket.socket] | None) -> None:
         config = self.config
         set_redacted_query_params(config.log_redact_query_params)
+        log_open_file_limit(raise_open_file_limit(), config.limit_concurrency, config.backlog,
+                            say_shortfall=self.log_file_limit_shortfall)
         self.app = load_app(config)
         # After the import, as uvicorn: an app that does not import gets its error alone.
         logger.info("Started server process [%d]", os.getpid())
@@ -269,6 +274,7 @@ class Server:
             self.servers.append(server)
             for server_sock in server.sockets:
                 self.bound_addresses.append(server_sock.getsockname())
+        self._watch_open_files(loop)
         await self._start_metrics()
         scheme = "https" if ssl_context else "http"
         # A worker that took over another slot's listener (SIGTTOU) has two on one address: say it once.
@@ -279,6 +285,24 @@ class Server:
             else:
                 logger.info("Asgiws running on unix socket %s (Press CTRL+C to quit)", address)
         self.started = True
+
+    def _watch_open_files(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Log when connections near the open-file limit, and asyncio's EMFILE on accept, rate-limited.
+
+        Called once the listeners exist: the files open then are the baseline beside the connections.
+        """
+        watch = OpenFileWatch.for_this_process()
+        self.server_state.open_files = watch
+        self.server_state.watch_files_from = watch.watch_from
+        previous = loop.get_exception_handler()
+
+        def fallback(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> object:
+            if previous is not None:
+                return previous(loop, context)
+            loop.default_exception_handler(context)
+            return None
+
+        loop.set_exception_handler(lambda loop, context: watch.loop_exception(loop, context, fallback))
 
     async def _start_metrics(self) -> None:
         """Serve /metrics from this process (a supervisor's workers get no metrics_port: it serves).

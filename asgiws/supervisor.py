@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from asgiws.config import Config
+from asgiws.fdlimit import log_open_file_limit, raise_open_file_limit
 from asgiws.sockets import bind_error, bind_listeners, describe, join_group, reuse_port_applies
 from asgiws.websocket.frames import CloseCode
 from asgiws.workers import ACCEPT_GRACE, Channel, run_worker
@@ -148,6 +149,9 @@ class Supervisor:
 
     def run(self) -> int:
         self._install_signal_handlers()
+        # Raised here too: the supervisor holds a pipe per worker and the listeners, and its workers
+        # inherit the raised limit. The shortfall line is said here, once for every worker.
+        log_open_file_limit(raise_open_file_limit(), self.config.limit_concurrency, self.config.backlog)
         tls = self.config.use_ssl
         for where in dict.fromkeys(describe(sock, tls=tls) for sock in self.sockets):
             logger.log(self._detail, "Listening on %s", where)

@@ -250,6 +250,7 @@ class SupervisorLink:
         self.server.handled_signals = (signal.SIGTERM,)
         # The supervisor says a start-up error once, however many workers met it.
         self.server.log_startup_error = False
+        self.server.log_file_limit_shortfall = False
         loop = asyncio.get_running_loop()
         loop.add_reader(self.channel.fileno(), self._on_readable)
         watcher = loop.create_task(self._watch())

@@ -4,7 +4,12 @@ Routes
   WS   /echo          echo every message back (text as text, bytes as bytes)
   WS   /fanout        subscriber; the publisher's task sends to it directly
   WS   /fanout_queue  subscriber with its own task, fed by an asyncio.Queue
+  WS   /fanout_broadcast  subscriber of the asgiws.broadcast channel "fanout" (asgiws only)
   WS   /publish       control socket: each message received is sent to every subscriber
+  WS   /broadcast     subscriber to the channel "all" through asgiws.broadcast (asgiws only), and
+                      to /publish's send loop as /fanout is
+  WS   /broadcast_publish  control socket: each message received is published on "all" with
+                      asgiws.broadcast (reaches every worker; through Redis with --broadcast-url)
   GET  /              "Hello, world!"
   POST /echo          the request body back
   POST /publish       the body is published to every subscriber (HTTP alternative)
@@ -17,6 +22,9 @@ import asyncio
 # /fanout_queue: every subscriber has its own task waiting on an asyncio.Queue.
 _direct_sends = set()  # the ASGI send callable of each /fanout connection
 _queues = set()  # one asyncio.Queue per /fanout_queue connection
+# /fanout_broadcast: the server-side path, asgiws.broadcast: the server frames a
+#   publish once and writes it to every subscriber, no app task per subscriber.
+_broadcast = {"subscribers": 0, "hub": None}
 
 
 def _publish(message):
@@ -70,6 +78,21 @@ async def _ws_fanout(receive, send):
         _direct_sends.discard(send)
 
 
+async def _ws_fanout_broadcast(scope, receive, send):
+    from asgiws.broadcast import Broadcast  # asgiws only: the other servers never get this path
+
+    if not await _accept(receive, send):
+        return
+    hub = _broadcast["hub"] = Broadcast.from_scope(scope)
+    await hub.subscribe(scope, "fanout")
+    _broadcast["subscribers"] += 1
+    try:
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+    finally:
+        _broadcast["subscribers"] -= 1
+
+
 async def _ws_fanout_queue(receive, send):
     if not await _accept(receive, send):
         return
@@ -100,8 +123,30 @@ async def _ws_publish(receive, send):
             message = data if data is not None else msg.get("text")
             _publish(message)
             await _publish_direct(message)
+            if _broadcast["subscribers"]:
+                await _broadcast["hub"].publish("fanout", message)
         elif msg["type"] == "websocket.disconnect":
             return
+
+
+async def _ws_broadcast(receive, send, scope, publisher):
+    """asgiws.broadcast: the server writes one prepared frame to every subscriber, no task each."""
+    from asgiws.broadcast import Broadcast
+
+    if not await _accept(receive, send):
+        return
+    hub = Broadcast.from_scope(scope)
+    if not publisher:
+        await hub.subscribe(scope, "all")
+        _direct_sends.add(send)  # /publish's send loop reaches it too: one set of subscribers, two paths
+    while True:
+        msg = await receive()
+        if msg["type"] == "websocket.disconnect":
+            _direct_sends.discard(send)
+            return
+        if publisher:
+            data = msg.get("bytes")
+            await hub.publish("all", data if data is not None else msg.get("text"))
 
 
 async def _read_body(receive):
@@ -133,8 +178,12 @@ async def app(scope, receive, send):
             return await _ws_fanout(receive, send)
         if path == "/fanout_queue":
             return await _ws_fanout_queue(receive, send)
+        if path == "/fanout_broadcast":
+            return await _ws_fanout_broadcast(scope, receive, send)
         if path == "/publish":
             return await _ws_publish(receive, send)
+        if path in ("/broadcast", "/broadcast_publish"):
+            return await _ws_broadcast(receive, send, scope, path == "/broadcast_publish")
         return await _ws_echo(receive, send)
     if kind == "http":
         method = scope["method"]

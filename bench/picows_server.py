@@ -1,7 +1,7 @@
 """Bare picows server (no ASGI): the ceiling for the WebSocket scenarios.
 
-Same WebSocket routes as bench/app.py: /echo (default), /fanout and /fanout_queue
-(both plain subscribers here), /publish.
+Same WebSocket routes as bench/app.py: /echo (default), /fanout, /fanout_queue and
+/fanout_broadcast (all plain subscribers here), /publish.
 """
 import argparse
 import asyncio
@@ -52,7 +52,8 @@ class Pub(WSListener):
 
 
 def factory(request):
-    if request.path in (b"/fanout", "/fanout", b"/fanout_queue", "/fanout_queue"):
+    if request.path in (b"/fanout", "/fanout", b"/fanout_queue", "/fanout_queue", b"/fanout_broadcast",
+                        "/fanout_broadcast"):
         return Sub()
     if request.path == b"/publish" or request.path == "/publish":
         return Pub()

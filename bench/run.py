@@ -75,6 +75,8 @@ SCENARIOS = {
     "echo1m": ("WS echo 1 MiB binary, 4 conns", "msgs_per_s", "msg/s", True, True),
     "fanout": ("Fan-out to 5,000 subscribers, publisher loops over send", "median_ms", "ms", False, True),
     "fanout_queue": ("Fan-out to 5,000 subscribers, a task + queue each", "median_ms", "ms", False, True),
+    "fanout_broadcast": ("Fan-out to 5,000 subscribers, asgiws.broadcast (server-side)", "median_ms", "ms", False,
+                         True),
     "memory": ("RSS per idle WS conn, 2,000 conns, no deflate", "kib_per_conn", "KiB", False, True),
     "memory_deflate": ("RSS per idle WS conn, 2,000 conns, permessage-deflate", "kib_per_conn", "KiB", False, True),
     "churn": ("Churn: connect+echo+close, 16 at a time", "handshakes_per_s", "hs/s", True, True),
@@ -89,14 +91,19 @@ SCENARIOS = {
 }
 TLS_SCENARIOS = {"wss_echo64", "wss_echo1m", "wss_memory"}
 # more figures per scenario: (metric key, label, unit, higher is better); each gets its own rows
+_HTTP_CPU = [("req_per_cpu_s", "requests per server CPU second", "1/s", True)]
 _FANOUT_CPU = [("deliveries_per_cpu_s", "deliveries per server CPU second", "1/s", True)]
 EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", False),
                     ("msgs_per_cpu_s", "messages per server CPU second", "1/s", True)],
+         "echo1m": [("msgs_per_cpu_s", "messages per server CPU second", "1/s", True)],
          "stall": [("p99_ms", "p99", "ms", False)],
-         "fanout": _FANOUT_CPU, "fanout_queue": _FANOUT_CPU,
-         "churn": [("handshakes_per_cpu_s", "handshakes per server CPU second", "1/s", True)]}
+         "fanout": _FANOUT_CPU, "fanout_queue": _FANOUT_CPU, "fanout_broadcast": _FANOUT_CPU,
+         "churn": [("handshakes_per_cpu_s", "handshakes per server CPU second", "1/s", True)],
+         "http_get": _HTTP_CPU, "http_post": _HTTP_CPU}
 # scenarios that only some servers can run (others: n/a); stall needs permessage-deflate
-ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-legacy", "uvicorn-wsproto", "hypercorn"}}
+ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-legacy", "uvicorn-wsproto", "hypercorn"},
+           # asgiws's own API; picows (its publisher writes to each subscriber) is the ceiling beside it
+           "fanout_broadcast": {"asgiws", "asgiws-scraped", "picows"}}
 # per-run loads, seconds unless said otherwise: full / --quick
 # wrk takes whole seconds only ("2.5s" is rejected with its usage text).
 DUR = {
@@ -229,6 +236,8 @@ def parse_wrk(out):
         line = line.strip()
         if line.startswith("Requests/sec:"):
             res["req_per_s"] = float(line.split()[1])
+        elif " requests in " in line:
+            res["requests"] = int(line.split()[0])
         elif line.startswith("Non-2xx"):
             res["non2xx"] = int(line.split()[-1])
         elif line.startswith("Socket errors"):
@@ -236,19 +245,24 @@ def parse_wrk(out):
     return res
 
 
-def wrk(port, conns, dur, script=None, path="/"):
+def wrk(port, conns, dur, pid, script=None, path="/"):
+    """wrk's figures, and requests per server CPU second (steadier than req/s on a shared machine)."""
     if not WRK:
         return {"error": "wrk not installed"}
     cmd = [WRK, "-t", "1", "-c", str(conns), "-d", f"{dur}s", "--timeout", "5s"]
     if script:
         cmd += ["-s", os.path.join(HERE, script)]
     cmd.append(f"http://127.0.0.1:{port}{path}")
+    from bench.loadgen import tree_cpu_seconds
+    cpu0 = tree_cpu_seconds(pid)
     out, err = run_cmd(cmd, dur + 20)
+    cpu = tree_cpu_seconds(pid) - cpu0
     if out is None:
         return {"error": err}
     r = parse_wrk(out)
     if "req_per_s" not in r:
         return {"error": "wrk: " + (out + err)[-300:]}
+    r["req_per_cpu_s"] = r["requests"] / cpu if cpu and "requests" in r else None
     if r.get("non2xx"):
         r["error"] = f"{r['non2xx']} non-2xx responses"
     return r
@@ -262,8 +276,8 @@ def scenario(name, port, pid, q):
                         "--pid", str(pid)], d + 30)
     if name == "echo1m":
         return loadgen(["echo", "--port", str(port), "--conns", "4", "--size", str(1 << 20), "--binary",
-                        "--duration", str(d)], d + 30)
-    if name in ("fanout", "fanout_queue"):
+                        "--duration", str(d), "--pid", str(pid)], d + 30)
+    if name in ("fanout", "fanout_queue", "fanout_broadcast"):
         return loadgen(["fanout", "--port", str(port), "--subs", "5000", "--rounds", str(D["fanout_rounds"]),
                         "--path", "/" + name, "--pid", str(pid), "--connect-timeout", "60"], 150)
     if name in ("memory", "memory_deflate"):
@@ -285,9 +299,9 @@ def scenario(name, port, pid, q):
         return loadgen(["memory", "--tls", "--port", str(port), "--conns", str(D["wss_mem_conns"]), "--pid",
                         str(pid), "--connect-timeout", "60"], 120)
     if name == "http_get":
-        return wrk(port, 64, D["http_get"])
+        return wrk(port, 64, D["http_get"], pid)
     if name == "http_post":
-        return wrk(port, 8, D["http_post"], script="post.lua", path="/echo")
+        return wrk(port, 8, D["http_post"], pid, script="post.lua", path="/echo")
     raise ValueError(name)
 
 

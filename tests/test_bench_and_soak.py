@@ -19,25 +19,48 @@ from bench.app import app as bench_app
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_bench_publish_reaches_both_fanout_shapes(run_server) -> None:
+def test_bench_publish_reaches_every_fanout_shape(run_server) -> None:
     async def scenario(port: int) -> list[str]:
         base = f"ws://127.0.0.1:{port}"
         direct = [await connect(f"{base}/fanout") for _ in range(3)]
         queued = [await connect(f"{base}/fanout_queue") for _ in range(3)]
+        # asgiws.broadcast subscribers: the server writes the publish to them itself
+        broadcast = [await connect(f"{base}/fanout_broadcast") for _ in range(3)]
         gone = await connect(f"{base}/fanout")
         await gone.close()  # a subscriber that left must not stop the others
         async with connect(f"{base}/publish") as publisher:
             await asyncio.sleep(0.2)  # subscribers register after accept
             await publisher.send("hello")
             await publisher.send(b"\x00\x01")
-            received = [await asyncio.wait_for(ws.recv(), 5) for ws in direct + queued for _ in range(2)]
-        for ws in direct + queued:
+            received = [await asyncio.wait_for(ws.recv(), 5) for ws in direct + queued + broadcast
+                        for _ in range(2)]
+        for ws in direct + queued + broadcast:
             await ws.close()
         return received
 
     with run_server(bench_app) as server:
         received = asyncio.run(scenario(server.port))
-    assert received == ["hello", b"\x00\x01"] * 6
+    assert received == ["hello", b"\x00\x01"] * 9
+
+
+def test_bench_broadcast_subscribers_get_both_the_send_loop_and_asgiws_broadcast(run_server) -> None:
+    async def scenario(port: int) -> list[str | bytes]:
+        base = f"ws://127.0.0.1:{port}"
+        subscribers = [await connect(f"{base}/broadcast") for _ in range(3)]
+        async with connect(f"{base}/publish") as loop_publisher, \
+                connect(f"{base}/broadcast_publish") as broadcast_publisher:
+            await asyncio.sleep(0.2)  # subscribers register after accept
+            await loop_publisher.send("by the send loop")
+            received = [await asyncio.wait_for(ws.recv(), 5) for ws in subscribers]
+            await broadcast_publisher.send("by asgiws.broadcast")
+            received += [await asyncio.wait_for(ws.recv(), 5) for ws in subscribers]
+        for ws in subscribers:
+            await ws.close()
+        return received
+
+    with run_server(bench_app) as server:
+        received = asyncio.run(scenario(server.port))
+    assert received == ["by the send loop"] * 3 + ["by asgiws.broadcast"] * 3
 
 
 def test_soak_short_run_loses_nothing_and_leaves_nothing_behind() -> None:

@@ -319,7 +319,8 @@ def run_python(words: list[str], env: dict[str, str], context: Context) -> None:
                                 check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert re.search(r"\d+ passed", result.stdout) and "failed" not in result.stdout, result.stdout
-    elif module in ("bench.run", "conformance.run", "examples.chat.fanout_bench", "bench.broadcast_redis"):
+    elif module in ("bench.run", "conformance.run", "examples.chat.fanout_bench", "bench.broadcast_redis",
+                    "bench.idle"):
         check_help_flags(module, words[2:])
     elif module == "asgiws.broadcast":
         run_broadcast_command(words[2:], env, context)

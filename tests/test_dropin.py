@@ -330,7 +330,9 @@ def test_tls_file_that_is_not_pem_is_named(app_dir):
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_app_import_error_is_its_traceback_once_from_the_apps_frames(app_dir, workers):
-    result = asgiws_cli(app_dir, "brokenapp:app", "--workers", workers)
+    # --port 0: the two cases run side by side under xdist, and on the default port 8000 one of them
+    # met "address already in use" before the import error this test is about.
+    result = asgiws_cli(app_dir, "brokenapp:app", "--workers", workers, "--port", "0")
     assert result.returncode == 1
     lines = [line for line in output_lines(result.stderr) if not line.startswith(("INFO:", "DEBUG:"))]
     assert lines[:3] == [

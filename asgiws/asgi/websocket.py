@@ -40,7 +40,6 @@ from asgiws.protocols.origins import origin_allowed
 from asgiws.protocols.response import denial_head, error_response, format_fields
 from asgiws.types import Message, Scope
 from asgiws.websocket import (
-    BinaryMessage,
     CloseCode,
     CloseReceived,
     ConnectionClosedError,
@@ -50,12 +49,12 @@ from asgiws.websocket import (
     Pong,
     ProtocolFailure,
     ServerConnection,
-    TextMessage,
     UpgradeRequest,
     accept_response,
     negotiate_extensions,
     validate_upgrade_request,
 )
+from asgiws.websocket.fastpath import receive_bytes, receive_text
 
 __all__ = ["SEND_EOF", "SEND_HALF_CLOSE", "SEND_IN_FRAGMENTS", "State", "WebSocketSession"]
 
@@ -123,21 +122,26 @@ _DISCONNECTED: dict[State, frozenset[str]] = {
     State.CLOSED: frozenset({"*"}),
 }
 
+# A data message from the codec: the codec builds the app's websocket.receive
+# message itself (ServerConnection's message types, fastpath.receive_text and
+# receive_bytes), so its event type is the dict's.
+_RECEIVED = dict
+
 # What a codec event does in each state: event type -> handler method name.
-_IGNORE_ALL: dict[type[Event], str] = {kind: "_ignore" for kind in (TextMessage, BinaryMessage, Pong, CloseReceived, ProtocolFailure)}
-EVENT_TRANSITIONS: dict[State, dict[type[Event], str]] = {
+_IGNORE_ALL: dict[type[Any], str] = {
+    kind: "_ignore" for kind in (_RECEIVED, Pong, CloseReceived, ProtocolFailure)
+}
+EVENT_TRANSITIONS: dict[State, dict[type[Any], str]] = {
     State.CONNECTING: _IGNORE_ALL,
     State.REJECTING: _IGNORE_ALL,
     State.OPEN: {
-        TextMessage: "_on_message",
-        BinaryMessage: "_on_message",
+        _RECEIVED: "_on_message",
         Pong: "_on_pong",
         CloseReceived: "_on_peer_close",
         ProtocolFailure: "_on_failure",
     },
     State.CLOSING_LOCAL: {
-        TextMessage: "_on_message_after_close",
-        BinaryMessage: "_on_message_after_close",
+        _RECEIVED: "_on_message_after_close",
         Pong: "_on_pong",
         CloseReceived: "_on_close_answered",
         ProtocolFailure: "_on_failure_after_close",
@@ -326,29 +330,20 @@ class WebSocketSession:
                 self._early_input += data
             return []
         self.bytes_received += len(data)
+        # The common read (open, no message rate): the codec appends the app's
+        # messages to its queue itself (no Python call per message), and the
+        # events left are pongs, then maybe a close or failure behind them.
+        # Otherwise each message is an event for this state's handler.
+        queue = self.messages if self._plain_reads else None
+        queued = len(self.messages)
         try:
-            events = conn.receive_data(data)
+            events = conn.receive_data(data, queue)
         except Exception as exc:  # noqa: BLE001  (our bug, not the client's: 1011, see _codec_crashed)
             events = self._codec_crashed(exc)
-        if events:
-            if self._plain_reads:
-                # The common read: data messages to the app, inline (no call per message).
-                # Counted all at once; the handlers of the other events take theirs back.
-                self.messages_received += len(events)
-                messages = self.messages
-                for event in events:
-                    kind = type(event)
-                    if kind is TextMessage:
-                        messages.append({"type": "websocket.receive", "text": event.data})  # type: ignore[attr-defined]
-                    elif kind is BinaryMessage:
-                        messages.append({"type": "websocket.receive", "bytes": event.data})  # type: ignore[attr-defined]
-                    else:
-                        # Pong, or the last event: a close or a failure.
-                        self.messages_received -= 1
-                        getattr(self, EVENT_TRANSITIONS[self.state][kind])(event)
-            else:
-                for event in events:
-                    getattr(self, EVENT_TRANSITIONS[self.state][type(event)])(event)
+        if queue is not None:
+            self.messages_received += len(queue) - queued
+        for event in events:
+            getattr(self, EVENT_TRANSITIONS[self.state][type(event)])(event)
         chunks = conn.data_to_send()  # pongs, or the close frame
         if chunks:
             for chunk in chunks:
@@ -389,16 +384,13 @@ class WebSocketSession:
 
     # -- codec events ----------------------------------------------------------------------------
 
-    def _on_message(self, event: TextMessage | BinaryMessage) -> None:
+    def _on_message(self, message: Message) -> None:
         if self._message_rate is not None and not self._take_token():
             METRICS.ws_rejected[RATE] += 1
             self._on_failure(ProtocolFailure(CloseCode.POLICY_VIOLATION, "message rate limit exceeded"))
             return
         self.messages_received += 1
-        if type(event) is TextMessage:
-            self.messages.append({"type": "websocket.receive", "text": event.data})
-        else:
-            self.messages.append({"type": "websocket.receive", "bytes": event.data})
+        self.messages.append(message)
 
     def _take_token(self) -> bool:
         rate = self._message_rate
@@ -412,7 +404,7 @@ class WebSocketSession:
         self._tokens -= 1.0
         return True
 
-    def _on_message_after_close(self, event: TextMessage | BinaryMessage) -> None:
+    def _on_message_after_close(self, message: Message) -> None:
         # 7.1.1 asks us to keep reading until the client's close; the app,
         # which closed (or was closed), gets no more messages.
         self.messages_received += 1
@@ -453,7 +445,7 @@ class WebSocketSession:
         # Our close frame is out; nothing the client sends matters now.
         self._enter(_CLOSED)
 
-    def _ignore(self, event: Event) -> None:
+    def _ignore(self, event: Event | Message) -> None:
         pass
 
     def _answer_close(self, event: CloseReceived) -> None:
@@ -707,7 +699,8 @@ class WebSocketSession:
         except ValueError as exc:
             raise RuntimeError(f"Invalid websocket.accept: {exc}") from None
         trace = self._trace if trace_logger.isEnabledFor(TRACE_LOG_LEVEL) else None
-        self.conn = ServerConnection(max_size=self.config.ws_max_size, extensions=extensions, trace=trace)
+        self.conn = ServerConnection(max_size=self.config.ws_max_size, extensions=extensions, trace=trace,
+                                     text_message=receive_text, binary_message=receive_bytes)
         messages = self.messages
         if messages and messages[0]["type"] == "websocket.connect":
             # An app may accept without reading websocket.connect (accept answers it):

@@ -7,11 +7,14 @@ reference to it. It is the only mutable state shared between connections.
 from __future__ import annotations
 
 import asyncio
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from asgiws.config import HTTP_READ_SIZE
 from asgiws.drain import Drain
+from asgiws.fdlimit import OpenFileWatch
+from asgiws.protocols.heartbeat import PingWheel
 
 
 class Connection(Protocol):
@@ -51,6 +54,12 @@ class ServerState:
     # parses one read at a time); per loop, never per process, since loops in
     # other threads read while the GIL is released.
     read_buffer: bytearray = field(default_factory=lambda: bytearray(HTTP_READ_SIZE))
+    # Logs when open files near RLIMIT_NOFILE (set by the server at start-up); add_connection calls it
+    # from `watch_files_from` connections on, so below that it costs one comparison.
+    open_files: OpenFileWatch | None = None
+    watch_files_from: int = sys.maxsize
+    # The next ping of every WebSocket of this worker (made by the first one that pings).
+    ping_wheel: PingWheel | None = None
 
     def over_connection_limit(self, client_ip: str | None, limit_per_ip: int | None) -> bool:
         """True when `client_ip` already holds `limit_per_ip` connections."""
@@ -63,6 +72,8 @@ class ServerState:
         self.connections.add(connection)
         if client_ip is not None:
             self.connections_per_ip[client_ip] = self.connections_per_ip.get(client_ip, 0) + 1
+        if len(self.connections) >= self.watch_files_from and self.open_files is not None:
+            self.open_files.connection_opened(len(self.connections))
 
     def hand_over(self, old: Connection, new: Connection) -> None:
         """The same transport changes protocol (HTTP upgrade): the per-IP count stays."""

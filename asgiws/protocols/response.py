@@ -15,6 +15,7 @@ from __future__ import annotations
 import http
 import time
 from collections.abc import Iterable
+from typing import Any
 from email.utils import formatdate
 
 from asgiws.config import Config
@@ -24,8 +25,10 @@ from asgiws.headers import status_line as _format_status_line
 __all__ = [
     "NO_BODY_STATUS",
     "STATUS_LINES",
+    "AppHead",
     "add_default_fields",
     "app_field_line",
+    "app_head",
     "build_default_headers",
     "date_line",
     "denial_head",
@@ -72,6 +75,85 @@ def app_field_line(name: bytes, value: bytes) -> bytes:
         return field_line(name, value)
     except ValueError as exc:
         raise RuntimeError(str(exc)) from None
+
+
+class AppHead:
+    """What an app's `http.response.start` says, checked and formatted: made once per distinct message.
+
+    `lines` is the status line and the app's field lines, less a
+    `Transfer-Encoding: chunked` (the server writes the framing fields itself,
+    exactly once); `names` the lowercased names of the fields kept.
+    """
+
+    __slots__ = ("lines", "names", "content_length", "chunked", "close")
+
+    def __init__(self, lines: bytes, names: frozenset[bytes], content_length: int | None, chunked: bool,
+                 close: bool) -> None:
+        self.lines = lines
+        self.names = names
+        self.content_length = content_length  # the app's Content-Length, None if it gave none
+        self.chunked = chunked  # the app asked for Transfer-Encoding: chunked
+        self.close = close  # the app sent Connection: close
+
+
+# AppHead by (status, headers) as the app gave them: most apps send a few shapes
+# of head (the hello world's is the same every time), and a hit skips the lowering,
+# the two regular expressions and the formatting of every field. Distinct heads
+# kept at most; a per-request value (a Set-Cookie, an ETag) makes a new one per
+# response, and once full the table is emptied and refilled.
+_APP_HEADS: dict[tuple[int, tuple[Any, ...]], AppHead] = {}
+_APP_HEADS_MAX = 1024
+# A head longer than this (bytes) is not kept: the table holds at most ~2 MiB of heads and their keys.
+_APP_HEAD_MAX_CACHED = 1024
+
+
+def app_head(status: object, headers: Iterable[Any]) -> AppHead:
+    """The checked head of `http.response.start` with `status` and `headers` (name, value pairs of bytes).
+
+    Raises RuntimeError for a status `status_line` refuses, a field
+    `app_field_line` refuses, or a Content-Length that is not a decimal
+    length (nothing is written then, so the app's error becomes a 500).
+    """
+    fields = headers if type(headers) is tuple else tuple(headers)
+    if type(status) is not int:
+        # Not a key: 200.0 and True hash like 200 and 1, and must still be refused.
+        return _make_app_head(status, fields)
+    key = (status, fields)
+    try:
+        head = _APP_HEADS.get(key)
+    except TypeError:  # a field given as a list, or a bytearray: not hashable, checked every time
+        return _make_app_head(status, fields)
+    if head is None:
+        head = _make_app_head(status, fields)
+        if len(head.lines) <= _APP_HEAD_MAX_CACHED:
+            if len(_APP_HEADS) >= _APP_HEADS_MAX:
+                _APP_HEADS.clear()
+            _APP_HEADS[key] = head
+    return head
+
+
+def _make_app_head(status: object, fields: tuple[Any, ...]) -> AppHead:
+    lines = [status_line(status)]
+    names: set[bytes] = set()
+    content_length: int | None = None
+    chunked = close = False
+    for raw_name, raw_value in fields:  # ASGI: an iterable of [name, value] pairs
+        name = bytes(raw_name).lower()
+        value = bytes(raw_value)
+        line = app_field_line(name, value)
+        if name == b"content-length":
+            if not value.isdigit():
+                raise RuntimeError(f"invalid response header {name!r}: {value!r} is not a length")
+            content_length = int(value)
+        elif name == b"transfer-encoding":
+            if value.lower() == b"chunked":
+                chunked = True
+                continue  # the server writes it, exactly once
+        elif name == b"connection" and b"close" in value.lower():
+            close = True
+        names.add(name)
+        lines.append(line)
+    return AppHead(b"".join(lines), frozenset(names), content_length, chunked, close)
 
 
 def date_line() -> bytes:

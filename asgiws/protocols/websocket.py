@@ -23,6 +23,7 @@ from asgiws.config import Config
 from asgiws.exceptions import ClientDisconnected
 from asgiws.logging import log_access, log_websocket_close
 from asgiws.protocols.common import ServerState
+from asgiws.protocols.heartbeat import PingWheel
 from asgiws.types import ASGIApp, Message, Scope
 from asgiws.websocket import CloseCode, ServerConnection
 
@@ -89,7 +90,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_held_broadcasts",
         "_held_bytes",
         "_max_queue",
-        "_ping_timer",
+        "_ping_slot",
         "_reading_paused",
         "_resume_queue",
         "_timer",
@@ -124,7 +125,7 @@ class WebSocketProtocol(asyncio.Protocol):
         # The one timer for the session's deadlines (close handshake, pong), and when it fires.
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
-        self._ping_timer: asyncio.TimerHandle | None = None
+        self._ping_slot: int | None = None  # this connection's slot in the worker's PingWheel
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -229,10 +230,12 @@ class WebSocketProtocol(asyncio.Protocol):
         if self.on_connection_lost is not None:
             self.on_connection_lost(self)
             self.on_connection_lost = None
-        for timer in (self._timer, self._ping_timer):
-            if timer is not None:
-                timer.cancel()
-        self._timer = self._ping_timer = None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        if self._ping_slot is not None:
+            self._ping_wheel().cancel(self, self._ping_slot)
+            self._ping_slot = None
         session = self.session
         session.connection_lost()
         session.data_to_send()  # nowhere to write it
@@ -268,7 +271,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._timer_deadline = deadline
             self._timer = None if deadline is None else self.loop.call_at(deadline, self._on_timer)
         if session.state is _OPEN:
-            if self._ping_timer is None:
+            if self._ping_slot is None:
                 self._schedule_ping()
             conn = session.conn
             if conn is not None and conn.payload_pending and not self.transport.is_closing() \
@@ -294,28 +297,40 @@ class WebSocketProtocol(asyncio.Protocol):
         self._sync()
 
     def _schedule_ping(self) -> None:
-        interval = self.config.ws_ping_interval
-        if interval:
-            self._ping_timer = self.loop.call_later(interval, self._send_heartbeat)
+        if self.config.ws_ping_interval:
+            self._ping_slot = self._ping_wheel().schedule(self)
 
-    def _send_heartbeat(self) -> None:
-        self._ping_timer = None
+    def _ping_wheel(self) -> PingWheel:
+        """The worker's one timer for every connection's pings (made by its first WebSocket)."""
+        wheel = self.server_state.ping_wheel
+        if wheel is None:
+            assert self.config.ws_ping_interval
+            wheel = self.server_state.ping_wheel = PingWheel(self.loop, self.config.ws_ping_interval)
+        return wheel
+
+    def send_heartbeat(self) -> None:
+        """The wheel's call: this connection's ping is due."""
+        self._ping_slot = None
         self.session.ping(self.loop.time())
         self._sync()  # writes the ping, arms the pong deadline, schedules the next ping while open
 
     # -- ASGI receive / send ------------------------------------------------------------
 
     async def receive(self) -> Message:
-        messages = self.session.messages
+        session = self.session
+        messages = session.messages
         if messages:
             message = messages.popleft()
             if self._reading_paused and not self._writing_paused and len(messages) <= self._resume_queue:
                 self._resume_reading()
             return message
-        next_message = self.session.next_message()
-        if next_message is not None:
-            self._sync()  # reaching the client's close behind messages answered it
-            return next_message
+        if session.state is not _OPEN:
+            # Open with nothing queued, the app waits (the echo's every
+            # receive); any other state may have its disconnect message.
+            next_message = session.next_message()
+            if next_message is not None:
+                self._sync()  # reaching the client's close behind messages answered it
+                return next_message
         waiter: asyncio.Future[Message] = self.loop.create_future()
         self._waiter = waiter
         try:

@@ -108,14 +108,15 @@ done:
  * header (FIN set, no RSV bit, TEXT or BINARY, masked, length at most
  * max_size, the whole payload in `data`), unmasking, and for text the strict
  * UTF-8 decode; each becomes text_type(str) or binary_type(bytes), appended
- * to `events`. Stops at the first frame that is anything else (a control
+ * to `events` (a list, or anything with an append method: a deque). Stops
+ * at the first frame that is anything else (a control
  * frame, a fragment, a cut frame, an oversized one, invalid UTF-8) and
  * returns its offset: the caller parses that frame in full, and reports its
  * error if it has one. */
 static PyObject *
 parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *data, *events, *text_type, *binary_type, *payload, *event;
+    PyObject *data, *events, *text_type, *binary_type, *payload, *event, *append = NULL, *result = NULL;
     const unsigned char *buf;
     Py_ssize_t pos, end, start;
     unsigned long long length, max_size;
@@ -130,8 +131,8 @@ parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     events = args[2];
     text_type = args[4];
     binary_type = args[5];
-    if (!PyBytes_Check(data) || !PyList_Check(events)) {
-        PyErr_SetString(PyExc_TypeError, "data must be bytes and events a list");
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "data must be bytes");
         return NULL;
     }
     pos = PyLong_AsSsize_t(args[1]);
@@ -155,6 +156,11 @@ parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return PyLong_FromSsize_t(pos);  /* every frame is: none taken */
         else
             max_size = (unsigned long long)limit;
+    }
+    if (!PyList_CheckExact(events)) {
+        append = PyObject_GetAttrString(events, "append");
+        if (append == NULL)
+            return NULL;
     }
     while (end - pos >= 6) {
         unsigned char b0 = buf[pos], b1 = buf[pos + 1];
@@ -182,21 +188,23 @@ parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (b0 == 0x82) {
             payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)length);
             if (payload == NULL)
-                return NULL;
+                goto done;
             xor_mask((unsigned char *)PyBytes_AS_STRING(payload), buf + start, (Py_ssize_t)length, buf + start - 4, 0);
             event = PyObject_CallOneArg(binary_type, payload);
         }
         else {
             tmp = length <= sizeof(stack) ? stack : PyMem_Malloc((size_t)length);
-            if (tmp == NULL)
-                return PyErr_NoMemory();
+            if (tmp == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
             xor_mask(tmp, buf + start, (Py_ssize_t)length, buf + start - 4, 0);
             payload = PyUnicode_DecodeUTF8((const char *)tmp, (Py_ssize_t)length, NULL);
             if (tmp != stack)
                 PyMem_Free(tmp);
             if (payload == NULL) {
                 if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
-                    return NULL;
+                    goto done;
                 PyErr_Clear();  /* the caller parses this frame again and fails it (1007) */
                 break;
             }
@@ -204,15 +212,96 @@ parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_DECREF(payload);
         if (event == NULL)
-            return NULL;
-        if (PyList_Append(events, event) < 0) {
-            Py_DECREF(event);
-            return NULL;
+            goto done;
+        if (append == NULL) {
+            if (PyList_Append(events, event) < 0) {
+                Py_DECREF(event);
+                goto done;
+            }
+        }
+        else {
+            PyObject *none = PyObject_CallOneArg(append, event);
+
+            if (none == NULL) {
+                Py_DECREF(event);
+                goto done;
+            }
+            Py_DECREF(none);
         }
         Py_DECREF(event);
         pos = start + (Py_ssize_t)length;
     }
-    return PyLong_FromSsize_t(pos);
+    result = PyLong_FromSsize_t(pos);
+done:
+    Py_XDECREF(append);
+    return result;
+}
+
+/* The ASGI "websocket.receive" message of a text or binary message, built in
+ * one call (the pure-Python twins are fastpath.py_receive_text and
+ * py_receive_bytes): the session hands these to the codec as its message
+ * types, so a read's messages reach the app's queue without a Python frame
+ * each. The keys are interned once at import. */
+static PyObject *key_type, *key_text, *key_bytes, *value_receive;
+
+static PyObject *
+receive_message(PyObject *key, PyObject *value)
+{
+    PyObject *message = _PyDict_NewPresized(2);
+
+    if (message == NULL)
+        return NULL;
+    if (PyDict_SetItem(message, key_type, value_receive) < 0 || PyDict_SetItem(message, key, value) < 0) {
+        Py_DECREF(message);
+        return NULL;
+    }
+    return message;
+}
+
+static PyObject *
+receive_text(PyObject *self, PyObject *text)
+{
+    return receive_message(key_text, text);
+}
+
+static PyObject *
+receive_bytes(PyObject *self, PyObject *data)
+{
+    return receive_message(key_bytes, data);
+}
+
+/* The frame of a short text message: header and UTF-8 payload in one bytes
+ * object (5.2: FIN set, opcode 0x1, no mask from a server, a 7-bit length),
+ * or None when the payload is over 125 bytes (the caller frames it in full).
+ * For ASCII (compact) strings the UTF-8 form is the string's own storage:
+ * one allocation, the frame. */
+static PyObject *
+small_text_frame(PyObject *self, PyObject *text)
+{
+    const char *utf8;
+    Py_ssize_t length;
+    PyObject *frame;
+    char *out;
+
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "small_text_frame() takes a str");
+        return NULL;
+    }
+    if (PyUnicode_GET_LENGTH(text) > 125)
+        Py_RETURN_NONE;  /* over 125 bytes whatever its characters */
+    utf8 = PyUnicode_AsUTF8AndSize(text, &length);
+    if (utf8 == NULL)
+        return NULL;  /* lone surrogates: UnicodeEncodeError, as str.encode() */
+    if (length > 125)
+        Py_RETURN_NONE;
+    frame = PyBytes_FromStringAndSize(NULL, length + 2);
+    if (frame == NULL)
+        return NULL;
+    out = PyBytes_AS_STRING(frame);
+    out[0] = (char)0x81;
+    out[1] = (char)length;
+    memcpy(out + 2, utf8, (size_t)length);
+    return frame;
 }
 
 /* PayloadBuffer: a bytes object filled in place, for a large frame payload.
@@ -375,6 +464,11 @@ static PyMethodDef methods[] = {
     {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
      "parse_messages(data, pos, events, max_size, text_type, binary_type): whole unfragmented data frames "
      "from data[pos:] appended to events as messages; returns the offset of the first frame not taken."},
+    {"receive_text", receive_text, METH_O, "receive_text(str): {'type': 'websocket.receive', 'text': str}."},
+    {"receive_bytes", receive_bytes, METH_O,
+     "receive_bytes(bytes): {'type': 'websocket.receive', 'bytes': bytes}."},
+    {"small_text_frame", small_text_frame, METH_O,
+     "small_text_frame(str): the unmasked FIN text frame of a payload up to 125 bytes, else None."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -388,6 +482,12 @@ PyInit__speedups(void)
     PyObject *m;
 
     if (PyType_Ready(&PayloadBuffer_Type) < 0)
+        return NULL;
+    key_type = PyUnicode_InternFromString("type");
+    key_text = PyUnicode_InternFromString("text");
+    key_bytes = PyUnicode_InternFromString("bytes");
+    value_receive = PyUnicode_InternFromString("websocket.receive");
+    if (key_type == NULL || key_text == NULL || key_bytes == NULL || value_receive == NULL)
         return NULL;
     m = PyModule_Create(&module);
     if (m == NULL)

@@ -1,7 +1,9 @@
 """The server side of a WebSocket connection, sans I/O (RFC 6455 5-7).
 
 Bytes in (`receive_data`), events out; method calls in (`send_*`), bytes out
-(`data_to_send`). Peer errors never raise: they become one `ProtocolFailure`
+(`data_to_send`). Completed data messages are built by the caller's message
+types (`TextMessage` and `BinaryMessage` unless told otherwise), and go to the
+caller's queue when `receive_data` is given one. Peer errors never raise: they become one `ProtocolFailure`
 event carrying the close code, after which input is ignored. The codec never
 sends a close frame by itself: the caller decides when (after delivering the
 messages that came before the error).
@@ -17,7 +19,7 @@ from typing import Any
 
 from asgiws.websocket.events import BinaryMessage, CloseReceived, Event, Pong, ProtocolFailure, TextMessage
 from asgiws.websocket.extensions import Extension
-from asgiws.websocket.fastpath import parse_messages
+from asgiws.websocket.fastpath import Sink, parse_messages, small_text_frame
 from asgiws.websocket.frames import (
     MAX_CONTROL_PAYLOAD,
     CloseCode,
@@ -95,12 +97,17 @@ class ServerConnection:
     `max_size`: largest incoming message in bytes (after decompression), the
     config's ws_max_size (no default here: the config holds it, once);
     `extensions`: negotiated `Extension` objects; `trace`: called once per
-    frame each way, or None.
+    frame each way, or None; `text_message(str)` and `binary_message(bytes)`:
+    what a completed message becomes (the ASGI session passes builders of its
+    `websocket.receive` message, fastpath.receive_text and receive_bytes).
     """
 
     def __init__(self, *, max_size: int, extensions: list[Extension] | None = None,
-                 trace: Trace | None = None) -> None:
+                 trace: Trace | None = None, text_message: Callable[[str], Any] = TextMessage,
+                 binary_message: Callable[[bytes], Any] = BinaryMessage) -> None:
         self.max_size = max_size
+        self._text_message = text_message
+        self._binary_message = binary_message
         self.extensions = list(extensions or ())
         self.trace = trace
         self.close_sent = False
@@ -142,11 +149,19 @@ class ServerConnection:
 
     # -- input -----------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
-        """Parse `data`; return the events it completed, in order (maybe [])."""
+    def receive_data(self, data: bytes, messages: Sink | None = None) -> list[Any]:
+        """Parse `data`; return the events it completed, in order (maybe []).
+
+        With `messages` (a list or deque), completed data messages are
+        appended to it instead, and the events returned are the rest (pongs,
+        then at most one close or failure, always after every message of this
+        read); without it, the messages are among the events, in order.
+        """
         if self._done:
             return []
-        events: list[Event] = []
+        events: list[Any] = []
+        if messages is None:
+            messages = events
         buffer = self._buffer
         if buffer:
             # A header (or control frame) cut by the previous read: at most
@@ -159,11 +174,11 @@ class ServerConnection:
         pos = 0
         if self._whole_messages and self._message_opcode is None and not self._frame_remaining:
             # The common read, whole messages and nothing else, in one call (see _parse).
-            pos = parse_messages(data, 0, events, self.max_size, TextMessage, BinaryMessage)
+            pos = parse_messages(data, 0, messages, self.max_size, self._text_message, self._binary_message)
             if pos == len(data):
                 return events
         try:
-            consumed = self._parse(data, pos, events)
+            consumed = self._parse(data, pos, events, messages)
         except ProtocolError as exc:
             self._fail(exc, events)
             return events
@@ -228,8 +243,10 @@ class ServerConnection:
         self._drop_direct()
         return []
 
-    def _parse(self, data: bytes, pos: int, events: list[Event]) -> int:
+    def _parse(self, data: bytes, pos: int, events: list[Any], messages: Sink) -> int:
         """Parse whole frames and partial data payloads from `data[pos:]`; return the offset reached.
+
+        Control events go to `events`, completed data messages to `messages`.
 
         One loop over the frame kinds (header, control frame, data payload), hence the length.
         """
@@ -242,7 +259,8 @@ class ServerConnection:
         whole_messages = self._whole_messages
         while not self._done:
             if whole_messages and pos != first and self._message_opcode is None and not self._frame_remaining:
-                pos = parse_messages(data, pos, events, self.max_size, TextMessage, BinaryMessage)
+                pos = parse_messages(data, pos, messages, self.max_size, self._text_message,
+                                     self._binary_message)
             if self._frame_remaining:
                 take = min(self._frame_remaining, end - pos)
                 if not take:
@@ -254,7 +272,7 @@ class ServerConnection:
                 else:
                     chunk = data[pos : pos + take]
                 pos += take
-                self._payload(chunk, events)
+                self._payload(chunk, messages)
                 continue
             if end - pos < 2:
                 break
@@ -316,7 +334,7 @@ class ServerConnection:
                 self._direct_view = direct.view()
                 self._direct_filled = 0
             if not length:
-                self._payload(b"", events)
+                self._payload(b"", messages)
         return pos
 
     def _start_data_frame(self, opcode: int, fin: bool, rsv: int, length: int) -> None:
@@ -343,7 +361,7 @@ class ServerConnection:
         if already + length > self.max_size:
             raise ProtocolError(CloseCode.MESSAGE_TOO_BIG, f"message over {self.max_size} bytes")
 
-    def _payload(self, chunk: bytes | memoryview, events: list[Event]) -> None:
+    def _payload(self, chunk: bytes | memoryview, messages: Sink) -> None:
         """Take in part (or all) of the current data frame's payload, still masked."""
         length = len(chunk)
         self._frame_remaining -= length
@@ -377,9 +395,9 @@ class ServerConnection:
                 mask = mask[offset:] + mask[:offset]
             data = apply_mask(chunk, mask)
             self._frame_offset += length
-        self._take(data, events)
+        self._take(data, messages)
 
-    def _take(self, data: bytes, events: list[Event]) -> None:
+    def _take(self, data: bytes, messages: Sink) -> None:
         """Add unmasked payload to the message; complete it at the end of its last frame."""
         message_end = self._frame_fin and not self._frame_remaining
         self._message_wire_size += len(data)
@@ -402,9 +420,9 @@ class ServerConnection:
             self._message_parts.append(data)
         if message_end:
             if self._utf8 is not None:
-                events.append(TextMessage("".join(self._message_parts)))
+                messages.append(self._text_message("".join(self._message_parts)))
             else:
-                events.append(BinaryMessage(b"".join(self._message_parts)))
+                messages.append(self._binary_message(b"".join(self._message_parts)))
             self._message_opcode = None
             self._message_parts = []
             self._message_extensions = []
@@ -457,13 +475,9 @@ class ServerConnection:
         queued, an extension applies, our close frame is sent or a trace is
         set: the caller then uses `send_text`.
         """
-        if len(data) > 125 or self._out or self.extensions or self.close_sent or self.trace is not None:
+        if self._out or self.extensions or self.close_sent or self.trace is not None:
             return None
-        payload = data.encode()
-        length = len(payload)
-        if length > 125:
-            return None
-        return _pack_small_header(0x81, length) + payload
+        return small_text_frame(data)  # header and payload in one allocation
 
     def send_binary(self, data: bytes) -> None:
         """Queue a binary message. Raises ConnectionClosedError after our close frame."""

@@ -1,29 +1,54 @@
-"""The common frame, whole, in one call: `parse_messages`.
+"""The common frame, whole, in one call: `parse_messages`, `receive_text`, `small_text_frame`.
 
 Most reads carry whole small unfragmented messages. `parse_messages` takes
 every such frame at the start of a read (header, unmasking, strict UTF-8
 decode for text) and stops at the first frame that is anything else, which
-`ServerConnection._parse` then parses in full, errors included. It comes from
-the optional C helper (`_speedups`) when it is built, else from the pure-Python
-twin below; both have the same signature and are tested against each other.
+`ServerConnection._parse` then parses in full, errors included. The messages
+it completes are built by the caller's message types: `receive_text` and
+`receive_bytes` build the ASGI `websocket.receive` message itself, so a read's
+messages reach the app's queue without a Python call each. `small_text_frame`
+is the most common frame out (an echo, a fan-out's to each subscriber) in one
+allocation. Each comes from the optional C helper (`_speedups`) when it is
+built, else from the pure-Python twin below; both have the same signature and
+are tested against each other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from asgiws.websocket.mask import apply_mask
 
-__all__ = ["parse_messages", "py_parse_messages"]
+__all__ = [
+    "Sink",
+    "parse_messages",
+    "py_parse_messages",
+    "py_receive_bytes",
+    "py_receive_text",
+    "py_small_text_frame",
+    "receive_bytes",
+    "receive_text",
+    "small_text_frame",
+]
+
+
+
+class Sink(Protocol):
+    """Where completed messages go: a list, or a deque (the session's queue for the app)."""
+
+    def append(self, item: Any, /) -> None: ...
+
 
 # (data, pos, events, max_size, text_type, binary_type) -> offset of the first frame not taken
-ParseMessages = Callable[[bytes, int, list[Any], int, Callable[[str], Any], Callable[[bytes], Any]], int]
+ParseMessages = Callable[[bytes, int, Sink, int, Callable[[str], Any], Callable[[bytes], Any]], int]
 
 
-def py_parse_messages(data: bytes, pos: int, events: list[Any], max_size: int,
+def py_parse_messages(data: bytes, pos: int, events: Sink, max_size: int,
                       text_type: Callable[[str], Any], binary_type: Callable[[bytes], Any]) -> int:
     """Append `text_type(str)` / `binary_type(bytes)` for each whole message frame at `data[pos:]`.
+
+    `events` is a list or anything with an `append` method (a deque).
 
     Takes frames with FIN set, no RSV bit, opcode TEXT or BINARY, masked, a
     length up to `max_size` and the whole payload in `data` (text: valid
@@ -34,6 +59,7 @@ def py_parse_messages(data: bytes, pos: int, events: list[Any], max_size: int,
     end = len(data)
     if not 0 <= pos <= end:
         raise ValueError("pos outside data")
+    append = events.append
     while end - pos >= 6:
         b0 = data[pos]
         b1 = data[pos + 1]
@@ -57,17 +83,48 @@ def py_parse_messages(data: bytes, pos: int, events: list[Any], max_size: int,
         payload = apply_mask(memoryview(data)[start:stop], data[start - 4 : start])
         if b0 == 0x81:
             try:
-                events.append(text_type(payload.decode()))
+                append(text_type(payload.decode()))
             except UnicodeDecodeError:
                 break  # the caller parses this frame again and fails it (1007)
         else:
-            events.append(binary_type(payload))
+            append(binary_type(payload))
         pos = stop
     return pos
 
 
+def py_receive_text(text: str) -> dict[str, Any]:
+    """The ASGI message of a text message: {"type": "websocket.receive", "text": text}."""
+    return {"type": "websocket.receive", "text": text}
+
+
+def py_receive_bytes(data: bytes) -> dict[str, Any]:
+    """The ASGI message of a binary message: {"type": "websocket.receive", "bytes": data}."""
+    return {"type": "websocket.receive", "bytes": data}
+
+
+def py_small_text_frame(text: str) -> bytes | None:
+    """The server's frame of a text message up to 125 bytes of UTF-8, else None.
+
+    5.2: FIN set, opcode 0x1 (text), no mask, the length in the second byte.
+    Raises UnicodeEncodeError for a str with lone surrogates (as str.encode).
+    """
+    if len(text) > 125:
+        return None
+    payload = text.encode()
+    length = len(payload)
+    if length > 125:
+        return None
+    return bytes((0x81, length)) + payload
+
+
 parse_messages: ParseMessages
+receive_text: Callable[[str], dict[str, Any]]
+receive_bytes: Callable[[bytes], dict[str, Any]]
+small_text_frame: Callable[[str], bytes | None]
 try:
-    from asgiws.websocket._speedups import parse_messages
+    from asgiws.websocket._speedups import parse_messages, receive_bytes, receive_text, small_text_frame
 except ImportError:
     parse_messages = py_parse_messages
+    receive_text = py_receive_text
+    receive_bytes = py_receive_bytes
+    small_text_frame = py_small_text_frame

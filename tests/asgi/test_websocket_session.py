@@ -446,7 +446,7 @@ def test_unexpected_codec_exception_closes_1011_and_logs(caplog: pytest.LogCaptu
     session = opened()
     assert session.conn is not None
 
-    def broken(data: bytes) -> list[Any]:
+    def broken(data: bytes, messages: Any = None) -> list[Any]:
         raise ZeroDivisionError("codec bug")
 
     session.conn.receive_data = broken  # type: ignore[method-assign]

@@ -689,6 +689,25 @@ def test_limit_concurrency_answers_503(run_server):
         assert first.read_response().status == 200
 
 
+def test_finished_app_tasks_leave_the_concurrency_count(run_server):
+    # Each request's task counts against --limit-concurrency while it runs and
+    # leaves the count as it ends, by return or by exception: 20 in a row on one
+    # connection, under a limit of 2 (the connection is one), are never refused.
+    async def app(scope, receive, send):
+        if scope["query_string"] == b"fail":
+            raise ValueError("the app fails")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    with run_server(app, limit_concurrency=2) as server:
+        client = RawClient(server.port)
+        statuses = []
+        for n in range(20):
+            client.send(b"GET /?%s HTTP/1.1\r\nHost: x\r\n\r\n" % (b"fail" if n % 2 else b"ok"))
+            statuses.append(client.read_response().status)
+    assert statuses == [200, 500] * 10
+
+
 def test_limit_connections_per_ip_answers_503(run_server):
     with run_server(hello, limit_connections_per_ip=1) as server:
         first = RawClient(server.port)

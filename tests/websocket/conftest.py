@@ -21,6 +21,7 @@ PYTHON_TWINS = [
     (connection, "apply_mask_chunks", mask.py_apply_mask_chunks),
     (connection, "PayloadBuffer", mask.PyPayloadBuffer),
     (connection, "parse_messages", fastpath.py_parse_messages),
+    (connection, "small_text_frame", fastpath.py_small_text_frame),
     (fastpath, "apply_mask", mask.py_apply_mask),
 ]
 # Parameters of the tests that pass a twin in themselves (test_codec_frames, test_codec_fastpath).

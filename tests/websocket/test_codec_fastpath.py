@@ -13,9 +13,11 @@ import pytest
 
 from asgiws.websocket import (
     BinaryMessage,
+    CloseReceived,
     Opcode,
     Pong,
     ProtocolFailure,
+    ServerConnection,
     TextMessage,
     fastpath,
 )
@@ -184,3 +186,104 @@ def test_the_codec_runs_on_the_twin_its_parameter_names(speedups: str) -> None:
     assert (connection.parse_messages is fastpath.py_parse_messages) is python
     assert (fastpath.apply_mask is mask.py_apply_mask) is python
     assert feed(client_frame(Opcode.BINARY, b"x" * 300_000))[1] == [BinaryMessage(b"x" * 300_000)]
+
+
+# -- the app's messages built in the codec, and the small text frame out --------------------------------
+
+try:
+    from asgiws.websocket import _speedups
+except ImportError:  # test_c_parse_messages_is_built_and_used fails loudly
+    _speedups = None  # type: ignore[assignment]
+BUILDERS = [pytest.param((fastpath.py_receive_text, fastpath.py_receive_bytes, fastpath.py_small_text_frame),
+                         id="python")]
+if _speedups is not None:
+    BUILDERS.append(pytest.param(
+        (_speedups.receive_text, _speedups.receive_bytes, _speedups.small_text_frame), id="c"))
+
+
+def test_c_builders_are_built_and_used() -> None:
+    assert _speedups is not None, "build with `pip install -e .`"
+    assert fastpath.receive_text is _speedups.receive_text
+    assert fastpath.receive_bytes is _speedups.receive_bytes
+    assert fastpath.small_text_frame is _speedups.small_text_frame
+
+
+@pytest.mark.parametrize("builders", BUILDERS)
+def test_builders_make_the_asgi_receive_message(builders) -> None:
+    receive_text, receive_bytes, _ = builders
+    assert receive_text("héllo") == {"type": "websocket.receive", "text": "héllo"}
+    assert receive_bytes(b"\x00\xff") == {"type": "websocket.receive", "bytes": b"\x00\xff"}
+    first, second = receive_text("a"), receive_text("a")
+    assert first is not second  # a fresh dict each: the app may keep or change it
+    first["text"] = "changed"
+    assert second == {"type": "websocket.receive", "text": "a"}
+
+
+SMALL_TEXTS = ["", "x", "x" * 64, "x" * 125, "é" * 62, "€" * 41, "𝄞" * 31]
+TOO_BIG_TEXTS = ["x" * 126, "é" * 63, "€" * 42, "𝄞" * 32, "x" * 100_000]
+
+
+@pytest.mark.parametrize("builders", BUILDERS)
+def test_small_text_frame_is_the_unmasked_fin_text_frame(builders) -> None:
+    small_text_frame = builders[2]
+    for text in SMALL_TEXTS:
+        payload = text.encode()
+        assert small_text_frame(text) == bytes((0x81, len(payload))) + payload, text[:3]
+    for text in TOO_BIG_TEXTS:
+        assert small_text_frame(text) is None, len(text.encode())
+    with pytest.raises(UnicodeEncodeError):
+        small_text_frame("lone \ud800 surrogate")
+
+
+@pytest.mark.parametrize("parse_messages", IMPLEMENTATIONS)
+@pytest.mark.parametrize("builders", BUILDERS)
+def test_parse_messages_appends_built_messages_to_a_deque(parse_messages, builders) -> None:
+    from collections import deque
+
+    receive_text, receive_bytes, _ = builders
+    queue: deque[object] = deque([{"type": "websocket.connect"}])
+    data = client_frame(Opcode.TEXT, b"one") + client_frame(Opcode.BINARY, b"\x02") + LEFT["ping"]
+    assert parse_messages(data, 0, queue, 2**20, receive_text, receive_bytes) == len(data) - len(LEFT["ping"])
+    assert list(queue) == [
+        {"type": "websocket.connect"},
+        {"type": "websocket.receive", "text": "one"},
+        {"type": "websocket.receive", "bytes": b"\x02"},
+    ]
+    with pytest.raises(AttributeError):
+        parse_messages(data, 0, object(), 2**20, receive_text, receive_bytes)
+
+
+def test_codec_puts_messages_in_the_callers_queue_and_returns_the_rest_whichever_twin() -> None:
+    # Every way a message completes (the fast path, a fragmented message, a
+    # frame cut across reads) lands in the queue, built by the caller's
+    # message types; pongs and the close come back as events, in order.
+    from collections import deque
+
+    conn = ServerConnection(max_size=2**20, text_message=fastpath.receive_text,
+                            binary_message=fastpath.receive_bytes)
+    queue: deque[object] = deque()
+    whole = client_frame(Opcode.TEXT, b"whole") + client_frame(Opcode.PONG, b"p")
+    fragments = client_frame(Opcode.TEXT, b"frag", fin=False) + client_frame(Opcode.CONTINUATION, b"ments")
+    cut = client_frame(Opcode.BINARY, b"c" * 300)
+    close = client_frame(Opcode.CLOSE, b"\x03\xe8")
+    assert conn.receive_data(whole + fragments + cut[:100], queue) == [Pong(b"p")]
+    assert conn.receive_data(cut[100:] + close, queue) == [CloseReceived(1000, "")]
+    assert list(queue) == [
+        {"type": "websocket.receive", "text": "whole"},
+        {"type": "websocket.receive", "text": "fragments"},
+        {"type": "websocket.receive", "bytes": b"c" * 300},
+    ]
+    # Without a queue the messages are events among the others, in order.
+    plain = ServerConnection(max_size=2**20)
+    assert plain.receive_data(whole + close) == [TextMessage("whole"), Pong(b"p"), CloseReceived(1000, "")]
+
+
+def test_codec_frames_a_small_text_message_in_one_chunk_whichever_twin(speedups: str) -> None:
+    from asgiws.websocket import connection
+
+    assert (connection.small_text_frame is fastpath.py_small_text_frame) is (speedups == "python")
+    conn = server_connection()
+    assert conn.text_frame("hi") == b"\x81\x02hi"
+    assert conn.text_frame("é" * 63) is None  # 126 bytes: framed in full by send_text
+    conn.send_close(1000, "")
+    assert conn.text_frame("hi") is None  # 5.5.1: no data frame after our close

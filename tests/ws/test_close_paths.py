@@ -171,10 +171,15 @@ def test_shutdown_cancels_app_tasks_past_the_graceful_timeout(run_server, caplog
 def test_unexpected_codec_exception_closes_1011_with_a_log_line(run_server, monkeypatch, caplog):
     original = ServerConnection.receive_data
 
-    def receive_data(self, data):
-        events = original(self, data)
-        if any(getattr(event, "data", None) == "boom" for event in events):
+    def receive_data(self, data, messages=None):
+        received = []  # the session's messages (its websocket.receive dicts), then theirs
+        events = original(self, data, received)
+        if any(message.get("text") == "boom" for message in received):
             raise MemoryError("extension bug")
+        if messages is None:
+            return received + events
+        for message in received:
+            messages.append(message)
         return events
 
     monkeypatch.setattr(ServerConnection, "receive_data", receive_data)

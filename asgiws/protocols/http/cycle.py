@@ -5,22 +5,48 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from asgiws.exceptions import ClientDisconnected
 from asgiws.logging import log_access
 from asgiws.metrics import METRICS
-from asgiws.protocols.response import NO_BODY_STATUS, app_field_line, status_line
+from asgiws.protocols.response import NO_BODY_STATUS, AppHead, app_head
 from asgiws.types import ASGIApp, Message, Scope
 
 if TYPE_CHECKING:
-    from asgiws.protocols.http.protocol import HttpProtocol
+    from asgiws.config import Config
+    from asgiws.protocols.common import ServerState
 
-__all__ = ["RequestCycle"]
+__all__ = ["HttpConnection", "RequestCycle"]
 
 logger = logging.getLogger("asgiws.error")
 
-_NO_NAMES: set[bytes] = set()  # never added to: the app set no response fields yet
+# A body shorter than this (bytes) is copied behind its head for one write; a
+# longer one is written after it without the copy.
+_JOIN_BODY_BELOW = 65536
+
+
+class HttpConnection(Protocol):
+    """What a RequestCycle uses of the connection it serves (protocol.py's HttpProtocol).
+
+    Written here so that cycle.py imports nothing from protocol.py, which
+    imports this module (head.py makes the cycles, protocol.py runs them).
+    """
+
+    transport: asyncio.Transport
+    config: Config
+    loop: asyncio.AbstractEventLoop
+    app: ASGIApp
+    server_state: ServerState
+    cycle: RequestCycle | None  # the request being served
+
+    def concurrency_exceeded(self) -> bool: ...
+    def on_response_complete(self, keep_alive: bool) -> None: ...
+    def default_fields(self, app_names: frozenset[bytes]) -> bytes: ...
+    def _update_reading(self) -> None: ...
+    def _close(self) -> None: ...
+    def _error_response(self, status: int, reason: str, *, keep_alive: bool, body: bool) -> list[bytes]: ...
+    def _client_text(self) -> str: ...
 
 
 class RequestCycle:
@@ -31,10 +57,10 @@ class RequestCycle:
         "protocol", "transport", "scope", "keep_alive", "expect_100", "body", "buffered",
         "content_length", "body_received", "more_body", "disconnected", "response_started",
         "response_complete", "chunked", "expected_length", "sent_length", "status", "_waiter",
-        "_write_paused", "_drain", "is_head", "_lines", "_app_names", "started_at",
+        "_write_paused", "_drain", "is_head", "_head", "started_at", "_task",
     )
 
-    def __init__(self, protocol: HttpProtocol, scope: Scope, *, keep_alive: bool) -> None:
+    def __init__(self, protocol: HttpConnection, scope: Scope, *, keep_alive: bool) -> None:
         self.protocol = protocol
         self.transport = protocol.transport
         self.scope = scope
@@ -58,10 +84,9 @@ class RequestCycle:
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
         self.is_head = scope["method"] == "HEAD"
-        # The response head's lines from http.response.start until the first body
-        # message writes them, and the field names the app set in it.
-        self._lines: list[bytes] | None = None
-        self._app_names: set[bytes] = _NO_NAMES
+        # The app's response head from http.response.start until the first body message writes it.
+        self._head: AppHead | None = None
+        self._task: asyncio.Task[None] | None = None  # the app's, once start() made it
         # For asgiws_http_request_duration_seconds; not loop.time(), which uvloop caches per loop tick.
         self.started_at = time.monotonic()
 
@@ -109,43 +134,52 @@ class RequestCycle:
     def start(self) -> None:
         protocol = self.protocol
         protocol.cycle = self
-        if protocol.concurrency_exceeded():
+        if protocol.config.limit_concurrency is not None and protocol.concurrency_exceeded():
             logger.warning("Exceeded concurrency limit.")
             self.keep_alive = False
             self._simple(503, "Service Unavailable")
             return
-        task = protocol.loop.create_task(self.run_asgi(protocol.app))
-        protocol.server_state.tasks.add(task)
-        task.add_done_callback(protocol.server_state.tasks.discard)
+        # The task runs from the next loop iteration: self._task is set before run_asgi reads it.
+        self._task = protocol.loop.create_task(self.run_asgi(protocol.app))
+        protocol.server_state.tasks.add(self._task)
 
     async def run_asgi(self, app: ASGIApp) -> None:
+        """Run the app on this request; the task leaves server_state.tasks as it ends.
+
+        Removed here rather than by a done callback: that was one more loop
+        callback per request. (A task cancelled before it first ran never gets
+        here; only shutdown cancels, and it no longer waits on the set then.)
+        """
         try:
-            await app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            pass
-        except asyncio.CancelledError:
-            # Shutdown ran out of time: drop the connection, nothing to log.
-            if not self.response_complete:
-                self.protocol._close()
-            raise
-        except BaseException as exc:
-            logger.error("Exception in ASGI application", exc_info=exc)
-            if not self.response_started or self._lines is not None:
-                # Nothing of the app's response is written yet (its head waits for the first body).
-                self._simple(500, "Internal Server Error")
-            elif not self.response_complete:
-                self.keep_alive = False
-                self.protocol._close()
-            if not isinstance(exc, Exception):
+            try:
+                await app(self.scope, self.receive, self.send)
+            except ClientDisconnected:
+                pass
+            except asyncio.CancelledError:
+                # Shutdown ran out of time: drop the connection, nothing to log.
+                if not self.response_complete:
+                    self.protocol._close()
                 raise
-        else:
-            if not self.response_started and not self.disconnected:
-                logger.error("ASGI callable returned without starting response.")
-                self._simple(500, "Internal Server Error")
-            elif not self.response_complete and not self.disconnected:
-                logger.error("ASGI callable returned without completing response.")
-                self.keep_alive = False
-                self.protocol._close()
+            except BaseException as exc:
+                logger.error("Exception in ASGI application", exc_info=exc)
+                if not self.response_started or self._head is not None:
+                    # Nothing of the app's response is written yet (its head waits for the first body).
+                    self._simple(500, "Internal Server Error")
+                elif not self.response_complete:
+                    self.keep_alive = False
+                    self.protocol._close()
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                if not self.response_started and not self.disconnected:
+                    logger.error("ASGI callable returned without starting response.")
+                    self._simple(500, "Internal Server Error")
+                elif not self.response_complete and not self.disconnected:
+                    logger.error("ASGI callable returned without completing response.")
+                    self.keep_alive = False
+                    self.protocol._close()
+        finally:
+            self.protocol.server_state.tasks.discard(self._task)
 
     def _simple(self, status: int, reason: str) -> None:
         """A server-made response (500, 503) in place of the app's."""
@@ -218,56 +252,42 @@ class RequestCycle:
         if self.response_started:
             raise RuntimeError("response already started")
         status = message["status"]
-        lines = [status_line(status)]
-        app_names: set[bytes] = set()
-        for name, value in message.get("headers", ()):
-            name = bytes(name).lower()
-            value = bytes(value)
-            line = app_field_line(name, value)
-            if name == b"content-length":
-                if not value.isdigit():
-                    raise RuntimeError(f"invalid response header {name!r}: {value!r} is not a length")
-                self.expected_length = int(value)
-            elif name == b"transfer-encoding":
-                if value.lower() == b"chunked":
-                    self.chunked = True
-                    continue  # added back below, exactly once
-            elif name == b"connection" and b"close" in value.lower():
-                self.keep_alive = False
-            app_names.add(name)
-            lines.append(line)
-        self.protocol._add_default_header_lines(lines, app_names)
+        head = app_head(status, message.get("headers", ()))
+        self.expected_length = head.content_length
+        self.chunked = head.chunked
+        if head.close:
+            self.keep_alive = False
         self.response_started = True
         self.status = status
-        self._app_names = app_names
-        self._lines = lines
+        self._head = head
         self.expect_100 = False
 
-    def _finish_head(self, lines: list[bytes], body: bytes, more_body: bool) -> bytes:
-        no_body = self.status in NO_BODY_STATUS
-        if no_body:
+    def _finish_head(self, head: AppHead, body: bytes, more_body: bool) -> list[bytes]:
+        """The pieces of the response head, framed for the first body message (`body`, `more_body`)."""
+        parts = [head.lines, self.protocol.default_fields(head.names)]
+        if self.status in NO_BODY_STATUS:
             self.chunked = False
         elif self.expected_length is None and not self.chunked:
             if not more_body and not self.is_head:
                 self.expected_length = len(body)
-                lines.append(b"content-length: %d\r\n" % len(body))
+                parts.append(b"content-length: %d\r\n" % len(body))
             elif not self.is_head:
                 if self.scope["http_version"] == "1.1":
                     self.chunked = True
                 else:
                     self.keep_alive = False  # HTTP/1.0: the close marks the end
         if self.chunked and not self.is_head:
-            lines.append(b"transfer-encoding: chunked\r\n")
+            parts.append(b"transfer-encoding: chunked\r\n")
         elif self.chunked:
             self.chunked = False
         if not self.keep_alive:
-            if b"connection" not in self._app_names:
-                lines.append(b"connection: close\r\n")
+            if b"connection" not in head.names:
+                parts.append(b"connection: close\r\n")
         elif self.scope["http_version"] == "1.0":
-            lines.append(b"connection: keep-alive\r\n")
-        lines.append(b"\r\n")
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
         self._log()
-        return b"".join(lines)
+        return parts
 
     def _body(self, message: Message) -> bool:
         """Write one http.response.body message; True when the app should wait for drain."""
@@ -282,24 +302,33 @@ class RequestCycle:
         expected = self.expected_length
         if expected is not None and self.sent_length + len(body) > expected and self._has_body():
             self._refuse_longer_body(len(body), expected)
-        head = b""
-        if self._lines is not None:
-            head = self._finish_head(self._lines, body, more_body)
-            self._lines = None
+        parts: list[bytes] | None = None
+        if self._head is not None:
+            parts = self._finish_head(self._head, body, more_body)
+            self._head = None
         transport = self.transport
         if self.is_head or self.status in NO_BODY_STATUS:
-            if head:
-                transport.write(head)
+            if parts is not None:
+                transport.write(b"".join(parts))
         elif self.chunked:
-            chunk = b"%x\r\n%s\r\n" % (len(body), body) if body else b""
-            tail = b"0\r\n\r\n" if not more_body else b""
-            transport.writelines((head, chunk, tail))
+            if parts is None:
+                parts = []
+            if body:
+                parts.append(b"%x\r\n%s\r\n" % (len(body), body))
+            if not more_body:
+                parts.append(b"0\r\n\r\n")
+            transport.writelines(parts)
         else:
             self.sent_length += len(body)
-            if head and len(body) < 65536:
-                transport.write(head + body)
+            if parts is None:
+                transport.write(body)
+            elif len(body) < _JOIN_BODY_BELOW:
+                # One write of head and body: one send() and, on loopback, one segment.
+                parts.append(body)
+                transport.write(b"".join(parts))
             else:
-                transport.writelines((head, body))
+                parts = [b"".join(parts), body]
+                transport.writelines(parts)
             if not more_body and self.expected_length is not None and self.sent_length < self.expected_length:
                 self._end_short_body()
         if not more_body:

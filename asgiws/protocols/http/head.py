@@ -166,7 +166,10 @@ class HeadCallbacks:
         cycle.content_length = content_length
         cycle.expect_100 = self._expect_100 and scope["http_version"] == "1.1"
         self._parsing = cycle
-        self._enqueue(cycle.start)
+        if self.cycle is None and not self.pipeline:
+            cycle.start()  # _enqueue's first case, without the call and the bound method
+        else:
+            self._enqueue(cycle.start)
 
     def on_body(self, body: bytes) -> None:
         cycle = self._parsing

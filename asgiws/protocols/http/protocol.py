@@ -14,6 +14,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -21,9 +22,9 @@ from asgiws.config import Config
 from asgiws.logging import TRACE_LOG_LEVEL
 from asgiws.metrics import LIMIT, METRICS, PER_IP
 from asgiws.protocols.common import ServerState
-from asgiws.protocols.http.cycle import RequestCycle
+from asgiws.protocols.http.cycle import HttpConnection, RequestCycle
 from asgiws.protocols.http.head import Abort, HeadCallbacks, new_parser
-from asgiws.protocols.response import add_default_fields, error_response, format_fields
+from asgiws.protocols.response import add_default_fields, date_line, error_response, format_fields
 from asgiws.protocols.utils import TrustedProxies, get_local_addr, get_remote_addr, is_ssl, peer_name
 from asgiws.types import ASGIApp, Scope
 
@@ -58,7 +59,8 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
     __slots__ = (
         "config", "server_state", "app", "loop", "trusted", "parser", "transport", "client", "server",
         "client_ip", "scheme", "pipeline", "cycle", "_closing", "_upgraded", "_reading_paused",
-        "_timer", "_deadline", "_backlog", "_default_lines", "_proxy_trusted", "_raw_root_path",
+        "_timer", "_deadline", "_backlog", "_default_lines", "_default_block", "_default_names", "_proxy_trusted",
+        "_raw_root_path",
     )
 
     def __init__(
@@ -92,7 +94,10 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
         self._deadline: float | None = None  # loop time the idle/head timeout ends
         self._init_head()
         self._backlog = b""  # received but not parsed: the pipeline was full
-        self._default_lines: list[bytes] | None = None  # see _add_default_header_lines
+        # The default fields' lines, their block and names: made by _formatted_defaults on first use.
+        self._default_lines: list[bytes] | None = None
+        self._default_block = b""
+        self._default_names: frozenset[bytes] = frozenset()
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
@@ -159,10 +164,16 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
         return self.server_state.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._receive(self.server_state.read_buffer, nbytes)
+        # _receive's steps written out: this runs once per read, most often once per request.
+        if self._closing or self._upgraded:
+            return
+        if self._backlog:
+            self._backlog += self.server_state.read_buffer[:nbytes]
+            return
+        self._parse(self.server_state.read_buffer, nbytes)
 
     def _receive(self, data: bytes | bytearray, size: int) -> None:
-        """Parse data[:size], just read (or given back after an h2c upgrade)."""
+        """Parse data[:size], just read (or given back after an h2c upgrade or a PROXY header)."""
         if self._closing or self._upgraded:
             return
         if self._backlog:
@@ -172,43 +183,41 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
         self._parse(data, size)
 
     def _parse(self, data: bytes | bytearray, size: int) -> None:
-        """Parse data[:size]; then start the head timer if a head began in it and is not complete.
-
-        The timer starts here rather than in on_message_begin: most heads end in
-        the read that began them, and the timer would be set for nothing. It is
-        not moved by later reads of the same head (a slowloris client gains nothing).
-        """
-        self._head_began = False
-        self._parse_pieces(data, size)
-        if self._head_began and self._in_head and not self._closing:
-            self._set_timer(self.config.timeout_handshake)
-
-    def _parse_pieces(self, data: bytes | bytearray, size: int) -> None:
         """Feed httptools data[:size] piece by piece; stop and keep the rest once the pipeline is full.
 
         One read can hold thousands of pipelined requests: parsing it whole would
         queue them all. Between pieces (`_piece_end`) the queue is checked, so it
         holds at most max_pipelined_requests plus what one piece can complete, and
         the rest of the read waits (reading paused) until answers drain the queue.
+
+        Then the head timer starts if a head began in data and is not complete.
+        It starts here rather than in on_message_begin: most heads end in the
+        read that began them, and the timer would be set for nothing. It is not
+        moved by later reads of the same head (a slowloris client gains nothing).
         """
+        self._head_began = False
         offset = 0
         view = memoryview(data)[:size]  # pieces are fed as views, not copied
+        config = self.config
         while offset < size and not self._closing and not self._upgraded:
-            if len(self.pipeline) >= self.config.max_pipelined_requests:
+            if len(self.pipeline) >= config.max_pipelined_requests:
                 self._backlog = bytes(view[offset:])
                 self._update_reading()
-                return
-            end = self._piece_end(data, offset, size)
+                break
+            # A short read is one piece: _piece_end's first answer, without the call.
+            end = size if size - offset <= _PARSE_SLICE else self._piece_end(data, offset, size)
             if self._in_head:
                 # Raw bytes of an unfinished head (httptools buffers a partial field
                 # whole): bounded here, before the field ends, to the piece.
                 self._head_bytes += end - offset
-                if self._head_bytes > self.config.max_request_line_size + self.config.max_header_size:
+                if self._head_bytes > config.max_request_line_size + config.max_header_size:
                     self._fail(431, "Request header fields too large")
-                    return
+                    break
             if not self._feed(view, offset, end):
-                return
+                break
             offset = end
+        if self._head_began and self._in_head and not self._closing:
+            self._set_timer(config.timeout_handshake)
 
     def _piece_end(self, data: bytes | bytearray, offset: int, size: int) -> int:
         """Where the next piece of data[:size] to parse ends: it completes few request heads.
@@ -412,12 +421,22 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
         # The lines formatted once per connection serve every response.
         if self._default_lines is None:
             self._default_lines = format_fields(self.server_state.default_headers)
+            self._default_block = b"".join(self._default_lines)
+            self._default_names = frozenset(name for name, _ in self.server_state.default_headers)
+            if self.config.date_header:
+                self._default_names |= {b"date"}
         return self._default_lines
 
-    def _add_default_header_lines(self, lines: list[bytes], app_names: set[bytes]) -> None:
-        """Append the Server, --header and Date lines, less those the app sent itself."""
+    def default_fields(self, app_names: frozenset[bytes]) -> bytes:
+        """The Server, --header and Date lines of a response, less those the app sent itself."""
+        self._formatted_defaults()
+        if app_names.isdisjoint(self._default_names):
+            # Nearly every response: the block made once per connection, and the Date line.
+            return self._default_block + date_line() if self.config.date_header else self._default_block
+        lines: list[bytes] = []
         add_default_fields(lines, self.server_state.default_headers, self._formatted_defaults(), app_names,
                            date=self.config.date_header)
+        return b"".join(lines)
 
     def _close(self) -> None:
         self._closing = True
@@ -479,6 +498,11 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
 
     def _client_text(self) -> str:
         return f"{self.client[0]}:{self.client[1]}" if self.client else "-"
+
+
+if TYPE_CHECKING:
+    # mypy checks here that HttpProtocol is what a RequestCycle expects of its connection.
+    _CONNECTION: type[HttpConnection] = HttpProtocol
 
 
 def _skip_empty_lines(data: bytes | bytearray, offset: int, size: int) -> int:
