@@ -219,6 +219,17 @@ class Config:
     limit_max_requests_jitter: int = option(
         0, "Add a random 0..N to --limit-max-requests per worker so they do not all recycle at once."
     )
+    # Recycling that long-lived WebSockets reach (--limit-max-requests counts handshakes, which a
+    # worker holding 10,000 day-long connections barely moves): each goes through the drain path.
+    limit_max_memory: int | None = option(
+        None, "Recycle a worker whose resident memory (RSS) passes this many MiB (checked every 2 s)."
+    )
+    limit_max_lifetime: float | None = option(None, "Recycle a worker after this many seconds.")
+    # None: a tenth of --limit-max-lifetime, so workers started together (a deploy) leave spread
+    # over a tenth of their lifetime instead of all in the same second.
+    limit_max_lifetime_jitter: float | None = option(
+        None, "Add a random 0..N seconds to --limit-max-lifetime per worker (default: a tenth of it)."
+    )
     limit_connections_per_ip: int | None = option(
         None, "Most concurrent connections from one client address (503 past it)."
     )
@@ -227,6 +238,19 @@ class Config:
     timeout_graceful_shutdown: float | None = option(
         8.0,
         "Seconds to let requests finish and WebSockets close on shutdown before cancelling (none: no bound).",
+    )
+
+    # 0: the closes begin at once, as before the option existed. An app that listens for the drain
+    # (scope["extensions"]["asgiws.drain"]) wants a few seconds to tell its clients to move; a
+    # default above 0 would delay every deploy, and docker stop's 10 s leave no room for it.
+    ws_drain_time: float = option(
+        0.0, "On shutdown or restart, seconds WebSockets keep serving after the app is told to drain."
+    )
+    # 1 s: 2,000 clients reconnecting within the ~50 ms it takes to close them all is a storm
+    # (40,000 handshakes/s on the next server); over 1 s it is 2,000/s, and 1 s plus the close
+    # handshake still fits inside docker stop's 10 s beside --timeout-graceful-shutdown's 8 s.
+    ws_close_spread: float = option(
+        1.0, "Spread the shutdown/restart closes of WebSockets evenly over this many seconds (0: at once)."
     )
 
     # -- WebSocket -------------------------------------------------------------------
@@ -412,6 +436,14 @@ class Config:
             (1 <= self.ws_deflate_memory_level <= 9, "ws_deflate_memory_level", "must be between 1 and 9"),
             (self.ws_close_timeout > 0, "ws_close_timeout", "must be positive"),
             (grace is None or grace >= 0, "timeout_graceful_shutdown", "must not be negative"),
+            (self.ws_drain_time >= 0, "ws_drain_time", "must not be negative"),
+            (self.ws_close_spread >= 0, "ws_close_spread", "must not be negative"),
+            (self.limit_max_memory is None or self.limit_max_memory >= 1, "limit_max_memory",
+             "must be at least 1 (MiB)"),
+            (self.limit_max_lifetime is None or self.limit_max_lifetime > 0, "limit_max_lifetime",
+             "must be positive"),
+            (self.limit_max_lifetime_jitter is None or self.limit_max_lifetime_jitter >= 0,
+             "limit_max_lifetime_jitter", "must not be negative"),
             (self.ssl_cert_reqs in (0, 1, 2), "ssl_cert_reqs", "must be 0, 1 or 2"),
         )
 

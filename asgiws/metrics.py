@@ -49,9 +49,10 @@ ORIGIN, VERSION, BAD_REQUEST, LIMIT, PER_IP, RATE, APP_DENIED = range(7)
 REJECT_REASONS = ("origin", "version", "bad_request", "limit", "per_ip", "rate", "app")
 
 # Why the supervisor replaced a worker. "died": it exited while serving; "healthcheck": its loop did
-# not answer in --timeout-worker-healthcheck; "max_requests": --limit-max-requests; "sighup" and
-# "reload": a rolling restart (SIGHUP, a changed file).
-RESTART_REASONS = ("died", "healthcheck", "max_requests", "sighup", "reload")
+# not answer in --timeout-worker-healthcheck; "max_requests", "memory", "lifetime": the recycling
+# limits (--limit-max-requests, --limit-max-memory, --limit-max-lifetime); "sighup" and "reload": a
+# rolling restart (SIGHUP, a changed file).
+RESTART_REASONS = ("died", "healthcheck", "max_requests", "memory", "lifetime", "sighup", "reload")
 
 # Close codes are 1000-4999 (RFC 6455 7.4.2), with 1005/1006 recorded for "none received" and
 # "dropped": one slot per code keeps the close path an index too.

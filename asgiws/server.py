@@ -24,6 +24,7 @@ from asgiws import broadcast
 from asgiws.broadcast.brokers import MemoryBroker
 from asgiws.compat import StartupSettingError, adapt_app, compatibility_notes
 from asgiws.config import Config
+from asgiws.drain import close_spread_out
 from asgiws.fdlimit import OpenFileWatch, log_open_file_limit, raise_open_file_limit
 from asgiws.importer import ImportFromStringError, import_from_string
 from asgiws.lifespan import LifespanOn
@@ -33,6 +34,7 @@ from asgiws.protocols.common import ServerState
 from asgiws.protocols.http import HttpProtocol, build_default_headers
 from asgiws.protocols.tls import tls_factory
 from asgiws.protocols.utils import TrustedProxies
+from asgiws.protocols.websocket import WebSocketProtocol
 from asgiws.sockets import bind_error, bind_sockets, create_ssl_context, tls_error
 from asgiws.types import ASGIApp
 from asgiws.websocket.frames import CloseCode
@@ -40,6 +42,8 @@ from asgiws.websocket.frames import CloseCode
 logger = logging.getLogger("asgiws.error")
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# How often the drain looks whether every WebSocket has closed before --ws-drain-time is over (s).
+DRAIN_POLL_INTERVAL = 0.05
 
 # Exit statuses (README, "Exit status"): 1 the server could not start (bind, TLS, the app's import,
 # lifespan startup), 2 a usage error (click), 3 a second SIGINT/SIGTERM cut the shutdown short.
@@ -375,6 +379,7 @@ class Server:
         logger.info("Shutting down")
         for server in self.servers:
             server.close()
+        await self._drain_websockets()
         state = self.server_state
         for connection in list(state.connections):
             connection.shutdown(self.shutdown_close_code)
@@ -392,6 +397,36 @@ class Server:
         if self.lifespan is not None and not self.force_exit:
             await self.lifespan.shutdown()
         await self._stop_broker()
+
+    async def _drain_websockets(self) -> None:
+        """Tell the apps (asgiws.drain), keep WebSockets serving --ws-drain-time seconds, then close
+        those left with shutdown_close_code spread over --ws-close-spread seconds (asgiws.drain).
+
+        HTTP connections are told at once: the request in flight finishes, idle ones close. What is
+        left after this (closing handshakes, HTTP) is shutdown()'s, within --timeout-graceful-shutdown.
+        """
+        config, state, code = self.config, self.server_state, self.shutdown_close_code
+        state.drain.begin(config.ws_drain_time, code, config.ws_close_spread)
+        if config.ws_drain_time <= 0 and config.ws_close_spread <= 0:
+            return
+        for connection in list(state.connections):
+            if not isinstance(connection, WebSocketProtocol):
+                connection.shutdown(code)
+        if config.ws_drain_time > 0:
+            logger.info("Draining: WebSockets keep serving for %gs", config.ws_drain_time)
+        loop = asyncio.get_running_loop()
+        serve_until = loop.time() + config.ws_drain_time
+        while self._open_websockets() and loop.time() < serve_until and not self.force_exit:
+            await asyncio.sleep(min(DRAIN_POLL_INTERVAL, max(0.0, serve_until - loop.time())))
+        left = self._open_websockets()
+        if not left or self.force_exit:
+            return
+        logger.info("Closing %d WebSocket(s) with %d over %gs", len(left), code, config.ws_close_spread)
+        await close_spread_out(left, config.ws_close_spread, lambda ws: ws.shutdown(code),
+                               stop=lambda: self.force_exit)
+
+    def _open_websockets(self) -> list[WebSocketProtocol]:
+        return [c for c in self.server_state.connections if isinstance(c, WebSocketProtocol)]
 
     async def _wait_connections_closed(self) -> None:
         """Until every connection is closed and every app task has ended (or a second signal)."""

@@ -20,8 +20,10 @@ from one rule applied on every tick (`_reconcile`): keep one worker of the
 current generation READY in each of the `target` slots, start at most one
 replacement at a time, and drain an old or surplus worker only once another
 is READY to serve its listeners.
-SIGHUP and --reload start a new generation; --limit-max-requests marks one
-worker for replacement.
+SIGHUP and --reload start a new generation; a worker past --limit-max-requests,
+--limit-max-memory or --limit-max-lifetime says "recycle <why>" and is marked for
+replacement: the slot's next worker starts first, then the old one drains
+(asgiws.drain: 1012, closes spread over --ws-close-spread).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from asgiws.config import Config
 from asgiws.fdlimit import log_open_file_limit, raise_open_file_limit
 from asgiws.sockets import bind_error, bind_listeners, describe, join_group, reuse_port_applies
 from asgiws.websocket.frames import CloseCode
-from asgiws.workers import Channel, run_worker
+from asgiws.workers import ACCEPT_GRACE, Channel, run_worker
 
 if TYPE_CHECKING:
     from asgiws.reload import Watcher
@@ -53,6 +55,13 @@ logger = logging.getLogger("asgiws.error")
 # Close code for WebSocket clients of a worker that is replaced while the
 # service goes on (restart, recycle, reload): CloseCode.SERVICE_RESTART (1012)
 # tells them to reconnect; CloseCode.GOING_AWAY (1001) is for a real shutdown.
+
+# What a worker's "recycle <why>" names, as the log says it.
+RECYCLE_LIMITS = {
+    "max_requests": "--limit-max-requests",
+    "memory": "--limit-max-memory",
+    "lifetime": "--limit-max-lifetime",
+}
 
 # Start-up failures back off from 0.5 s, doubling to at most 30 s: slow enough
 # that a broken app costs nothing, fast enough to recover from a blip.
@@ -93,7 +102,8 @@ class Worker:
     slot: int = 0
     listeners: tuple[int, ...] = (0,)  # indexes into Supervisor.sockets: what it accepts on
     state: State = State.STARTING
-    replace: bool = False  # asked to be recycled (--limit-max-requests)
+    replace: bool = False  # asked to be recycled (--limit-max-requests, -memory, -lifetime)
+    replace_reason: str = "max_requests"  # which limit, for the log and the restart counter
     ping_sent_at: float | None = None
     next_ping_at: float = 0.0
     drain_deadline: float = float("inf")
@@ -342,8 +352,10 @@ class Supervisor:
         worker.next_ping_at = time.monotonic() + self._ping_interval()
 
     def _on_recycle(self, worker: Worker, argument: str) -> None:
-        logger.info("Worker %d reached --limit-max-requests: replacing it", worker.pid)
+        reason = argument if argument in RECYCLE_LIMITS else "max_requests"
+        logger.info("Worker %d reached %s: replacing it", worker.pid, RECYCLE_LIMITS[reason])
         worker.replace = True
+        worker.replace_reason = reason
 
     def _on_fail(self, worker: Worker, argument: str) -> None:
         worker.failure = argument
@@ -355,10 +367,21 @@ class Supervisor:
 
     def _drain(self, worker: Worker, close_code: int) -> None:
         worker.state = State.DRAINING
-        grace = self.config.timeout_graceful_shutdown
-        # Connections get `grace`, then lifespan shutdown as long again (lifespan.py), then the margin.
-        worker.drain_deadline = float("inf") if grace is None else time.monotonic() + 2 * grace + DRAIN_MARGIN
+        worker.drain_deadline = time.monotonic() + self._drain_allowance()
         worker.channel.send(f"stop {int(close_code)}")
+
+    def _drain_allowance(self) -> float:
+        """Seconds a draining worker may take before it is SIGKILLed (inf without a graceful bound).
+
+        Its own shutdown (server.py) takes at most: the accept grace, --ws-drain-time,
+        --ws-close-spread, --timeout-graceful-shutdown for the close handshakes and requests, then
+        lifespan shutdown as long again (lifespan.py); DRAIN_MARGIN is for the interpreter's exit.
+        """
+        config = self.config
+        grace = config.timeout_graceful_shutdown
+        if grace is None:
+            return float("inf")
+        return ACCEPT_GRACE + config.ws_drain_time + config.ws_close_spread + 2 * grace + DRAIN_MARGIN
 
     def _on_watcher(self, watcher: Watcher) -> None:
         changed = watcher.read_changes()
@@ -550,9 +573,11 @@ class Supervisor:
         served = {index for w in self._active() if w is not leaving and w.state is State.READY
                   for index in w.listeners}
         if set(leaving.listeners) <= served:
-            logger.info("Draining worker %d", leaving.pid)
-            if self._outdated(leaving):
-                self._count_restart("max_requests" if leaving.replace else self.restart_reason)
+            reason = (leaving.replace_reason if leaving.replace else self.restart_reason
+                      if self._outdated(leaving) else None)
+            logger.info("Draining worker %d%s", leaving.pid, f" ({reason})" if reason else "")
+            if reason is not None:
+                self._count_restart(reason)
             self._drain(leaving, CloseCode.SERVICE_RESTART)
 
     # -- listeners ---------------------------------------------------------------

@@ -10,7 +10,8 @@ a socketpair) carries short text lines:
                          "pong"
                          "metrics <json>" this worker's counters (asgiws.metrics.snapshot),
                                          also sent once more as it exits after serving
-                         "recycle"       --limit-max-requests reached: replace me
+                         "recycle <why>" a limit was reached, replace me: <why> is
+                                         max_requests, memory or lifetime
                          "fail <text>"   start-up failed, with the app's error
                          "fatal <text>"  start-up failed and retrying cannot help (the
                                          app's import raised, a setting cannot work)
@@ -34,6 +35,7 @@ import random
 import re
 import signal
 import socket
+import time
 import traceback
 from typing import Any
 
@@ -43,8 +45,13 @@ from asgiws.websocket.frames import CloseCode
 
 logger = logging.getLogger("asgiws.error")
 
-# How often the worker compares its request count with --limit-max-requests.
+# How often the worker compares its request count with --limit-max-requests, and its age with
+# --limit-max-lifetime (s).
 REQUEST_LIMIT_INTERVAL = 0.1
+# How often it reads its resident memory for --limit-max-memory (s): one small read of
+# /proc/self/statm; memory that grows past the limit costs at most this long.
+MEMORY_CHECK_INTERVAL = 2.0
+MiB = 1024 * 1024
 # How often the worker checks whether the server has started listening.
 READY_POLL_INTERVAL = 0.02
 # Between "stop accepting" and "close idle connections": a client whose
@@ -118,6 +125,63 @@ def request_limit(config: Config) -> int | None:
     return config.limit_max_requests + random.randint(0, max(config.limit_max_requests_jitter, 0))
 
 
+def lifetime_limit(config: Config) -> float | None:
+    """This worker's --limit-max-lifetime in seconds, plus its own random 0..jitter (default: a tenth
+    of the lifetime), so that workers started together do not recycle together."""
+    lifetime = config.limit_max_lifetime
+    if lifetime is None:
+        return None
+    jitter = config.limit_max_lifetime_jitter
+    return lifetime + random.uniform(0.0, lifetime / 10 if jitter is None else jitter)
+
+
+def resident_memory() -> int | None:
+    """This process's resident set size in bytes, from /proc/self/statm (Linux); None elsewhere.
+
+    statm's second field is the resident pages (proc(5)); ru_maxrss would be the peak, which
+    never falls, so a worker that freed its memory would still be recycled.
+    """
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Limits:
+    """The recycling limits of one worker: which is reached, if any (`reached`), polled by the link."""
+
+    def __init__(self, config: Config, requests: int | None, started_at: float) -> None:
+        self.requests = requests
+        self.memory = None if config.limit_max_memory is None else config.limit_max_memory * MiB
+        self.lifetime = lifetime_limit(config)
+        self.started_at = started_at
+        self.next_memory_check = started_at
+
+    @property
+    def any(self) -> bool:
+        return self.requests is not None or self.memory is not None or self.lifetime is not None
+
+    def reached(self, served: int, now: float) -> str | None:
+        """The reason to recycle ("max_requests", "memory", "lifetime"), logged once; else None."""
+        pid = os.getpid()
+        if self.requests is not None and served >= self.requests:
+            logger.info("Worker %d served %d requests: asking to be recycled", pid, self.requests)
+            return "max_requests"
+        if self.lifetime is not None and now - self.started_at >= self.lifetime:
+            logger.info("Worker %d has run %.0fs, past --limit-max-lifetime: asking to be recycled",
+                        pid, now - self.started_at)
+            return "lifetime"
+        if self.memory is not None and now >= self.next_memory_check:
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+            rss = resident_memory()
+            if rss is not None and rss > self.memory:
+                logger.info("Worker %d uses %d MiB, over --limit-max-memory %d MiB: asking to be recycled",
+                            pid, rss // MiB, self.memory // MiB)
+                return "memory"
+        return None
+
+
 def run_worker(config: Config, sockets: list[socket.socket], channel_sock: socket.socket) -> int:
     """The body of a forked worker; returns its exit status.
 
@@ -138,7 +202,7 @@ def run_worker(config: Config, sockets: list[socket.socket], channel_sock: socke
     channel = Channel(channel_sock)
     errors = LastError()
     logger.addHandler(errors)
-    link = SupervisorLink(channel, request_limit(config))
+    link = SupervisorLink(channel, Limits(config, request_limit(config), time.monotonic()))
     try:
         run_event_loop(lambda: link.serve(config, sockets), config.loop)
     except SystemExit as exc:  # e.g. the app failed to import and the server exited
@@ -164,9 +228,9 @@ def run_worker(config: Config, sockets: list[socket.socket], channel_sock: socke
 class SupervisorLink:
     """The worker's side of the conversation, run on the worker's event loop."""
 
-    def __init__(self, channel: Channel, limit: int | None) -> None:
+    def __init__(self, channel: Channel, limits: Limits) -> None:
         self.channel = channel
-        self.limit = limit
+        self.limits = limits
         self.ready = False
         self.recycle_requested = False
         self.server: Any = None
@@ -228,17 +292,21 @@ class SupervisorLink:
         asyncio.get_running_loop().call_later(ACCEPT_GRACE, setattr, self.server, "should_exit", True)
 
     async def _watch(self) -> None:
-        """Report "ready" once serving, then "recycle" once past the request limit."""
+        """Report "ready" once serving, then "recycle <why>" once past a recycling limit (Limits).
+
+        The worker watches its own limits rather than the supervisor: it knows its request count
+        and reads its own memory for the price of one small read, and the supervisor stays a loop
+        that only reacts (a worker too blocked to check is the health check's to replace).
+        """
         while not self.server.started:
             await asyncio.sleep(READY_POLL_INTERVAL)
         self.ready = True
         self.channel.send("ready")
-        if self.limit is None:
+        if not self.limits.any:
             return
-        while self._requests_served() < self.limit:
+        while (reason := self.limits.reached(self._requests_served(), time.monotonic())) is None:
             await asyncio.sleep(REQUEST_LIMIT_INTERVAL)
-        logger.info("Worker %d served %d requests: asking to be recycled", os.getpid(), self.limit)
-        self.channel.send("recycle")
+        self.channel.send(f"recycle {reason}")
 
     def _requests_served(self) -> int:
         state = getattr(self.server, "server_state", None)

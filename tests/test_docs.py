@@ -498,7 +498,8 @@ def test_kubernetes_example_probes_answer_and_the_grace_period_covers_the_drain(
     args = container["args"]
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep" and shutil.which("sleep")
-    drain = float(pre_stop[1]) + float(option(args, "--timeout-graceful-shutdown"))
+    drain = float(pre_stop[1]) + sum(float(option(args, flag)) for flag in (
+        "--ws-drain-time", "--ws-close-spread", "--timeout-graceful-shutdown"))
     assert pod["terminationGracePeriodSeconds"] > drain + 5, (pod["terminationGracePeriodSeconds"], drain)
     port_names = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert port_names[container["readinessProbe"]["httpGet"]["port"]] == int(option(args, "--port"))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from asgiws.config import HTTP_READ_SIZE
+from asgiws.drain import Drain
 from asgiws.fdlimit import OpenFileWatch
 from asgiws.protocols.heartbeat import PingWheel
 
@@ -45,6 +46,8 @@ class ServerState:
     connections_per_ip: dict[str, int] = field(default_factory=dict)
     # Headers added to every response (Server, --header), pre-encoded once.
     default_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # Set when the worker drains; every HTTP and WebSocket scope carries it (asgiws.drain).
+    drain: Drain = field(default_factory=Drain)
     # Lifespan state; each connection's scope gets a shallow copy.
     lifespan_state: dict[str, Any] = field(default_factory=dict)
     # The buffer every HTTP connection of this worker reads into (one event loop

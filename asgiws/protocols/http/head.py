@@ -15,6 +15,7 @@ from urllib.parse import unquote
 
 import httptools
 
+from asgiws.drain import SCOPE_KEY as DRAIN_KEY
 from asgiws.protocols.http.cycle import RequestCycle
 from asgiws.protocols.utils import FORWARDED_FIELDS, TrustedProxies, rewrite_from_forwarded
 from asgiws.types import Scope
@@ -219,7 +220,7 @@ class HeadCallbacks:
             "client": self.client,
             "server": self.server,
             "state": self.server_state.lifespan_state.copy(),
-            "extensions": {},
+            "extensions": {DRAIN_KEY: self.server_state.drain},
         }
 
     def _set_abort(self, status: int, reason: str) -> Abort:
