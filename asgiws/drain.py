@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from asgiws.websocket.frames import CloseCode
+
 SCOPE_KEY = "asgiws.drain"
 
 T = TypeVar("T")
@@ -43,7 +45,7 @@ class Drain:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self.deadline = float("inf")
-        self.close_code = 1001
+        self.close_code: int = CloseCode.GOING_AWAY  # SIGHUP, --reload and recycling: SERVICE_RESTART
         self.close_spread = 0.0  # seconds over which the server's closes are spread after the deadline
 
     def is_set(self) -> bool:
