@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import resource
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,3 +113,20 @@ class Cluster:
             code = self.process.wait(5)
         self.log_file.close()
         return code
+
+
+@contextlib.contextmanager
+def open_files_for(connections: int, spare: int) -> Iterator[None]:
+    """Client sockets by the thousand in this process: the soft RLIMIT_NOFILE raised to the hard limit.
+
+    Fails the test when the hard limit is below `connections` + `spare`.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < connections + spare:
+        pytest.fail(f"the hard open-files limit ({hard}) is too low for {connections} connections")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+

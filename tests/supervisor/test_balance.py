@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import signal
 import threading
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.supervisor.cluster import Cluster, wait_for
+from tests.supervisor.cluster import Cluster, open_files_for, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -40,12 +39,8 @@ SESSION_TIMEOUT = 30.0
 @pytest.fixture(autouse=True)
 def enough_open_files() -> Iterator[None]:
     """2,000 client sockets in this process: raise the soft RLIMIT_NOFILE to the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < CONNECTIONS + 500:
-        pytest.fail(f"the hard open-files limit ({hard}) is too low for {CONNECTIONS} connections")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with open_files_for(CONNECTIONS, 500):
+        yield
 
 
 async def _ask_pid(ws: ClientConnection) -> int:

@@ -8,7 +8,6 @@ is set. Times are CLOCK_MONOTONIC, which this process and the workers share.
 from __future__ import annotations
 
 import asyncio
-import resource
 import signal
 import threading
 import time
@@ -22,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 
-from tests.supervisor.cluster import Cluster, free_port, get, wait_for
+from tests.supervisor.cluster import Cluster, free_port, get, open_files_for, wait_for
 from tests.supervisor.test_balance import Arrivals, _wait_serving
 
 pytestmark = pytest.mark.timeout(240)
@@ -49,12 +48,8 @@ MIDDLE_80_AT_LEAST = 0.5
 @pytest.fixture(autouse=True)
 def enough_open_files() -> Iterator[None]:
     """2,000 client sockets in this process: raise the soft RLIMIT_NOFILE to the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < CONNECTIONS + 1000:
-        pytest.fail(f"the hard open-files limit ({hard}) is too low for {CONNECTIONS} connections")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    yield
-    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with open_files_for(CONNECTIONS, 1000):
+        yield
 
 
 @dataclass
