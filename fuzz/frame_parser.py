@@ -15,28 +15,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from asgiws.asgi.websocket import server_deflate_factory  # noqa: E402
 from asgiws.config import Config  # noqa: E402
 from asgiws.websocket import (  # noqa: E402
     BinaryMessage,
     CloseReceived,
-    PerMessageDeflateFactory,
     Pong,
     ProtocolFailure,
     ServerConnection,
     TextMessage,
     negotiate_extensions,
 )
-
-
-def _deflate_factory() -> PerMessageDeflateFactory:
-    """The server's permessage-deflate with the config's defaults (the codec has none of its own)."""
-    config = Config()
-    return PerMessageDeflateFactory(
-        window_bits=config.ws_deflate_window_bits,
-        memory_level=config.ws_deflate_memory_level,
-        min_size=config.ws_deflate_min_size,
-        server_no_context_takeover=config.ws_deflate_server_no_context_takeover,
-    )
 
 MAX_SIZE = 4096
 # 7.4.1 codes a server may send when failing a connection.
@@ -52,7 +41,7 @@ def check(data: bytes) -> None:
     stream = data[2:]
     extensions = []
     if deflate:
-        _, extensions = negotiate_extensions([b"permessage-deflate"], [_deflate_factory()])
+        _, extensions = negotiate_extensions([b"permessage-deflate"], [server_deflate_factory(Config())])
     conn = ServerConnection(max_size=MAX_SIZE, extensions=extensions)
     step = max(1, len(stream) // (cuts % 8 + 1))
     failures = 0

@@ -16,25 +16,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from asgiws.asgi.websocket import server_deflate_factory  # noqa: E402
 from asgiws.config import Config  # noqa: E402
 from asgiws.websocket import (  # noqa: E402
     HandshakeError,
-    PerMessageDeflateFactory,
     accept_response,
     negotiate_extensions,
     validate_upgrade_request,
 )
-
-
-def _deflate_factory() -> PerMessageDeflateFactory:
-    """The server's permessage-deflate with the config's defaults (the codec has none of its own)."""
-    config = Config()
-    return PerMessageDeflateFactory(
-        window_bits=config.ws_deflate_window_bits,
-        memory_level=config.ws_deflate_memory_level,
-        min_size=config.ws_deflate_min_size,
-        server_no_context_takeover=config.ws_deflate_server_no_context_takeover,
-    )
 
 BASE = [
     (b"host", b"x"),
@@ -68,7 +57,8 @@ def check(data: bytes) -> None:
     except HandshakeError as exc:
         assert exc.status in (400, 426), exc.status
         return
-    header, extensions = negotiate_extensions(request.extension_header_values, [_deflate_factory()])
+    offers = request.extension_header_values
+    header, extensions = negotiate_extensions(offers, [server_deflate_factory(Config())])
     subprotocol = request.subprotocols[0] if request.subprotocols else None
     try:
         response = accept_response(request, subprotocol=subprotocol, extensions_header=header, headers=[])

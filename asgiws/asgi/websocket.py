@@ -206,6 +206,16 @@ def _encode_header(name: bytes | str, value: bytes | str) -> tuple[bytes, bytes]
 AppHandler = Callable[["WebSocketSession", Message], "bytes | None"]
 
 
+
+def server_deflate_factory(config: Config) -> PerMessageDeflateFactory:
+    """The server's permessage-deflate offer answer from --ws-deflate-* (the codec has no defaults)."""
+    return PerMessageDeflateFactory(
+        window_bits=config.ws_deflate_window_bits,
+        memory_level=config.ws_deflate_memory_level,
+        min_size=config.ws_deflate_min_size,
+        server_no_context_takeover=config.ws_deflate_server_no_context_takeover,
+    )
+
 class WebSocketSession:
     """The ASGI lifecycle of one WebSocket, from the upgrade request on; no I/O.
 
@@ -723,13 +733,7 @@ class WebSocketSession:
         config = self.config
         if not config.ws_per_message_deflate or not request.extension_header_values:
             return None, []
-        factory = PerMessageDeflateFactory(
-            window_bits=config.ws_deflate_window_bits,
-            memory_level=config.ws_deflate_memory_level,
-            min_size=config.ws_deflate_min_size,
-            server_no_context_takeover=config.ws_deflate_server_no_context_takeover,
-        )
-        return negotiate_extensions(request.extension_header_values, [factory])
+        return negotiate_extensions(request.extension_header_values, [server_deflate_factory(config)])
 
     # -- rejecting the upgrade with an HTTP response ------------------------------------------------
 
