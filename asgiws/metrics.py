@@ -5,9 +5,10 @@ integers: `METRICS.ws_opened += 1`, `METRICS.ws_rejected[ORIGIN] += 1`. Labels
 are list indexes (the tuples below give each index its label value), so
 counting is one attribute load and one add: no call, no lock, no dict lookup
 by label. A WebSocket's messages and bytes are not counted here at all: its
-session already counts them for the access log's close line, so the registry
-holds the open sessions (`ws_open`) and adds their counts when scraped, and
-moves them into the totals when the session closes (`websocket_closed`).
+codec already counts them in its `tally` (in C on the common frames; the
+access log's close line shows them too), so the registry holds the open
+sessions (`ws_open`) and adds their tallies when scraped, and moves them into
+the totals when the session closes (`websocket_closed`).
 Everything else (label names, cumulative buckets, the text) happens only when
 somebody scrapes.
 
@@ -99,13 +100,20 @@ class Histogram:
         self.sum += value
 
 
-class OpenWebSocket(Protocol):
-    """What the registry reads from an open WebSocket session (asgiws.asgi.websocket)."""
+class WireCounts(Protocol):
+    """One WebSocket's messages and bytes each way (asgiws.websocket.fastpath.Tally, kept by its codec)."""
 
     messages_received: int
     messages_sent: int
     bytes_received: int  # on the wire after the handshake: frame headers and compressed payloads
     bytes_sent: int
+
+
+class OpenWebSocket(Protocol):
+    """What the registry reads from an open WebSocket session (asgiws.asgi.websocket)."""
+
+    @property
+    def tally(self) -> WireCounts: ...
 
 
 class Metrics:
@@ -149,10 +157,11 @@ class Metrics:
         if ws not in self.ws_open:
             return  # counted already
         self.ws_open.discard(ws)
-        self.ws_messages[IN] += ws.messages_received
-        self.ws_messages[OUT] += ws.messages_sent
-        self.ws_bytes[IN] += ws.bytes_received
-        self.ws_bytes[OUT] += ws.bytes_sent
+        tally = ws.tally
+        self.ws_messages[IN] += tally.messages_received
+        self.ws_messages[OUT] += tally.messages_sent
+        self.ws_bytes[IN] += tally.bytes_received
+        self.ws_bytes[OUT] += tally.bytes_sent
         slot = code if 0 <= code < CLOSE_CODE_SLOTS else 0
         self.ws_closed[INITIATOR_INDEX.get(initiator, SERVER)][slot] += 1
 
@@ -160,10 +169,11 @@ class Metrics:
         """Messages and bytes [IN, OUT] of every WebSocket, the closed and the open ones."""
         messages, wire = list(self.ws_messages), list(self.ws_bytes)
         for ws in self.ws_open:
-            messages[IN] += ws.messages_received
-            messages[OUT] += ws.messages_sent
-            wire[IN] += ws.bytes_received
-            wire[OUT] += ws.bytes_sent
+            tally = ws.tally
+            messages[IN] += tally.messages_received
+            messages[OUT] += tally.messages_sent
+            wire[IN] += tally.bytes_received
+            wire[OUT] += tally.bytes_sent
         return messages, wire
 
     def snapshot(self) -> Snapshot:

@@ -201,18 +201,22 @@ def broadcast_rounds(clients, publisher, pid, label, rounds, timeout):
 
 
 def hold_and_measure(pid, clients, conns, window, before_rss, connect_s):
-    from bench.loadgen import tree_cpu_seconds, tree_rss
+    from bench.loadgen import tree_cpu_times, tree_rss
     pings0 = sum(int(a.split()[1]) for a in clients.ask("stats"))
     time.sleep(3.0)
     rss = tree_rss(pid)
-    cpu0 = tree_cpu_seconds(pid)
+    user0, system0 = tree_cpu_times(pid)
     time.sleep(window)
-    cpu = tree_cpu_seconds(pid) - cpu0
+    user, system = tree_cpu_times(pid)
+    user, system = user - user0, system - system0
+    cpu = user + system
     stats = [a.split() for a in clients.ask("stats")]
     pings = sum(int(s[1]) for s in stats) - pings0
     lost = sum(int(s[2]) for s in stats)
     return {"conns": conns, "connect_s": connect_s, "kib_per_conn": (rss - before_rss) / conns / 1024,
             "rss_mib": rss / 2**20, "idle_window_s": window, "idle_cpu_pct": cpu / window * 100,
+            # in the kernel: the pings' and pongs' send and receive paths (loopback TCP both ways)
+            "idle_cpu_user_pct": user / window * 100, "idle_cpu_system_pct": system / window * 100,
             "pings_per_conn": pings / conns, "lost": lost}
 
 
@@ -276,6 +280,7 @@ def cmd_one(a):
 
 def print_table(results, conns):
     keys = [("kib_per_conn", "RSS per connection, KiB"), ("idle_cpu_pct", "idle server CPU, % of a core"),
+            ("idle_cpu_user_pct", "  of which user space"), ("idle_cpu_system_pct", "  of which the kernel"),
             ("pings_per_conn", "pings answered per connection in the window"),
             ("send_loop_cpu_s", "send loop: server CPU s per broadcast"),
             ("send_loop_wall_s", "send loop: s to the last delivery"),

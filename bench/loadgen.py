@@ -228,19 +228,25 @@ async def run_churn(a):
     return result
 
 
-def tree_cpu_seconds(pid):
-    """User + system CPU seconds of the server process and its children so far."""
+def tree_cpu_times(pid):
+    """(user, system) CPU seconds of the server process and its children so far."""
     import psutil
     procs = [psutil.Process(pid)]
     procs += procs[0].children(recursive=True)
-    total = 0.0
+    user = system = 0.0
     for proc in procs:
         try:
             times = proc.cpu_times()
         except psutil.Error:
             continue
-        total += times.user + times.system
-    return total
+        user += times.user
+        system += times.system
+    return user, system
+
+
+def tree_cpu_seconds(pid):
+    """User + system CPU seconds of the server process and its children so far."""
+    return sum(tree_cpu_times(pid))
 
 
 def tree_rss(pid):

@@ -54,7 +54,7 @@ from asgiws.websocket import (
     negotiate_extensions,
     validate_upgrade_request,
 )
-from asgiws.websocket.fastpath import receive_bytes, receive_text
+from asgiws.websocket.fastpath import Tally, receive_bytes, receive_text
 
 __all__ = ["SEND_EOF", "SEND_HALF_CLOSE", "SEND_IN_FRAGMENTS", "State", "WebSocketSession"]
 
@@ -247,20 +247,17 @@ class WebSocketSession:
         "_tokens_time",
         "_write_access_line",
         "_write_close_line",
-        "bytes_received",
-        "bytes_sent",
         "can_send",
         "closed_by",
         "config",
         "conn",
         "disconnect",
         "messages",
-        "messages_received",
-        "messages_sent",
         "opened_at",
         "scope",
         "send_handlers",
         "state",
+        "tally",
         "writing_paused",
     )
 
@@ -283,10 +280,9 @@ class WebSocketSession:
         self.opened_at: float | None = None
         # Counters for the access line and metrics: whole messages, and bytes on the wire
         # after the handshake (frame headers included).
-        self.messages_received = 0
-        self.messages_sent = 0
-        self.bytes_received = 0
-        self.bytes_sent = 0
+        # Messages and bytes each way on the wire after the handshake: counted by the codec (in C on
+        # the common frames), read by the metrics and the close's log line.
+        self.tally = Tally()
         self._clock = clock
         self._default_headers = default_headers
         self._write_access_line = log_access
@@ -339,25 +335,18 @@ class WebSocketSession:
             if self.state is _CONNECTING:
                 self._early_input += data
             return []
-        self.bytes_received += len(data)
         # The common read (open, no message rate): the codec appends the app's
         # messages to its queue itself (no Python call per message), and the
         # events left are pongs, then maybe a close or failure behind them.
         # Otherwise each message is an event for this state's handler.
         queue = self.messages if self._plain_reads else None
-        queued = len(self.messages)
         try:
             events = conn.receive_data(data, queue)
         except Exception as exc:  # noqa: BLE001  (our bug, not the client's: 1011, see _codec_crashed)
             events = self._codec_crashed(exc)
-        if queue is not None:
-            self.messages_received += len(queue) - queued
         for event in events:
             getattr(self, EVENT_TRANSITIONS[self.state][type(event)])(event)
         chunks = conn.data_to_send()  # pongs, or the close frame
-        if chunks:
-            for chunk in chunks:
-                self.bytes_sent += len(chunk)
         if self._out:
             chunks = self._take_out(chunks)
         return chunks
@@ -366,7 +355,6 @@ class WebSocketSession:
         """`nbytes` of a large frame were read into `conn.payload_buffer()`."""
         conn = self.conn
         assert conn is not None
-        self.bytes_received += nbytes
         try:
             conn.payload_received(nbytes)
         except Exception as exc:  # noqa: BLE001  (our bug, not the client's: 1011, see _codec_crashed)
@@ -399,7 +387,6 @@ class WebSocketSession:
             METRICS.ws_rejected[RATE] += 1
             self._on_failure(ProtocolFailure(CloseCode.POLICY_VIOLATION, "message rate limit exceeded"))
             return
-        self.messages_received += 1
         self.messages.append(message)
 
     def _take_token(self) -> bool:
@@ -415,9 +402,8 @@ class WebSocketSession:
         return True
 
     def _on_message_after_close(self, message: Message) -> None:
-        # 7.1.1 asks us to keep reading until the client's close; the app,
-        # which closed (or was closed), gets no more messages.
-        self.messages_received += 1
+        """Dropped: 7.1.1 asks us to keep reading until the client's close, and the app,
+        which closed (or was closed), gets no more messages (the codec has counted it)."""
 
     def _on_pong(self, event: Pong) -> None:
         # 5.5.3: a Pong in response to a Ping carries its payload; unsolicited
@@ -621,8 +607,6 @@ class WebSocketSession:
             if not self.writing_paused:
                 frame = conn.text_frame(text)
                 if frame is not None:
-                    self.messages_sent += 1
-                    self.bytes_sent += len(frame)
                     return frame
             if len(text) > WS_FRAGMENT_SIZE:
                 return SEND_IN_FRAGMENTS
@@ -640,7 +624,6 @@ class WebSocketSession:
                 conn.send_binary(data)
             except Exception as exc:  # noqa: BLE001  (our bug, not the client's: 1011, see _codec_crashed)
                 self._encoder_crashed(exc)
-        self.messages_sent += 1
         return None
 
     def send_fragments(self, message: Message) -> Iterator[None]:
@@ -652,7 +635,6 @@ class WebSocketSession:
         conn = self.conn
         assert conn is not None
         data: str | bytes = message["text"] if message.get("text") is not None else message["bytes"]
-        self.messages_sent += 1
         steps = conn.send_fragments(data, WS_FRAGMENT_SIZE)
         while True:
             if not self.can_send:
@@ -710,7 +692,7 @@ class WebSocketSession:
             raise RuntimeError(f"Invalid websocket.accept: {exc}") from None
         trace = self._trace if trace_logger.isEnabledFor(TRACE_LOG_LEVEL) else None
         self.conn = ServerConnection(max_size=self.config.ws_max_size, extensions=extensions, trace=trace,
-                                     text_message=receive_text, binary_message=receive_bytes)
+                                     text_message=receive_text, binary_message=receive_bytes, tally=self.tally)
         messages = self.messages
         if messages and messages[0]["type"] == "websocket.connect":
             # An app may accept without reading websocket.connect (accept answers it):
@@ -802,8 +784,6 @@ class WebSocketSession:
         """Chunks to write, in order; the last may be SEND_EOF or SEND_HALF_CLOSE. Clears them."""
         conn = self.conn
         chunks = conn.data_to_send() if conn is not None else []
-        for chunk in chunks:
-            self.bytes_sent += len(chunk)
         if self._out:
             return self._take_out(chunks)
         return chunks
@@ -817,9 +797,7 @@ class WebSocketSession:
         """Queue `chunk` after everything the codec has produced so far."""
         conn = self.conn
         if conn is not None:
-            for frame in conn.data_to_send():
-                self.bytes_sent += len(frame)
-                self._out.append(frame)
+            self._out += conn.data_to_send()
         self._out.append(chunk)
 
     def _send_close(self, code: int, reason: str) -> None:
@@ -882,8 +860,8 @@ class WebSocketSession:
         assert self.disconnect is not None and self.opened_at is not None
         self._write_close_line(
             self.scope.get("client"), self._path(), self.disconnect["code"], self.closed_by,
-            self._clock() - self.opened_at, self.messages_received, self.bytes_received,
-            self.messages_sent, self.bytes_sent,
+            self._clock() - self.opened_at, self.tally.messages_received, self.tally.bytes_received,
+            self.tally.messages_sent, self.tally.bytes_sent,
         )
 
     def _trace(self, direction: str, opcode: Any, fin: bool, rsv: int, masked: bool, length: int) -> None:

@@ -430,7 +430,7 @@ class WebSocketProtocol(asyncio.Protocol):
         conn = session.conn
         assert conn is not None
         extensions = conn.extensions
-        session.messages_sent += len(messages)
+        session.tally.messages_sent += len(messages)
         if len(messages) == 1:
             chunks = messages[0].chunks_for(extensions)
         else:
@@ -438,7 +438,7 @@ class WebSocketProtocol(asyncio.Protocol):
         size = 0
         for chunk in chunks:
             size += len(chunk)
-        session.bytes_sent += size
+        session.tally.bytes_sent += size
         if len(chunks) > 1 and size <= _JOIN_WRITES_LIMIT:
             chunks = [b"".join(chunks)]
         self._write_chunks(chunks)

@@ -1,6 +1,7 @@
 /* Optional C helper for asgiws.websocket.mask and .fastpath: same signatures as the py_* twins. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <limits.h>
 #include <string.h>
@@ -104,6 +105,54 @@ done:
 }
 
 
+/* Tally: what crossed one connection's codec, in plain C integers (the
+ * pure-Python twin is fastpath.PyTally): parse_messages and small_text_frame
+ * count the common frames here without a Python statement each; the codec's
+ * other paths add from Python. Read by the metrics scrape and the close's
+ * log line. */
+typedef struct {
+    PyObject_HEAD
+    long long messages_received;
+    long long messages_sent;
+    long long bytes_received;  /* frames read, headers included */
+    long long bytes_sent;
+} Tally;
+
+static PyMemberDef Tally_members[] = {
+    {"messages_received", T_LONGLONG, offsetof(Tally, messages_received), 0, "data messages read"},
+    {"messages_sent", T_LONGLONG, offsetof(Tally, messages_sent), 0, "data messages written"},
+    {"bytes_received", T_LONGLONG, offsetof(Tally, bytes_received), 0, "bytes of the frames read"},
+    {"bytes_sent", T_LONGLONG, offsetof(Tally, bytes_sent), 0, "bytes of the frames written"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject Tally_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "asgiws.websocket._speedups.Tally",
+    .tp_basicsize = sizeof(Tally),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Tally(): messages and bytes each way through one connection's codec, all 0 at first.",
+    .tp_members = Tally_members,
+    .tp_new = PyType_GenericNew,
+};
+
+/* `tally` as the Tally to count in, NULL for None (count nothing), or -1 with TypeError. */
+static int
+tally_arg(PyObject *tally, Tally **out)
+{
+    if (tally == Py_None) {
+        *out = NULL;
+        return 0;
+    }
+    if (!PyObject_TypeCheck(tally, &Tally_Type)) {
+        PyErr_SetString(PyExc_TypeError, "tally must be a Tally or None");
+        return -1;
+    }
+    *out = (Tally *)tally;
+    return 0;
+}
+
+
 /* Whole unfragmented data frames at data[pos:], the common case, in one call:
  * header (FIN set, no RSV bit, TEXT or BINARY, masked, length at most
  * max_size, the whole payload in `data`), unmasking, and for text the strict
@@ -112,7 +161,8 @@ done:
  * at the first frame that is anything else (a control
  * frame, a fragment, a cut frame, an oversized one, invalid UTF-8) and
  * returns its offset: the caller parses that frame in full, and reports its
- * error if it has one. */
+ * error if it has one. With a Tally (the optional 7th argument) the frames
+ * taken are counted in it. */
 static PyObject *
 parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -122,11 +172,16 @@ parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     unsigned long long length, max_size;
     unsigned char stack[512];
     unsigned char *tmp;
+    Tally *tally = NULL;
+    Py_ssize_t first, taken = 0;
 
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "parse_messages(data, pos, events, max_size, text_type, binary_type)");
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "parse_messages(data, pos, events, max_size, text_type, binary_type[, tally])");
         return NULL;
     }
+    if (nargs == 7 && tally_arg(args[6], &tally) < 0)
+        return NULL;
     data = args[0];
     events = args[2];
     text_type = args[4];
@@ -144,6 +199,7 @@ parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "pos outside data");
         return NULL;
     }
+    first = pos;
     {
         int overflow;
         long long limit = PyLong_AsLongLongAndOverflow(args[3], &overflow);
@@ -230,9 +286,14 @@ parse_messages(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_DECREF(event);
         pos = start + (Py_ssize_t)length;
+        taken++;
     }
     result = PyLong_FromSsize_t(pos);
 done:
+    if (tally != NULL) {  /* the frames appended, also when a later one failed */
+        tally->messages_received += taken;
+        tally->bytes_received += pos - first;
+    }
     Py_XDECREF(append);
     return result;
 }
@@ -274,15 +335,24 @@ receive_bytes(PyObject *self, PyObject *data)
  * object (5.2: FIN set, opcode 0x1, no mask from a server, a 7-bit length),
  * or None when the payload is over 125 bytes (the caller frames it in full).
  * For ASCII (compact) strings the UTF-8 form is the string's own storage:
- * one allocation, the frame. */
+ * one allocation, the frame. With a Tally (the optional 2nd argument) the
+ * frame made is counted in it as one message sent. */
 static PyObject *
-small_text_frame(PyObject *self, PyObject *text)
+small_text_frame(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     const char *utf8;
     Py_ssize_t length;
-    PyObject *frame;
+    PyObject *frame, *text;
     char *out;
+    Tally *tally = NULL;
 
+    if (nargs != 1 && nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "small_text_frame(text[, tally])");
+        return NULL;
+    }
+    text = args[0];
+    if (nargs == 2 && tally_arg(args[1], &tally) < 0)
+        return NULL;
     if (!PyUnicode_Check(text)) {
         PyErr_SetString(PyExc_TypeError, "small_text_frame() takes a str");
         return NULL;
@@ -301,6 +371,10 @@ small_text_frame(PyObject *self, PyObject *text)
     out[0] = (char)0x81;
     out[1] = (char)length;
     memcpy(out + 2, utf8, (size_t)length);
+    if (tally != NULL) {
+        tally->messages_sent++;
+        tally->bytes_sent += length + 2;
+    }
     return frame;
 }
 
@@ -462,13 +536,15 @@ static PyMethodDef methods[] = {
     {"apply_mask_chunks", apply_mask_chunks, METH_VARARGS,
      "XOR the concatenation of a sequence of bytes-like chunks with a 4-byte mask repeated; returns bytes."},
     {"parse_messages", (PyCFunction)(void (*)(void))parse_messages, METH_FASTCALL,
-     "parse_messages(data, pos, events, max_size, text_type, binary_type): whole unfragmented data frames "
-     "from data[pos:] appended to events as messages; returns the offset of the first frame not taken."},
+     "parse_messages(data, pos, events, max_size, text_type, binary_type[, tally]): whole unfragmented data "
+     "frames from data[pos:] appended to events as messages (and counted in tally); returns the offset of "
+     "the first frame not taken."},
     {"receive_text", receive_text, METH_O, "receive_text(str): {'type': 'websocket.receive', 'text': str}."},
     {"receive_bytes", receive_bytes, METH_O,
      "receive_bytes(bytes): {'type': 'websocket.receive', 'bytes': bytes}."},
-    {"small_text_frame", small_text_frame, METH_O,
-     "small_text_frame(str): the unmasked FIN text frame of a payload up to 125 bytes, else None."},
+    {"small_text_frame", (PyCFunction)(void (*)(void))small_text_frame, METH_FASTCALL,
+     "small_text_frame(str[, tally]): the unmasked FIN text frame of a payload up to 125 bytes, else None "
+     "(a frame made is counted in tally)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -481,7 +557,7 @@ PyInit__speedups(void)
 {
     PyObject *m;
 
-    if (PyType_Ready(&PayloadBuffer_Type) < 0)
+    if (PyType_Ready(&PayloadBuffer_Type) < 0 || PyType_Ready(&Tally_Type) < 0)
         return NULL;
     key_type = PyUnicode_InternFromString("type");
     key_text = PyUnicode_InternFromString("text");
@@ -495,6 +571,12 @@ PyInit__speedups(void)
     Py_INCREF(&PayloadBuffer_Type);
     if (PyModule_AddObject(m, "PayloadBuffer", (PyObject *)&PayloadBuffer_Type) < 0) {
         Py_DECREF(&PayloadBuffer_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&Tally_Type);
+    if (PyModule_AddObject(m, "Tally", (PyObject *)&Tally_Type) < 0) {
+        Py_DECREF(&Tally_Type);
         Py_DECREF(m);
         return NULL;
     }

@@ -19,7 +19,7 @@ from typing import Any
 
 from asgiws.websocket.events import BinaryMessage, CloseReceived, Event, Pong, ProtocolFailure, TextMessage
 from asgiws.websocket.extensions import Extension
-from asgiws.websocket.fastpath import Sink, parse_messages, small_text_frame
+from asgiws.websocket.fastpath import Sink, Tally, TallyLike, parse_messages, small_text_frame
 from asgiws.websocket.frames import (
     MAX_CONTROL_PAYLOAD,
     CloseCode,
@@ -104,8 +104,12 @@ class ServerConnection:
 
     def __init__(self, *, max_size: int, extensions: list[Extension] | None = None,
                  trace: Trace | None = None, text_message: Callable[[str], Any] = TextMessage,
-                 binary_message: Callable[[bytes], Any] = BinaryMessage) -> None:
+                 binary_message: Callable[[bytes], Any] = BinaryMessage,
+                 tally: TallyLike | None = None) -> None:
         self.max_size = max_size
+        # Messages and bytes each way (the caller's, to read them after this codec is gone). Bytes
+        # count when their frame is parsed: a frame cut by the end of the connection counts at EOF.
+        self.tally = Tally() if tally is None else tally
         self._text_message = text_message
         self._binary_message = binary_message
         self.extensions = list(extensions or ())
@@ -158,6 +162,7 @@ class ServerConnection:
         read); without it, the messages are among the events, in order.
         """
         if self._done:
+            self.tally.bytes_received += len(data)
             return []
         events: list[Any] = []
         if messages is None:
@@ -174,16 +179,25 @@ class ServerConnection:
         pos = 0
         if self._whole_messages and self._message_opcode is None and not self._frame_remaining:
             # The common read, whole messages and nothing else, in one call (see _parse).
-            pos = parse_messages(data, 0, messages, self.max_size, self._text_message, self._binary_message)
+            pos = parse_messages(data, 0, messages, self.max_size, self._text_message, self._binary_message,
+                                 self.tally)  # counts the frames it takes
             if pos == len(data):
                 return events
+        # The bytes from `pos` on are counted here, by assignment: parse_messages, called again by
+        # _parse for whole messages between other frames, counts its frames' bytes as well.
+        tally = self.tally
+        counted = tally.bytes_received
         try:
             consumed = self._parse(data, pos, events, messages)
         except ProtocolError as exc:
+            tally.bytes_received = counted + len(data) - pos
             self._fail(exc, events)
             return events
         if consumed < len(data) and not self._done:
             buffer += memoryview(data)[consumed:]
+            tally.bytes_received = counted + consumed - pos  # the cut frame counts when it is parsed
+        else:
+            tally.bytes_received = counted + len(data) - pos
         return events
 
     def payload_buffer(self) -> memoryview | None:
@@ -212,6 +226,7 @@ class ServerConnection:
             raise ValueError(f"{nbytes} bytes cannot have been read into the payload buffer")
         start = self._direct_filled
         end = self._direct_filled = start + nbytes
+        self.tally.bytes_received += nbytes
         direct.unmask(start, end, self._frame_mask)
         self._frame_remaining -= nbytes
         self.payload_pending = self._frame_remaining > _DIRECT_TAIL
@@ -238,6 +253,7 @@ class ServerConnection:
     def receive_eof(self) -> list[Event]:
         """The peer closed TCP; nothing more is parsed. The caller reports 1006 if no close came."""
         self._done = True
+        self.tally.bytes_received += len(self._buffer)  # a frame the peer cut short
         self._buffer.clear()
         self._frame_chunks = []
         self._drop_direct()
@@ -260,7 +276,7 @@ class ServerConnection:
         while not self._done:
             if whole_messages and pos != first and self._message_opcode is None and not self._frame_remaining:
                 pos = parse_messages(data, pos, messages, self.max_size, self._text_message,
-                                     self._binary_message)
+                                     self._binary_message, self.tally)
             if self._frame_remaining:
                 take = min(self._frame_remaining, end - pos)
                 if not take:
@@ -419,6 +435,7 @@ class ServerConnection:
         elif data:
             self._message_parts.append(data)
         if message_end:
+            self.tally.messages_received += 1
             if self._utf8 is not None:
                 messages.append(self._text_message("".join(self._message_parts)))
             else:
@@ -477,7 +494,7 @@ class ServerConnection:
         """
         if self._out or self.extensions or self.close_sent or self.trace is not None:
             return None
-        return small_text_frame(data)  # header and payload in one allocation
+        return small_text_frame(data, self.tally)  # header and payload in one allocation; counted
 
     def send_binary(self, data: bytes) -> None:
         """Queue a binary message. Raises ConnectionClosedError after our close frame."""
@@ -495,6 +512,7 @@ class ServerConnection:
         text = isinstance(data, str)
         opcode = Opcode.TEXT if text else Opcode.BINARY
         total = len(data)
+        self.tally.messages_sent += 1
         for start in range(0, total or 1, fragment_size):
             if self.close_sent:
                 raise ConnectionClosedError("cannot send a message after the close frame")
@@ -547,6 +565,7 @@ class ServerConnection:
         if self.close_sent:
             # 5.5.1: "the endpoint MUST NOT send any further data frames".
             raise ConnectionClosedError("cannot send a message after the close frame")
+        self.tally.messages_sent += 1
         if not self.extensions:
             self._write(opcode, payload)
             return
@@ -569,11 +588,15 @@ class ServerConnection:
         if length < 126 and fin:
             # The most common frame: a 2-byte header (frame_header, inlined).
             self._out.append(_pack_small_header(0x80 | rsv | opcode, length) + payload)
+            self.tally.bytes_sent += 2 + length
         elif length <= _JOIN_LIMIT:
-            self._out.append(frame_header(opcode, length, fin, rsv) + payload)
+            frame = frame_header(opcode, length, fin, rsv) + payload
+            self._out.append(frame)
+            self.tally.bytes_sent += len(frame)
         else:
             header = frame_header(opcode, length, fin, rsv)
             self._out.append(header)
             self._out.append(payload)
+            self.tally.bytes_sent += len(header) + length
         if self.trace is not None:
             self.trace(">", opcode, fin, rsv, False, length)

@@ -210,8 +210,8 @@ def test_echo_round_trip_counts_messages_and_bytes() -> None:
     assert session.next_message() == text("hello")
     frame = session.app_send({"type": "websocket.send", "text": "hello"})
     assert frame == b"\x81\x05hello"  # written at once: nothing was queued
-    assert (session.messages_received, session.bytes_received) == (1, len(incoming))
-    assert (session.messages_sent, session.bytes_sent) == (1, 7)
+    assert (session.tally.messages_received, session.tally.bytes_received) == (1, len(incoming))
+    assert (session.tally.messages_sent, session.tally.bytes_sent) == (1, 7)
 
 
 def test_large_send_is_left_to_fragments_one_frame_per_step() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import os
 import signal
 import socket
@@ -23,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from asgiws.metrics import Histogram, Metrics, accumulate, render, retire
+from asgiws.websocket.fastpath import Tally
 from tests.rawws import RawWebSocket, handshake_request
 from tests.supervisor.cluster import ROOT, Cluster, free_port, get, wait_for
 
@@ -232,7 +232,7 @@ def test_retired_counters_add_up_and_gauges_of_the_dead_are_dropped() -> None:
 def test_a_websockets_counts_move_into_the_totals_once_when_it_closes() -> None:
     metrics, session = Metrics(), _Session(3, 4, 30, 40)
     metrics.websocket_opened(session)
-    session.messages_received += 1
+    session.tally.messages_received += 1
     assert metrics.ws_totals() == ([4, 4], [30, 40])
     metrics.websocket_closed(session, 1000, "client")
     metrics.websocket_closed(session, 1000, "client")
@@ -244,8 +244,9 @@ def test_a_websockets_counts_move_into_the_totals_once_when_it_closes() -> None:
 
 class _Session:
     def __init__(self, received: int, sent: int, bytes_received: int, bytes_sent: int) -> None:
-        self.messages_received, self.messages_sent = received, sent
-        self.bytes_received, self.bytes_sent = bytes_received, bytes_sent
+        self.tally = Tally()
+        self.tally.messages_received, self.tally.messages_sent = received, sent
+        self.tally.bytes_received, self.tally.bytes_sent = bytes_received, bytes_sent
 
 
 # -- WebSocket counters ---------------------------------------------------------------------

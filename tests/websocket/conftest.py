@@ -22,6 +22,7 @@ PYTHON_TWINS = [
     (connection, "PayloadBuffer", mask.PyPayloadBuffer),
     (connection, "parse_messages", fastpath.py_parse_messages),
     (connection, "small_text_frame", fastpath.py_small_text_frame),
+    (connection, "Tally", fastpath.PyTally),
     (fastpath, "apply_mask", mask.py_apply_mask),
 ]
 # Parameters of the tests that pass a twin in themselves (test_codec_frames, test_codec_fastpath).

@@ -287,3 +287,65 @@ def test_codec_frames_a_small_text_message_in_one_chunk_whichever_twin(speedups:
     assert conn.text_frame("é" * 63) is None  # 126 bytes: framed in full by send_text
     conn.send_close(1000, "")
     assert conn.text_frame("hi") is None  # 5.5.1: no data frame after our close
+
+
+# -- the tally: the frames the fast paths take are counted in C, without a Python statement each ----
+
+TALLIED = [pytest.param(fastpath.py_parse_messages, fastpath.PyTally, fastpath.py_small_text_frame, id="python")]
+if c_parse_messages is not None:
+    TALLIED.append(pytest.param(c_parse_messages, _speedups.Tally, _speedups.small_text_frame, id="c"))
+
+
+@pytest.mark.parametrize(("parse_messages", "tally_type", "small_text_frame"), TALLIED)
+def test_parse_messages_counts_the_frames_it_takes_and_no_other(parse_messages, tally_type,
+                                                                small_text_frame) -> None:
+    taken = b"".join(frame for frame, _ in TAKEN)
+    data = client_frame(Opcode.PING, b"p") + taken  # parse_messages stops at the ping: nothing counted
+    tally = tally_type()
+    assert parse_messages(data, 0, [], 2**20, TextMessage, BinaryMessage, tally) == 0
+    assert (tally.messages_received, tally.bytes_received) == (0, 0)
+    start = len(client_frame(Opcode.PING, b"p"))
+    data += LEFT["ping"]
+    assert parse_messages(data, start, [], 2**20, TextMessage, BinaryMessage, tally) == start + len(taken)
+    assert (tally.messages_received, tally.bytes_received) == (len(TAKEN), len(taken))
+    assert parse_messages(data, 0, [], 2**20, TextMessage, BinaryMessage, None) == 0  # None: not counted
+
+
+@pytest.mark.parametrize(("parse_messages", "tally_type", "small_text_frame"), TALLIED)
+def test_parse_messages_counts_what_it_appended_when_the_sink_fails(parse_messages, tally_type,
+                                                                    small_text_frame) -> None:
+    class FullSink:
+        def __init__(self) -> None:
+            self.items: list[object] = []
+
+        def append(self, item: object) -> None:
+            if len(self.items) == 2:
+                raise OverflowError("full")
+            self.items.append(item)
+
+    frame = client_frame(Opcode.TEXT, b"abc")
+    tally = tally_type()
+    with pytest.raises(OverflowError):
+        parse_messages(frame * 3, 0, FullSink(), 2**20, TextMessage, BinaryMessage, tally)
+    assert (tally.messages_received, tally.bytes_received) == (2, 2 * len(frame))
+
+
+@pytest.mark.parametrize(("parse_messages", "tally_type", "small_text_frame"), TALLIED)
+def test_small_text_frame_counts_each_frame_it_makes(parse_messages, tally_type, small_text_frame) -> None:
+    tally = tally_type()
+    frames = [small_text_frame(text, tally) for text in SMALL_TEXTS]
+    assert (tally.messages_sent, tally.bytes_sent) == (len(SMALL_TEXTS), sum(map(len, frames)))
+    for text in TOO_BIG_TEXTS:
+        assert small_text_frame(text, tally) is None
+    assert (tally.messages_sent, tally.bytes_sent) == (len(SMALL_TEXTS), sum(map(len, frames)))
+
+
+def test_the_c_helpers_take_only_their_own_tally() -> None:
+    assert c_parse_messages is not None, "build with `pip install -e .`"
+    with pytest.raises(TypeError, match="tally"):
+        c_parse_messages(b"", 0, [], 10, TextMessage, BinaryMessage, fastpath.PyTally())
+    with pytest.raises(TypeError, match="tally"):
+        _speedups.small_text_frame("x", object())
+    tally = _speedups.Tally()
+    tally.bytes_sent += 2**40  # 64-bit: a long-lived connection's byte count does not wrap at 2**31
+    assert tally.bytes_sent == 2**40

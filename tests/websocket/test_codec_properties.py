@@ -52,6 +52,9 @@ def test_client_frames_parse_back_to_their_messages(items: list, cuts: list[int]
         start = max(start, cut)
     events += conn.receive_data(data[start:])
     assert events == [event for event, _, _ in items]
+    # The codec's tally: every byte read (however the reads cut the frames), every data message.
+    assert conn.tally.bytes_received == len(data)
+    assert conn.tally.messages_received == sum(not isinstance(event, Pong) for event, _, _ in items)
 
 
 def parse_unmasked(data: bytes) -> list[tuple[int, bytes]]:
@@ -76,12 +79,20 @@ def parse_unmasked(data: bytes) -> list[tuple[int, bytes]]:
 @given(st.lists(st.one_of(st.text(max_size=200), st.binary(max_size=70000 // 8)), max_size=6))
 def test_serialized_messages_parse_back(payloads: list) -> None:
     conn = server_connection()
+    written = b""
     for payload in payloads:
         if isinstance(payload, str):
+            # A short text may be framed at once (the echo's path), else queued: both are counted.
+            frame = conn.text_frame(payload)
+            if frame is not None:
+                written += frame
+                continue
             conn.send_text(payload)
         else:
             conn.send_binary(payload)
-    frames = parse_unmasked(b"".join(conn.data_to_send()))
+        written += b"".join(conn.data_to_send())
+    frames = parse_unmasked(written)
+    assert (conn.tally.messages_sent, conn.tally.bytes_sent) == (len(payloads), len(written))
     expected = [(Opcode.TEXT, p.encode()) if isinstance(p, str) else (Opcode.BINARY, p) for p in payloads]
     assert frames == expected
 
