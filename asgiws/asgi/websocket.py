@@ -11,7 +11,8 @@ follows websockets' core:
   `refuse(message)` (raising the ASGI RuntimeError or `ClientDisconnected`),
   `app_finished(outcome)`;
 - the server's side: `shutdown(code)`, `ping(now)`, `on_timeout(now)`,
-  `deadline()`, and `abandon(code, reason)` for a client that stopped reading;
+  `deadline()` (or `close_deadline()` and `pong_deadline()` apart), and
+  `abandon(code, reason)` for a client that stopped reading;
 - bytes out: `data_to_send()`, whose last item may be `SEND_EOF` ("close TCP
   now") or `SEND_HALF_CLOSE` ("no more bytes from us; keep reading").
 
@@ -521,6 +522,10 @@ class WebSocketSession:
         if pong is None:
             return close
         return min(close, pong)
+
+    def pong_deadline(self) -> float | None:
+        """When the pong to the last heartbeat ping is due (ws_ping_timeout after it), or None."""
+        return self._pong_deadline
 
     def close_deadline(self) -> float | None:
         """When a closing state gives up waiting (ws_close_timeout after entering it), or None."""

@@ -1,4 +1,4 @@
-"""One timer per worker for every WebSocket's next ping (a timer wheel), not one loop timer each.
+"""One timer per worker for every WebSocket's heartbeat (a timer wheel), not one loop timer each.
 
 A loop timer per connection allocates a TimerHandle per ping that lives for the
 whole ping interval: with 19,000 idle connections at the default 20 s that is
@@ -9,8 +9,16 @@ the worker's samples in gc_collect_main, 28% under TimerHandle's allocation).
 Here connections due within the same tick share a slot (a dict used as an
 ordered set), and one loop timer is armed for the earliest slot.
 
-A ping goes out between `interval` and `interval + tick` after the previous
-one: the tick is 1/20 of the interval (at most 1 s), so at most 5% late.
+The wheel also keeps each ping's pong deadline (--ws-ping-timeout): a loop
+timer armed per ping and cancelled by its pong was the idle worker's largest
+cost after the pings themselves (py-spy, 19,000 idle connections: 34.5% of
+the worker's samples on that `call_at` line, the GC work its allocations set
+off included). A connection is in one slot, at its next ping or its pong
+deadline, whichever comes first.
+
+A ping goes out, and a missing pong is acted on, between the time due and a
+tick after it: the tick is 1/20 of the interval (at most 1 s), so at most 5%
+late, and never early.
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ _FIRING = -1
 
 
 class Pinged(Protocol):
-    """A connection that sends a ping when its slot comes (and asks for the next slot itself)."""
+    """A connection woken when its slot comes (it asks for its next slot itself)."""
 
-    def send_heartbeat(self) -> None: ...
+    def on_heartbeat(self, due: float) -> None:
+        """`due`: the slot's time (loop clock), at or after the time the connection asked for."""
 
 
 class PingWheel:
@@ -51,9 +60,14 @@ class PingWheel:
         """Connections waiting for a ping."""
         return sum(map(len, self._slots.values()))
 
-    def schedule(self, connection: Pinged) -> int:
-        """Ping `connection` one interval from now; returns its slot, for `cancel`."""
-        slot = math.ceil((self._loop.time() + self.interval) / self.tick)
+    def schedule(self, connection: Pinged, at: float | None = None) -> int:
+        """Wake `connection` at `at` (loop clock; default: one interval from now), up to a tick late.
+
+        Returns its slot, for `cancel`.
+        """
+        if at is None:
+            at = self._loop.time() + self.interval
+        slot = math.ceil(at / self.tick)
         members = self._slots.get(slot)
         if members is None:
             members = self._slots[slot] = {}
@@ -81,8 +95,9 @@ class PingWheel:
         # The loop may wake a little before the slot's time (its clock resolution): slots due by then.
         due = sorted(slot for slot in self._slots if slot * self.tick <= now + self.tick / 2)
         for slot in due:
+            due_time = slot * self.tick
             for connection in self._slots.pop(slot):
-                connection.send_heartbeat()
+                connection.on_heartbeat(due_time)
         self._armed_for = None
         if self._slots:
             self._arm(min(self._slots))

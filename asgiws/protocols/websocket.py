@@ -90,6 +90,7 @@ class WebSocketProtocol(asyncio.Protocol):
         "_held_broadcasts",
         "_held_bytes",
         "_max_queue",
+        "_next_ping_at",
         "_ping_slot",
         "_reading_paused",
         "_resume_queue",
@@ -126,6 +127,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
         self._ping_slot: int | None = None  # this connection's slot in the worker's PingWheel
+        self._next_ping_at: float | None = None  # loop clock; set when the connection opens
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -264,7 +266,8 @@ class WebSocketProtocol(asyncio.Protocol):
         chunks = session.data_to_send()
         if chunks:
             self._write_out(chunks)
-        deadline = session.deadline()
+        # Open, a pong deadline is the ping wheel's (on_heartbeat); closing, the loop timer has both.
+        deadline = session.close_deadline() if session.state is _OPEN else session.deadline()
         if deadline != self._timer_deadline:
             if self._timer is not None:
                 self._timer.cancel()
@@ -297,8 +300,16 @@ class WebSocketProtocol(asyncio.Protocol):
         self._sync()
 
     def _schedule_ping(self) -> None:
-        if self.config.ws_ping_interval:
-            self._ping_slot = self._ping_wheel().schedule(self)
+        """Take a slot in the wheel: at the next ping, or the pong deadline if that comes first."""
+        interval = self.config.ws_ping_interval
+        if not interval:
+            return
+        wheel = self._ping_wheel()
+        at = self._next_ping_at
+        if at is None:
+            at = self._next_ping_at = self.loop.time() + interval
+        pong = self.session.pong_deadline()
+        self._ping_slot = wheel.schedule(self, at if pong is None or at <= pong else pong)
 
     def _ping_wheel(self) -> PingWheel:
         """The worker's one timer for every connection's pings (made by its first WebSocket)."""
@@ -308,11 +319,21 @@ class WebSocketProtocol(asyncio.Protocol):
             wheel = self.server_state.ping_wheel = PingWheel(self.loop, self.config.ws_ping_interval)
         return wheel
 
-    def send_heartbeat(self) -> None:
-        """The wheel's call: this connection's ping is due."""
+    def on_heartbeat(self, due: float) -> None:
+        """The wheel's call: this connection's ping or its pong deadline is due."""
         self._ping_slot = None
-        self.session.ping(self.loop.time())
-        self._sync()  # writes the ping, arms the pong deadline, schedules the next ping while open
+        session = self.session
+        if session.state is _OPEN:
+            now = max(self.loop.time(), due)  # the loop may wake a hair before the slot's time
+            pong = session.pong_deadline()
+            if pong is not None and now >= pong:
+                session.on_timeout(now)  # no pong in time: closes 1011
+            else:
+                next_ping = self._next_ping_at
+                if next_ping is not None and now >= next_ping:
+                    session.ping(now)
+                    self._next_ping_at = now + self._ping_wheel().interval
+        self._sync()  # writes the ping or the close, and takes the next slot while open
 
     # -- ASGI receive / send ------------------------------------------------------------
 

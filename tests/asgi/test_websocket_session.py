@@ -442,14 +442,15 @@ def test_eof_without_close_is_1006_after_unread_messages() -> None:
     assert session.next_message() == disconnect(1006, None)
 
 
-def test_unexpected_codec_exception_closes_1011_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+def test_unexpected_codec_exception_closes_1011_and_logs(caplog: pytest.LogCaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     session = opened()
     assert session.conn is not None
 
-    def broken(data: bytes, messages: Any = None) -> list[Any]:
+    def broken(self: Any, data: bytes, messages: Any = None) -> list[Any]:
         raise ZeroDivisionError("codec bug")
 
-    session.conn.receive_data = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(type(session.conn), "receive_data", broken)  # the codec has slots: on its class
     with caplog.at_level(logging.ERROR, logger="asgiws.error"):
         feed(session, b"anything")
     frames, marker = frames_out(session)
@@ -458,14 +459,14 @@ def test_unexpected_codec_exception_closes_1011_and_logs(caplog: pytest.LogCaptu
     assert "Unexpected error in the WebSocket codec" in caplog.text and "codec bug" in caplog.text
 
 
-def test_unexpected_extension_exception_on_send_closes_1011() -> None:
+def test_unexpected_extension_exception_on_send_closes_1011(monkeypatch: pytest.MonkeyPatch) -> None:
     session = opened()
     assert session.conn is not None
 
-    def broken(data: str) -> None:
+    def broken(self: Any, data: str) -> None:
         raise ValueError("deflate bug")
 
-    session.conn.send_text = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(type(session.conn), "send_text", broken)  # the codec has slots: on its class
     session.writing_paused = True  # not the one-frame fast path
     with pytest.raises(ClientDisconnected):
         session.app_send({"type": "websocket.send", "text": "x"})

@@ -96,6 +96,28 @@ def test_hub_writes_a_burst_to_each_connection_in_one_write_in_order() -> None:
     asyncio.run(main())
 
 
+def test_hub_keeps_the_order_queued_when_a_replay_joins_a_publish_in_one_iteration() -> None:
+    async def main() -> None:
+        hub = Hub()
+        a, b, late = FakeConnection(), FakeConnection(), FakeConnection()
+        hub.subscribe(a, "x")
+        hub.subscribe(b, "x")
+        hub.deliver("x", "1")  # the iteration's first publish waits as one batch for both
+        hub.subscribe(late, "x")  # after the publish: not one of its recipients
+        hub.replay(b, "x", [("o1", "h")], envelope=False)  # spreads the batch, then queues behind it
+        hub.deliver("x", "2")
+        await asyncio.sleep(0)
+        frame = {text: b"\x81\x01" + text.encode() for text in ("1", "2", "3", "h")}
+        assert a.writes == [[frame["1"], frame["2"]]]
+        assert b.writes == [[frame["1"], frame["h"], frame["2"]]]
+        assert late.writes == [[frame["2"]]]
+        hub.deliver("x", "3")  # a new iteration: a batch again, the same list for every connection
+        await asyncio.sleep(0)
+        assert a.writes[-1] == b.writes[-1] == late.writes[-1] == [frame["3"]]
+
+    asyncio.run(main())
+
+
 def test_broadcast_outside_asgiws_raises_clear_error() -> None:
     async def main() -> None:
         with pytest.raises(BroadcastNotAvailable, match="needs the asgiws server"):

@@ -8,6 +8,7 @@ import json
 import logging
 import socket
 import struct
+import time
 
 import pytest
 from websockets.asyncio.client import connect
@@ -450,6 +451,27 @@ def test_client_that_never_answers_pings_is_closed_1011(run_server):
         assert opcode == Opcode.PING
         assert ws.read_close()[0] == 1011
         assert ws.at_eof()
+
+
+@pytest.mark.parametrize(("interval", "timeout"), [(1.0, 0.4), (0.3, 0.8)], ids=["timeout-first", "ping-first"])
+def test_missing_pong_closes_1011_at_its_deadline_within_a_tick_never_before(run_server, interval, timeout):
+    # The pong deadline lives in the worker's ping wheel (tick: a twentieth of the interval): shorter
+    # than the interval, it must not wait for the next ping; longer, the next pings go out meanwhile.
+    with run_server(echo_app, ws_ping_interval=interval, ws_ping_timeout=timeout) as server:
+        ws = open_raw(server)
+        opcode, _, _ = ws.read_frame()
+        assert opcode == Opcode.PING
+        pinged = time.monotonic()
+        pings = 0
+        while True:
+            opcode, _, payload = ws.read_frame()
+            if opcode != Opcode.PING:
+                break
+            pings += 1  # not answered either
+        assert opcode == Opcode.CLOSE and int.from_bytes(payload[:2], "big") == 1011
+        waited = time.monotonic() - pinged
+        assert timeout - 0.02 <= waited <= timeout + interval / 20 + 0.5, waited
+        assert pings == int(timeout // interval)  # the pings due before the deadline, and no more
 
 
 def test_client_answering_pings_stays_connected(run_server):

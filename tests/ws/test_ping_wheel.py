@@ -25,7 +25,8 @@ class Counted:
         self.pinged_at: list[float] = []
         self.slot = wheel.schedule(self)
 
-    def send_heartbeat(self) -> None:
+    def on_heartbeat(self, due: float) -> None:
+        assert due <= self.loop.time() + self.wheel.tick / 2
         self.pinged_at.append(self.loop.time())
         self.slot = self.wheel.schedule(self)
 
