@@ -2,7 +2,7 @@
 
     python -m bench.uncounted /tmp/asgiws-uncounted
     python -m bench.uncounted --control /tmp/asgiws-counted     # the same rewrite, nothing taken out
-    python -m bench.metrics_cost --uncounted-tree /tmp/asgiws-uncounted --control-tree /tmp/asgiws-counted
+    python -m bench.echo_instructions --uncounted-tree /tmp/asgiws-uncounted --control-tree /tmp/asgiws-counted
     python -m bench.run --only echo64 --servers asgiws,asgiws-scraped,asgiws-base \\
         --base-tree /tmp/asgiws-uncounted --runs 7
 

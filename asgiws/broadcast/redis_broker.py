@@ -660,41 +660,57 @@ class RedisBroker(Broker):
     async def _resume(self, channel: str, state: _Channel) -> None:
         """Read from history what followed the last delivered message, deliver it, then what waited."""
         while self._channels.get(channel) is state:
-            since = state.offset
-            assert since is not None
+            try:
+                if await self._resume_once(channel, state):
+                    return
+            except asyncio.CancelledError:
+                raise
+            # Broad on purpose, as the reader's: while resuming, live messages wait in the buffer, so a
+            # resume that died would leave this worker's subscribers of the channel waiting for ever.
+            except Exception as exc:
+                logger.error("Broadcast: resuming %r failed; retrying", channel, exc_info=exc)
+                await asyncio.sleep(RECONNECT_MIN_DELAY)
+
+    async def _resume_once(self, channel: str, state: _Channel) -> bool:
+        """One read of the history after `state.offset` and its delivery; True when done (or left to
+        the reconnect), False to read again."""
+        since = state.offset
+        assert since is not None
+        while True:
             try:
                 latest, covered, entries = await self._read_after(channel, since)
+                break
             except BroadcastUnavailable as exc:
                 if not self.connected.is_set():
-                    return  # the reconnect resumes every watched channel
+                    return True  # the reconnect resumes every watched channel
                 logger.warning("Broadcast: could not read the history of %r (%s); retrying", channel, exc)
                 await asyncio.sleep(RECONNECT_MIN_DELAY)
-                continue
-            if not covered:
-                if latest.epoch != since.epoch and (not entries or entries[0][0].seq == 1):
-                    logger.warning(
-                        "Broadcast: channel %r has a new history epoch (Redis lost its data); "
-                        "delivering the new history from its start", channel)
-                    state.offset = Offset(latest.epoch, 0, 0)
-                else:
-                    logger.warning(
-                        "Broadcast: this worker's clients missed messages of %r: history no longer "
-                        "covers %s (latest %s); raise --broadcast-history-size/-ttl", channel, since, latest)
-                    state.offset = latest
-                    entries = []
-                state.skip.clear()
-            for offset, data in entries:
-                self._accept(channel, state, offset, data)
-            # Then what arrived live meanwhile, in order; a gap among it reads again.
-            state.resuming = False
-            buffer, state.buffer = state.buffer, []
-            for i, (offset, data) in enumerate(buffer):
-                self._accept(channel, state, offset, data)
-                if state.resuming:
-                    state.buffer.extend(buffer[i + 1:])
-                    break
-            if not state.resuming:
-                return
+                if self._channels.get(channel) is not state:
+                    return True
+        if not covered:
+            if latest.epoch != since.epoch and (not entries or entries[0][0].seq == 1):
+                logger.warning(
+                    "Broadcast: channel %r has a new history epoch (Redis lost its data); "
+                    "delivering the new history from its start", channel)
+                state.offset = Offset(latest.epoch, 0, 0)
+            else:
+                logger.warning(
+                    "Broadcast: this worker's clients missed messages of %r: history no longer "
+                    "covers %s (latest %s); raise --broadcast-history-size/-ttl", channel, since, latest)
+                state.offset = latest
+                entries = []
+            state.skip.clear()
+        for offset, data in entries:
+            self._accept(channel, state, offset, data)
+        # Then what arrived live meanwhile, in order; a gap among it reads again.
+        state.resuming = False
+        buffer, state.buffer = state.buffer, []
+        for i, (offset, data) in enumerate(buffer):
+            self._accept(channel, state, offset, data)
+            if state.resuming:
+                state.buffer.extend(buffer[i + 1:])
+                break
+        return not state.resuming
 
     # -- presence ------------------------------------------------------------------------------
 

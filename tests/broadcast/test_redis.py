@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -283,3 +284,62 @@ def test_python_m_asgiws_broadcast_publish_prints_the_offset(redis_server: Redis
     assert down.stderr.startswith("error: could not publish to 'cron' through Redis at redis://127.0.0.1:")
     bad = run("http://example.com", "cron", "x")
     assert bad.returncode == 1 and bad.stderr == "error: 'http://example.com' is not a Redis URL (redis://HOST:PORT/DB)\n"
+
+
+class _Collector:
+    """A subscriber connection in-process: what the hub hands it, as frames' payloads."""
+
+    def __init__(self) -> None:
+        self.on_connection_lost = None
+        self.received: list[str] = []
+        self.arrived = asyncio.Event()
+
+    def deliver_prepared(self, messages: list) -> bool:
+        self.received += [message.payload.decode() for message in messages]
+        self.arrived.set()
+        return True
+
+
+def test_a_resume_that_fails_is_logged_and_retried_so_the_channel_never_waits_for_ever(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    # While a gap is read from history, live messages wait behind it: a resume that died on an
+    # unexpected error would leave the worker's subscribers of the channel without any message again.
+    from asgiws.broadcast.offsets import parse_offset
+    from asgiws.broadcast.redis_broker import RedisBroker
+
+    async def main() -> None:
+        broker = RedisBroker(redis_server.url, history_size=100, history_ttl=60.0)
+        await broker.start()
+        try:
+            await asyncio.wait_for(broker.connected.wait(), 10)
+            subscriber = _Collector()
+            await broker.subscribe(subscriber, "room")
+            first = await broker.publish("room", "1")
+            await broker.publish("room", "2")
+            while subscriber.received != ["1", "2"]:
+                subscriber.arrived.clear()
+                await asyncio.wait_for(subscriber.arrived.wait(), 10)
+            deliver, failures = broker.hub.deliver, []
+
+            def fails_once(*args: object, **kwargs: object) -> int:
+                if not failures:
+                    failures.append(args)
+                    raise RuntimeError("injected delivery failure")
+                return deliver(*args, **kwargs)
+
+            broker.hub.deliver = fails_once  # type: ignore[method-assign]
+            state = broker._channels["room"]
+            state.offset = parse_offset(first)  # as if "2" had not come: the resume reads it from history
+            broker._start_resume("room", state)  # and its delivery fails (the offset has moved on to "2")
+            await broker.publish("room", "3")  # live, while resuming: waits behind the resume
+            deadline = asyncio.get_running_loop().time() + 10
+            while subscriber.received[-1:] != ["3"]:
+                subscriber.arrived.clear()
+                await asyncio.wait_for(subscriber.arrived.wait(), deadline - asyncio.get_running_loop().time())
+            assert failures and subscriber.received == ["1", "2", "3"]
+        finally:
+            await broker.stop()
+
+    with caplog.at_level(logging.ERROR, logger="asgiws.error"):
+        asyncio.run(main())
+    assert "Broadcast: resuming 'room' failed; retrying" in caplog.text
