@@ -30,6 +30,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from bench.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 # Handshakes in flight while the connections are opened (not while they reconnect: those go at once).
 OPENING_CONCURRENCY = 50
@@ -55,10 +57,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Clients:

@@ -32,12 +32,13 @@ import glob
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench.ports import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # The garbage collector is off in these runs: when a full collection falls inside the larger run
@@ -56,10 +57,6 @@ PEERS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def echo(port: int, messages: int) -> None:
@@ -72,15 +69,6 @@ async def echo(port: int, messages: int) -> None:
             assert await ws.recv() == payload
 
 
-def wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"the server under valgrind did not listen on {port} in {timeout:.0f} s")
 
 
 def instructions(tree: Path, messages: int, idle: float = 0.0, code: str = SERVE) -> tuple[int, float]:

@@ -23,6 +23,7 @@ import urllib.request
 from importlib import metadata
 
 from bench import tls
+from bench.ports import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -121,14 +122,6 @@ _procs = []
 
 def pin(cmd, cpu):
     return [TASKSET, "-c", cpu] + cmd if TASKSET else cmd
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def wait_ready(proc, port, timeout):

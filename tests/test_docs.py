@@ -320,12 +320,27 @@ def run_python(words: list[str], env: dict[str, str], context: Context) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert re.search(r"\d+ passed", result.stdout) and "failed" not in result.stdout, result.stdout
     elif module in ("bench.run", "conformance.run", "examples.chat.fanout_bench", "bench.broadcast_redis",
-                    "bench.idle"):
+                    "bench.idle", "bench.echo_instructions", "bench.combine", "bench.drain"):
         check_help_flags(module, words[2:])
+    elif module == "bench.uncounted":
+        run_uncounted(words[2:], context)
     elif module == "asgiws.broadcast":
         run_broadcast_command(words[2:], env, context)
     else:
         raise AssertionError(f"no rule checks `python -m {module}`")
+
+
+def run_uncounted(words: list[str], context: Context) -> None:
+    """`python -m bench.uncounted [--control] DIR`: written into the page's own directory, and importable."""
+    dest = context.workdir / Path(words[-1]).name
+    result = subprocess.run([sys.executable, "-m", "bench.uncounted", *words[:-1], str(dest)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert ("kept (control)" if "--control" in words else "taken out") in result.stdout, result.stdout
+    check = subprocess.run([sys.executable, "-c", "import asgiws.asgi.websocket, asgiws.websocket.connection"],
+                           cwd=dest, env={**context.env, "PYTHONPATH": str(dest)}, capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert check.returncode == 0, check.stderr
 
 
 def run_broadcast_command(words: list[str], env: dict[str, str], context: Context) -> None:

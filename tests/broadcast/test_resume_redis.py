@@ -195,7 +195,15 @@ def test_redis_sigkilled_and_restarted_loses_no_acknowledged_publish(durable_red
                 assert len(client.starts) == 1  # the subscribers never reconnected: the workers did
                 await client.close()
 
-        asyncio.run(main())
+        failure = None
+        try:
+            asyncio.run(main())
+        except AssertionError as exc:
+            failure = exc
+    if failure is not None:
+        # Seen once under load (the subscribers of one server stuck): what the workers logged, which
+        # the servers' output holds once they have stopped.
+        raise AssertionError(f"{failure}\n--- server a:\n{a.output[-4000:]}\n--- server b:\n{b.output[-4000:]}")
     assert "Broadcast: lost Redis" in a.output and "Broadcast: lost Redis" in b.output
 
 
