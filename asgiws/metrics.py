@@ -30,7 +30,10 @@ import math
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:  # the type only: the registry imports nothing of the codec at run time
+    from asgiws.websocket.fastpath import TallyLike
 
 logger = logging.getLogger("asgiws.error")
 
@@ -100,20 +103,12 @@ class Histogram:
         self.sum += value
 
 
-class WireCounts(Protocol):
-    """One WebSocket's messages and bytes each way (asgiws.websocket.fastpath.Tally, kept by its codec)."""
-
-    messages_received: int
-    messages_sent: int
-    bytes_received: int  # on the wire after the handshake: frame headers and compressed payloads
-    bytes_sent: int
-
-
 class OpenWebSocket(Protocol):
-    """What the registry reads from an open WebSocket session (asgiws.asgi.websocket)."""
+    """What the registry reads from an open WebSocket session (asgiws.asgi.websocket): its codec's
+    tally of messages and bytes each way, on the wire after the handshake."""
 
     @property
-    def tally(self) -> WireCounts: ...
+    def tally(self) -> TallyLike: ...
 
 
 class Metrics:

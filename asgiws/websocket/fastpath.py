@@ -61,9 +61,11 @@ class PyTally:
 
 
 class TallyLike(Protocol):
+    """Tally or PyTally: what the codec counts into, and the metrics registry reads."""
+
     messages_received: int
     messages_sent: int
-    bytes_received: int
+    bytes_received: int  # on the wire after the handshake: frame headers and compressed payloads
     bytes_sent: int
 
 

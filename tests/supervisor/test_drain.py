@@ -253,13 +253,7 @@ def test_a_long_drain_is_not_cut_short_by_the_supervisors_kill_timer(cluster):
                      "--timeout-graceful-shutdown", "0.5")
     _wait_running(server)
 
-    async def main() -> list[Session]:
-        opened = [await _open(server.port) for _ in range(20)]
-        watchers = [asyncio.ensure_future(_until_closed(ws, Session(pid))) for ws, pid in opened]
-        server.signal(signal.SIGTERM)
-        return await asyncio.wait_for(asyncio.gather(*watchers), SESSION_TIMEOUT)
-
-    sessions = asyncio.run(main())
+    sessions = asyncio.run(_sessions_through_sigterm(server, 20))
     assert Counter(s.code for s in sessions) == {1001: 20}
     assert server.process.wait(30) == 0
     assert "did not stop in time" not in server.log()
@@ -275,18 +269,20 @@ def test_ws_drain_time_0_and_spread_0_close_at_once_as_before(cluster):
     server = cluster(APP, "--workers", "1", "--ws-drain-time", "0", "--ws-close-spread", "0")
     _wait_running(server)
 
-    async def main() -> list[Session]:
-        opened = [await _open(server.port) for _ in range(50)]
-        watchers = [asyncio.ensure_future(_until_closed(ws, Session(pid))) for ws, pid in opened]
-        server.signal(signal.SIGTERM)
-        return await asyncio.wait_for(asyncio.gather(*watchers), SESSION_TIMEOUT)
-
-    sessions = asyncio.run(main())
+    sessions = asyncio.run(_sessions_through_sigterm(server, 50))
     assert Counter(s.code for s in sessions) == {1001: 50}
     # Told too, with nothing left: the closes begin at once.
     assert all(s.drained is None or float(s.drained.split()[2]) == 0 for s in sessions)
     assert server.process.wait(30) == 0
     assert "WebSocket(s) with 1001 over" not in server.log()
+
+
+async def _sessions_through_sigterm(server: Cluster, count: int) -> list[Session]:
+    """Open `count` WebSockets one by one, SIGTERM the server, and return each one's session once closed."""
+    opened = [await _open(server.port) for _ in range(count)]
+    watchers = [asyncio.ensure_future(_until_closed(ws, Session(pid))) for ws, pid in opened]
+    server.signal(signal.SIGTERM)
+    return await asyncio.wait_for(asyncio.gather(*watchers), SESSION_TIMEOUT)
 
 
 def _wait_running(server: Cluster) -> None:
