@@ -509,7 +509,9 @@ class WebSocketSession:
         assert self.conn is not None
         self._ping_payload = os.urandom(4)
         self.conn.send_ping(self._ping_payload)
-        self._ping_sent_at = now
+        # The round trip is timed from the clock, not from `now`: the wheel passes its slot's
+        # time, which may be a hair after the clock when the loop wakes early.
+        self._ping_sent_at = self._clock()
         timeout = self.config.ws_ping_timeout
         if timeout and self._pong_deadline is None:
             self._pong_deadline = now + timeout

@@ -20,6 +20,7 @@ from asgiws.asgi.websocket import (
 from asgiws.config import WS_FRAGMENT_SIZE, Config
 from asgiws.exceptions import ClientDisconnected
 from asgiws.logging import TRACE_LOG_LEVEL, log_access, log_websocket_close
+from asgiws.metrics import METRICS
 from asgiws.websocket import Opcode
 from tests.rawws import DEFAULT_KEY
 from tests.wire import client_frame
@@ -342,6 +343,21 @@ def test_pong_with_the_ping_payload_clears_the_deadline() -> None:
     assert session.deadline() is None
     session.on_timeout(clock.now + 10)
     assert session.state is State.OPEN
+
+
+def test_ping_round_trip_is_timed_on_the_clock_even_when_the_slot_time_is_ahead_of_it() -> None:
+    # The ping wheel passes its slot's time, which may be a hair after the clock (the loop
+    # woke early): a pong answered at once must not read as a negative round trip.
+    clock = Clock()
+    session = opened(clock, ws_ping_timeout=3.0)
+    rtt = METRICS.ws_ping_rtt
+    count, total = sum(rtt.counts), rtt.sum
+    session.ping(clock.now + 0.0004)
+    (_, payload), = frames_out(session)[0]
+    clock.now += 0.0001
+    feed(session, client_frame(Opcode.PONG, payload))
+    assert sum(rtt.counts) == count + 1
+    assert rtt.sum - total == pytest.approx(0.0001)
 
 
 @pytest.mark.parametrize("code", [1001, 1012])
