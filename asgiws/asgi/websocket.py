@@ -172,11 +172,11 @@ CLOSE_TIMEOUT_TRANSITIONS: dict[State, str] = {
 SHUTDOWN_TRANSITIONS: dict[State, str] = {
     State.CONNECTING: "_shutdown_before_accept",
     # A denial response under way is let finish (the server's graceful timeout bounds it).
-    State.REJECTING: "_nothing_with",
+    State.REJECTING: "_no_shutdown",
     State.OPEN: "_shutdown_open",
     State.CLOSING_REMOTE: "_shutdown_open",
-    State.CLOSING_LOCAL: "_nothing_with",
-    State.CLOSED: "_nothing_with",
+    State.CLOSING_LOCAL: "_no_shutdown",
+    State.CLOSED: "_no_shutdown",
 }
 
 # The app task ended ("returned", "raised" or "cancelled") in each state.
@@ -767,16 +767,21 @@ class WebSocketSession:
 
     # -- shutdown and slow clients ------------------------------------------------------------------
 
-    def shutdown(self, code: int) -> None:
-        """Graceful shutdown: close with `code` (1001, 1012); not yet accepted: 503."""
-        getattr(self, SHUTDOWN_TRANSITIONS[self.state])(code)
+    def shutdown(self, code: int, reason: str = "") -> None:
+        """The server closes (not the app): graceful shutdown with `code` (1001, 1012), or a
+        broadcast feed this connection can no longer follow (1012 and a reason); not yet
+        accepted: 503."""
+        getattr(self, SHUTDOWN_TRANSITIONS[self.state])(code, reason)
 
-    def _shutdown_before_accept(self, code: int) -> None:
+    def _shutdown_before_accept(self, code: int, reason: str) -> None:
         logger.info("Refused WebSocket %s from %s: server shutting down", self._path(), self._client_text())
         self._reject(503, "Server shutting down", [], code)
 
-    def _shutdown_open(self, code: int) -> None:
-        self._close(code, "", "server")
+    def _shutdown_open(self, code: int, reason: str) -> None:
+        self._close(code, reason, "server")
+
+    def _no_shutdown(self, code: int, reason: str) -> None:
+        pass
 
     def abandon(self, code: int, reason: str) -> None:
         """The connection is dropped without a close frame (a client not reading: 1008)."""

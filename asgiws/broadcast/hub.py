@@ -20,6 +20,8 @@ class Subscriber(Protocol):
 
     def deliver_prepared(self, messages: list[PreparedMessage]) -> bool: ...
 
+    def shutdown(self, close_code: int, reason: str = "") -> None: ...
+
 
 class Members:
     """The local subscribers of one channel: those that get the data as published, and enveloped ones."""
@@ -95,6 +97,20 @@ class Hub:
                 del self.channels[channel]
         if self.on_leave is not None:
             self.on_leave(connection, channel)
+
+    def close_subscribers(self, channel: str, code: int, reason: str) -> int:
+        """Close every local subscriber of `channel` from the server's side; how many there were.
+
+        For a gap in the channel that this worker cannot fill: each client then resumes from
+        the last offset it saw, and its own subscribe(since=...) says whether it missed anything.
+        """
+        members = self.channels.get(channel)
+        if members is None:
+            return 0
+        connections = [*members.plain, *members.enveloped]
+        for connection in connections:
+            connection.shutdown(code, reason)
+        return len(connections)
 
     def subscribers(self, channel: str) -> int:
         members = self.channels.get(channel)

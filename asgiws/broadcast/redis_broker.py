@@ -42,6 +42,7 @@ from asgiws.broadcast.brokers import MAX_HISTORY_LIMIT, Broker, presence_json
 from asgiws.broadcast.errors import BroadcastUnavailable
 from asgiws.broadcast.hub import Subscriber
 from asgiws.broadcast.offsets import History, Offset, Subscription, new_epoch, parse_offset
+from asgiws.websocket import CloseCode
 
 __all__ = ["CHANNEL_PREFIX", "PRESENCE_SCRIPT", "PUBLISH_SCRIPT", "READ_SCRIPT", "RedisBroker", "redis_keys"]
 
@@ -72,6 +73,9 @@ PRESENCE_REFRESH_INTERVAL = 3.0
 REDIS_MAX_CONNECTIONS = 32
 # History is read in pages of this many entries (one script call each).
 READ_PAGE = 1000
+# The close reason a worker's subscribers get when it missed more of a channel than history
+# holds (away from Redis too long): the client reconnects with its last offset, as after any close.
+GAP_CLOSE_REASON = "broadcast messages missed; resume from your last offset"
 
 # KEYS: meta, history. ARGV: pub/sub channel, kind+data, epoch to use if the
 # channel has none, history size, history ttl (ms, 0: none), meta ttl (ms),
@@ -694,9 +698,12 @@ class RedisBroker(Broker):
                     "delivering the new history from its start", channel)
                 state.offset = Offset(latest.epoch, 0, 0)
             else:
+                # Never silently wrong: the subscribers here would go on with a hole in what they got.
+                closed = self.hub.close_subscribers(channel, CloseCode.SERVICE_RESTART, GAP_CLOSE_REASON)
                 logger.warning(
-                    "Broadcast: this worker's clients missed messages of %r: history no longer "
-                    "covers %s (latest %s); raise --broadcast-history-size/-ttl", channel, since, latest)
+                    "Broadcast: this worker missed messages of %r: history no longer covers %s (latest "
+                    "%s); closed its %d subscriber(s) with 1012 to resume from their own offsets; raise "
+                    "--broadcast-history-size/-ttl", channel, since, latest, closed)
                 state.offset = latest
                 entries = []
             state.skip.clear()

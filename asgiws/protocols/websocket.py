@@ -423,8 +423,8 @@ class WebSocketProtocol(asyncio.Protocol):
 
     # -- shutdown (the Connection contract) --------------------------------------------------
 
-    def shutdown(self, close_code: int) -> None:
-        self.session.shutdown(close_code)
+    def shutdown(self, close_code: int, reason: str = "") -> None:
+        self.session.shutdown(close_code, reason)
         self._sync()
 
     # -- writing ------------------------------------------------------------------------------

@@ -369,6 +369,17 @@ def test_shutdown_closes_open_connection_with_its_code(code: int) -> None:
     assert session.closed_by == "server"
 
 
+def test_shutdown_with_a_reason_sends_it_and_the_app_sees_it() -> None:
+    # A broadcast channel the worker can no longer follow closes its subscribers this way.
+    session = opened()
+    session.shutdown(1012, "broadcast messages missed")
+    assert frames_out(session) == ([(Opcode.CLOSE, struct.pack("!H", 1012) + b"broadcast messages missed")], None)
+    assert session.next_message() == disconnect(1012, "broadcast messages missed")
+    assert session.closed_by == "server"
+    session.shutdown(1001)  # closing already: nothing more
+    assert frames_out(session) == ([], None)
+
+
 def test_shutdown_before_accept_answers_503_and_disconnects_the_app() -> None:
     session = make_session()
     assert session.next_message() == CONNECT

@@ -27,10 +27,10 @@ pytestmark = pytest.mark.timeout(600)
 
 
 @contextlib.contextmanager
-def cluster(redis_server: RedisServer) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    """Server A (2 workers) and server B (1 worker), both on `redis_server`."""
-    a = ServerProcess(redis_server.url, 2)
-    b = ServerProcess(redis_server.url, 1)
+def cluster(redis_server: RedisServer, *options: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Server A (2 workers) and server B (1 worker), both on `redis_server`, with `options`."""
+    a = ServerProcess(redis_server.url, 2, *options)
+    b = ServerProcess(redis_server.url, 1, *options)
     try:
         a.start()
         b.start()
@@ -166,7 +166,10 @@ def durable_redis(tmp_path) -> Iterator[RedisServer]:
 
 
 def test_redis_sigkilled_and_restarted_loses_no_acknowledged_publish(durable_redis: RedisServer) -> None:
-    with cluster(durable_redis) as (a, b):
+    # History holds more than the outage can publish: under load a worker's reconnect backoff
+    # once reached 2 s steps while the other server went on publishing, and more than the default
+    # 100 messages went by (that worker then closes its subscribers 1012; tested below).
+    with cluster(durable_redis, "--broadcast-history-size", "10000") as (a, b):
         async def main() -> None:
             bases = [f"ws://{a.base}", f"ws://{b.base}"]
             clients = [Resumer(bases[i % 2], "durable") for i in range(6)]
@@ -208,8 +211,12 @@ def test_redis_sigkilled_and_restarted_loses_no_acknowledged_publish(durable_red
 
 
 async def read_forever(client: Resumer) -> None:
+    """Until cancelled. recv() is awaited as it is, not through asyncio.wait_for: on Python 3.11
+    wait_for swallows a cancel that comes as its message arrives (the reader then waited for
+    ever, and the test hung); cancelled here, an arrived message stays queued for the next read."""
+    assert client.ws is not None
     while True:
-        await client.receive(3600)
+        client.take(await client.ws.recv())
 
 
 def test_redis_restarted_empty_resume_from_an_old_offset_is_not_recovered(redis_server: RedisServer) -> None:
@@ -347,3 +354,68 @@ def test_a_server_stopped_gracefully_takes_its_presence_entries_with_it(redis_se
                 await staying.close()
 
         asyncio.run(main())
+
+
+def test_a_worker_that_missed_more_than_history_closes_its_subscribers_1012_and_they_resume(
+        redis_server: RedisServer) -> None:
+    """Redis drops a pub/sub client whose output buffer passes its limit. With server B stopped
+    (SIGSTOP), A publishes until Redis drops B's subscription; B comes back to a history of 5
+    that no longer covers where it was: its subscriber is closed (1012) rather than left with a
+    hole, and resuming from its own last offset it is told recovered=False."""
+    import redis
+
+    from asgiws.broadcast.redis_broker import GAP_CLOSE_REASON
+    from websockets.exceptions import ConnectionClosed
+
+    control = redis.Redis.from_url(redis_server.url)
+    control.config_set("client-output-buffer-limit", "pubsub 65536 0 0")
+    history = ("--broadcast-history-size", "5")
+    a, b = ServerProcess(redis_server.url, 1, *history), ServerProcess(redis_server.url, 1, *history)
+    try:
+        a.start()
+        b.start()
+        wait_for_workers(redis_server.url, 2)
+
+        async def main() -> None:
+            client = Resumer(f"ws://{b.base}", "gap")
+            await client.connect()
+            async with httpx.AsyncClient(timeout=10) as http:
+                assert (await http.post(f"http://{a.base}/publish/gap", content="m0")).status_code == 200
+                assert await client.receive() == "m0"
+                assert b.process is not None
+                subscribed = len(control.client_list(_type="pubsub"))  # each worker's one connection
+                os.killpg(b.process.pid, signal.SIGSTOP)
+                try:
+                    published, chunk = 1, "x" * 100_000
+                    while len(control.client_list(_type="pubsub")) == subscribed:
+                        assert published < 500, "Redis never dropped the stopped worker's subscription"
+                        r = await http.post(f"http://{a.base}/publish/gap", content=f"m{published}:{chunk}")
+                        assert r.status_code == 200
+                        published += 1
+                    for _ in range(10):  # well past the history of 5
+                        r = await http.post(f"http://{a.base}/publish/gap", content=f"m{published}:{chunk}")
+                        published += 1
+                finally:
+                    os.killpg(b.process.pid, signal.SIGCONT)
+                got = 1
+                with pytest.raises(ConnectionClosed) as closed:
+                    while True:  # what reached B's socket before Redis dropped it, then the close
+                        data = await client.receive(30)
+                        assert data.startswith(f"m{got}:"), (got, data[:10])  # in order, no hole
+                        got += 1
+                assert got < published - 5
+                assert closed.value.rcvd is not None
+                assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1012, GAP_CLOSE_REASON)
+                start = await client.connect()  # from the last offset it saw
+                assert start["recovered"] is False, start
+                assert (await http.post(f"http://{a.base}/publish/gap", content="after")).status_code == 200
+                assert await client.receive() == "after"
+                await client.close()
+
+        asyncio.run(main())
+    finally:
+        output = b.stop()
+        a.stop()
+        control.close()
+    assert "Broadcast: this worker missed messages of 'gap'" in output, output[-3000:]
+    assert "closed its 1 subscriber(s) with 1012" in output, output[-3000:]

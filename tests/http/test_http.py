@@ -169,6 +169,55 @@ def test_pipelined_bodies_holding_crlf_crlf_are_not_taken_for_heads(run_server):
     assert bodies == [fake_heads, fake_heads, b""]
 
 
+@pytest.mark.parametrize("piece", [997, 65536, 1 << 20])
+def test_bodies_longer_than_a_read_pipelined_with_other_requests_each_end_at_their_length(run_server, piece):
+    # Bodies longer than a read (and pieces httptools parses unscanned for heads): each must end
+    # where its length says, however the client's writes cut it, and the requests after it (a
+    # GET, a chunked body, a body that looks like heads) parse as they would alone.
+    import hashlib
+
+    seen = []
+
+    async def app(scope, receive, send):
+        digest = hashlib.sha256()
+        while True:
+            message = await receive()
+            digest.update(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": digest.hexdigest().encode()})
+
+    fake_heads = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n" * 3000  # 111 KB
+    bodies = {"/a": os.urandom(70 * 1024), "/b": os.urandom(1300 * 1024), "/fake": fake_heads,
+              "/c": os.urandom(64 * 1024), "/last": os.urandom(300 * 1024)}
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(fake_heads), fake_heads)
+    requests = b"".join(
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+        + (b"GET /get HTTP/1.1\r\nHost: x\r\n\r\n" if path == "/b" else b"")
+        + (b"POST /chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+           if path == "/fake" else b"")
+        for path, body in bodies.items())
+    expected = [hashlib.sha256(bodies["/a"]).hexdigest(), hashlib.sha256(bodies["/b"]).hexdigest(),
+                hashlib.sha256(b"").hexdigest(), hashlib.sha256(fake_heads).hexdigest(),
+                hashlib.sha256(fake_heads).hexdigest(), hashlib.sha256(bodies["/c"]).hexdigest(),
+                hashlib.sha256(bodies["/last"]).hexdigest()]
+    with run_server(app) as server:
+        client = RawClient(server.port, timeout=30)
+
+        def upload():
+            for start in range(0, len(requests), piece):
+                client.send(requests[start:start + piece])
+
+        sender = threading.Thread(target=upload, daemon=True)
+        sender.start()
+        answers = [client.read_response().body.decode() for _ in expected]
+        sender.join(10)
+    assert answers == expected
+    assert seen == ["/a", "/b", "/get", "/fake", "/chunked", "/c", "/last"]
+
+
 def test_slow_app_pauses_reading_and_bounds_buffered_body(run_server):
     # The app reads nothing until told: the server must stop reading at the high
     # water mark (plus the one read in hand), not take the whole upload into memory.
