@@ -6,6 +6,37 @@
 #include <limits.h>
 #include <string.h>
 
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+/* Large payloads are unmasked 128 bytes a turn with AVX2 where the CPU has it (checked once, at
+ * import): the compiler's vectorised 8-byte loop below took ~9% of the server's time in a 1 MiB
+ * echo, about 3 bytes a cycle. Returns how many bytes it did, a multiple of 32. */
+#define XOR_MASK_AVX2 1
+static int have_avx2 = 0;
+
+__attribute__((target("avx2"))) static Py_ssize_t
+xor_mask_avx2(unsigned char *out, const unsigned char *in, Py_ssize_t n, uint64_t m64)
+{
+    const __m256i m = _mm256_set1_epi64x((long long)m64);
+    Py_ssize_t i = 0;
+
+    for (; i + 128 <= n; i += 128) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(in + i));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(in + i + 32));
+        __m256i c = _mm256_loadu_si256((const __m256i *)(in + i + 64));
+        __m256i d = _mm256_loadu_si256((const __m256i *)(in + i + 96));
+        _mm256_storeu_si256((__m256i *)(out + i), _mm256_xor_si256(a, m));
+        _mm256_storeu_si256((__m256i *)(out + i + 32), _mm256_xor_si256(b, m));
+        _mm256_storeu_si256((__m256i *)(out + i + 64), _mm256_xor_si256(c, m));
+        _mm256_storeu_si256((__m256i *)(out + i + 96), _mm256_xor_si256(d, m));
+    }
+    for (; i + 32 <= n; i += 32)
+        _mm256_storeu_si256((__m256i *)(out + i),
+                            _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(in + i)), m));
+    return i;
+}
+#endif
+
 /* XOR n bytes of `in` into `out` with the 4-byte mask `m` rotated left by
  * `phase` (the payload offset modulo 4), 8 bytes at a time. */
 static void
@@ -18,6 +49,10 @@ xor_mask(unsigned char *out, const unsigned char *in, Py_ssize_t n, const unsign
     for (int k = 0; k < 8; k++)
         rot[k] = m[(phase + k) & 3];
     memcpy(&m64, rot, 8);
+#ifdef XOR_MASK_AVX2
+    if (have_avx2 && n >= 256)
+        i = xor_mask_avx2(out, in, n, m64);  /* a multiple of 8: the mask's phase is unchanged */
+#endif
     for (; i + 8 <= n; i += 8) {
         memcpy(&chunk, in + i, 8);
         chunk ^= m64;
@@ -559,6 +594,10 @@ PyInit__speedups(void)
 
     if (PyType_Ready(&PayloadBuffer_Type) < 0 || PyType_Ready(&Tally_Type) < 0)
         return NULL;
+#ifdef XOR_MASK_AVX2
+    __builtin_cpu_init();
+    have_avx2 = __builtin_cpu_supports("avx2");
+#endif
     key_type = PyUnicode_InternFromString("type");
     key_text = PyUnicode_InternFromString("text");
     key_bytes = PyUnicode_InternFromString("bytes");

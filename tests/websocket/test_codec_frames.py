@@ -53,7 +53,9 @@ def test_c_speedups_are_built_and_used() -> None:
 
 
 @pytest.mark.parametrize("apply_mask", IMPLEMENTATIONS)
-@pytest.mark.parametrize("length", [0, 1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 125, 1000, 65537])
+# 255-385 and 4101: either side of where the C helper's 32- and 128-byte AVX2 turns begin and end.
+@pytest.mark.parametrize("length", [0, 1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 125, 255, 256, 257, 287, 288, 383, 384,
+                                    385, 1000, 4101, 65537])
 def test_mask_implementations_agree_with_a_bytewise_xor(apply_mask, length: int) -> None:
     data = os.urandom(length)
     mask = os.urandom(4)
@@ -94,13 +96,18 @@ def test_chunked_mask_rejects_a_bad_mask_and_non_buffers(apply_mask_chunks) -> N
 
 
 @pytest.mark.parametrize("payload_buffer", BUFFER_IMPLEMENTATIONS)
-def test_payload_buffer_filled_and_unmasked_in_pieces_at_every_phase(payload_buffer) -> None:
-    data = os.urandom(203)
+@pytest.mark.parametrize("cuts", [
+    [0, 1, 2, 3, 4, 9, 17, 18, 100, 150, 203],
+    # Runs long enough for the C helper's wide (AVX2) loop, from each mask phase and from
+    # addresses that are not a multiple of 32, with their ends in the 8-byte and the byte loops.
+    [0, 1, 258, 515, 1024 + 3, 1030, 2047, 4096 + 5, 5000],
+])
+def test_payload_buffer_filled_and_unmasked_in_pieces_at_every_phase(payload_buffer, cuts: list[int]) -> None:
+    data = os.urandom(cuts[-1])
     mask = os.urandom(4)
     expected = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
     buffer = payload_buffer(len(data))
     view = buffer.view()
-    cuts = [0, 1, 2, 3, 4, 9, 17, 18, 100, 150, 203]
     for start, end in zip(cuts, cuts[1:]):
         view[start:end] = data[start:end]
         buffer.unmask(start, end, mask)

@@ -114,3 +114,30 @@ def test_slow_app_pauses_reading_between_large_frames_and_gets_every_byte(run_se
     with run_server(slow_app, loop=loop, ws_max_queue=1) as server:
         assert asyncio.run(asyncio.wait_for(main(server.port), 30)) == "all"
     assert got == payloads
+
+
+def test_one_at_a_time_the_reader_stays_for_the_next_large_message_and_leaves_after_a_small_one(
+        run_server, loop):
+    # Echoed one at a time, the next large message arrives only after the answer: the in-place
+    # reader stays on the transport for that read, so its first bytes are not read through a
+    # whole bytes object; a read that begins no large frame gives the transport back.
+    from asgiws.protocols.websocket import WebSocketProtocol
+
+    def protocols(server):
+        return [type(c.transport.get_protocol()).__name__ for c in server.server_state.connections
+                if isinstance(c, WebSocketProtocol)]
+
+    async def main(server) -> None:
+        async with connect(f"ws://127.0.0.1:{server.port}/", max_size=2**22, compression=None) as ws:
+            for message in [os.urandom(1 << 20), os.urandom(1 << 20), os.urandom(70_000),
+                            "x" * 300_000, os.urandom(1 << 20), b"tiny", "small", os.urandom(65536 + 4097)]:
+                await ws.send(message)
+                assert await ws.recv() == message
+                if isinstance(message, bytes) and len(message) >= 1 << 20:  # more than a read brings
+                    assert protocols(server) == ["_PayloadReader"], len(message)
+            await ws.send("last")
+            assert await ws.recv() == "last"
+            assert protocols(server) == ["WebSocketProtocol"]
+
+    with run_server(echo_app, loop=loop, ws_max_size=2**22) as server:
+        asyncio.run(asyncio.wait_for(main(server), 60))
