@@ -64,10 +64,6 @@ async def app(scope, receive, send):
 '''
 
 
-
-
-
-
 class Client(asyncio.Protocol):
     """A WebSocket client that reads unmasked server text frames and notes when each arrived."""
 

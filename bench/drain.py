@@ -19,7 +19,6 @@ import multiprocessing
 import os
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.ports import free_port
+from bench.ports import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # Handshakes in flight while the connections are opened (not while they reconnect: those go at once).
@@ -55,8 +54,6 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         while (await receive())["type"] != "lifespan.shutdown":
             await send({"type": "lifespan.startup.complete"})
         await send({"type": "lifespan.shutdown.complete"})
-
-
 
 
 class Clients:
@@ -138,17 +135,6 @@ class Run:
         return subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                                 start_new_session=True)
 
-    def wait_listening(self) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not start") from None
-                time.sleep(0.1)
-
     def run(self) -> None:
         server = self.start_server()
         context = multiprocessing.get_context("spawn")
@@ -159,7 +145,7 @@ class Run:
         children = [context.Process(target=client_process, args=(
             self.port, share, self.args.signal == "HUP", ready, go, results)) for share in shares]
         try:
-            self.wait_listening()
+            wait_for_port(self.port, 30)
             time.sleep(1.0)  # every worker serving
             for child in children:
                 child.start()

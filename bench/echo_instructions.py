@@ -57,8 +57,6 @@ PEERS = {
 }
 
 
-
-
 async def echo(port: int, messages: int) -> None:
     from websockets.asyncio.client import connect
 
@@ -67,8 +65,6 @@ async def echo(port: int, messages: int) -> None:
         for _ in range(messages):
             await ws.send(payload)
             assert await ws.recv() == payload
-
-
 
 
 def instructions(tree: Path, messages: int, idle: float = 0.0, code: str = SERVE) -> tuple[int, float]:

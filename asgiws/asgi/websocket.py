@@ -172,11 +172,11 @@ CLOSE_TIMEOUT_TRANSITIONS: dict[State, str] = {
 SHUTDOWN_TRANSITIONS: dict[State, str] = {
     State.CONNECTING: "_shutdown_before_accept",
     # A denial response under way is let finish (the server's graceful timeout bounds it).
-    State.REJECTING: "_no_shutdown",
+    State.REJECTING: "_nothing_with",
     State.OPEN: "_shutdown_open",
     State.CLOSING_REMOTE: "_shutdown_open",
-    State.CLOSING_LOCAL: "_no_shutdown",
-    State.CLOSED: "_no_shutdown",
+    State.CLOSING_LOCAL: "_nothing_with",
+    State.CLOSED: "_nothing_with",
 }
 
 # The app task ended ("returned", "raised" or "cancelled") in each state.
@@ -499,7 +499,7 @@ class WebSocketSession:
     def _nothing(self) -> None:
         pass
 
-    def _nothing_with(self, argument: object) -> None:
+    def _nothing_with(self, *arguments: object) -> None:
         pass
 
     def ping(self, now: float) -> None:
@@ -779,9 +779,6 @@ class WebSocketSession:
 
     def _shutdown_open(self, code: int, reason: str) -> None:
         self._close(code, reason, "server")
-
-    def _no_shutdown(self, code: int, reason: str) -> None:
-        pass
 
     def abandon(self, code: int, reason: str) -> None:
         """The connection is dropped without a close frame (a client not reading: 1008)."""

@@ -394,6 +394,7 @@ def test_a_worker_that_missed_more_than_history_closes_its_subscribers_1012_and_
                         published += 1
                     for _ in range(10):  # well past the history of 5
                         r = await http.post(f"http://{a.base}/publish/gap", content=f"m{published}:{chunk}")
+                        assert r.status_code == 200
                         published += 1
                 finally:
                     os.killpg(b.process.pid, signal.SIGCONT)
