@@ -1,7 +1,7 @@
-"""Builds the optional C helper for WebSocket masking and whole-frame parsing.
+"""Builds the optional C helpers: WebSocket masking and whole-frame parsing, and TLS records.
 
-The helper is a speed-up only: asgiws.websocket.mask and .fastpath have
-pure-Python twins with the same signatures, used whenever the extension is missing (no compiler,
+The helpers are speed-ups only: asgiws.websocket.mask and .fastpath, and asgiws.protocols.tls_records,
+have pure-Python twins with the same signatures, used whenever an extension is missing (no compiler,
 PyPy, ASGIWS_NO_SPEEDUPS=1 at build time), and both are tested.
 """
 
@@ -31,6 +31,10 @@ ext_modules = []
 if not os.environ.get("ASGIWS_NO_SPEEDUPS"):
     ext_modules.append(
         Extension("asgiws.websocket._speedups", sources=["asgiws/websocket/_speedups.c"], optional=True)
+    )
+    # OpenSSL is found at run time in the libssl the ssl module loaded: no headers, nothing to link.
+    ext_modules.append(
+        Extension("asgiws.protocols._tlsrecords", sources=["asgiws/protocols/_tlsrecords.c"], optional=True)
     )
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

@@ -56,11 +56,18 @@ def main() -> int:
 
 
 def _speedups() -> bool:
+    """Both C helpers built and in use (the TLS one is used only once it has bound to _ssl), or neither."""
+    from asgiws.protocols import tls_records
+
     try:
         import asgiws.websocket._speedups  # noqa: F401
     except ImportError:
-        return False
-    return True
+        codec = False
+    else:
+        codec = True
+    records = tls_records.Records is not tls_records.PyRecords
+    assert codec == records, f"one C helper without the other: codec {codec}, TLS records {records}"
+    return codec
 
 
 def _port(server: subprocess.Popen[str]) -> int:

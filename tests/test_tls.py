@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import connect
 
 from asgiws.config import Config
+from asgiws.protocols import tls
+from asgiws.protocols.tls_records import PyRecords
 from asgiws.sockets import create_ssl_context
 from asgiws.testing import StartupError
 from tests.supervisor.cluster import Cluster, free_port, wait_for
@@ -55,20 +57,29 @@ def certs(ca: trustme.CA, tmp_path: Path) -> dict[str, str]:
     return {name: str(path) for name, path in paths.items()}
 
 
+@pytest.fixture(params=["c", "python"] if tls.Records is not PyRecords else ["python"])
+def records_twin(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The in-process server's TLS records through the C helper or its twin (tests/test_tls_records.py
+    checks the two alike on their own)."""
+    if request.param == "python":
+        monkeypatch.setattr(tls, "Records", PyRecords)
+    return str(request.param)
+
+
 def client_context(ca: trustme.CA) -> ssl.SSLContext:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     return context
 
 
-def test_https_get(run_server, ca, certs):
+def test_https_get(run_server, ca, certs, records_twin):
     with run_server(echo_app, **certs) as server:
         response = httpx.get(f"https://127.0.0.1:{server.port}/tls", verify=client_context(ca), timeout=5)
     assert response.status_code == 200
     assert response.text == "https /tls"
 
 
-def test_wss_echo(run_server, ca, certs):
+def test_wss_echo(run_server, ca, certs, records_twin):
     async def main(port: int) -> None:
         async with connect(f"wss://127.0.0.1:{port}/", ssl=client_context(ca), open_timeout=5) as ws:
             await ws.send("hello")
@@ -226,7 +237,7 @@ def test_graceful_shutdown_ends_a_connection_still_in_its_tls_handshake(run_serv
     sock.close()
 
 
-def test_large_messages_both_ways_over_wss(run_server, ca, certs):
+def test_large_messages_both_ways_over_wss(run_server, ca, certs, records_twin):
     """1 MiB and 5 MiB binary messages through the TLS layer, byte for byte, several in flight."""
 
     async def app(scope, receive, send):
@@ -335,7 +346,7 @@ def _upgrade(sock: ssl.SSLSocket) -> None:
 
 
 def test_failure_close_over_tls_half_closes_with_close_notify_instead_of_waiting_the_close_timeout(
-        run_server, certs):
+        run_server, certs, records_twin):
     """After a failure close (1009 here) the session half-closes. Over TLS that is close_notify (RFC 8446
     6.1), which the client reads as the end of the stream at once; before, TLS could not half-close and the
     client heard nothing more until ws_close_timeout (60 s here) dropped TCP."""
@@ -352,7 +363,7 @@ def test_failure_close_over_tls_half_closes_with_close_notify_instead_of_waiting
         assert sock.recv(1) == b""
 
 
-def test_wss_client_sending_after_the_failure_close_still_gets_close_notify(run_server, certs, caplog):
+def test_wss_client_sending_after_the_failure_close_still_gets_close_notify(run_server, certs, caplog, records_twin):
     """Records of a message the client was still streaming when the server failed the connection arrive
     after the close frame: they are read and dropped, close_notify follows once they stop, and the
     server logs no TLS error for them."""
@@ -406,7 +417,7 @@ sys.stdin.read()
 """
 
 
-def test_wss_connection_that_echoed_1_mib_keeps_no_megabyte_of_tls_buffers(run_server, certs):
+def test_wss_connection_that_echoed_1_mib_keeps_no_megabyte_of_tls_buffers(run_server, certs, records_twin):
     """OpenSSL's memory BIOs keep the largest size they grew to until freed: one 1 MiB SSL_write left
     each connection holding about 1.3 MiB of outgoing BIO for life, and a 256 KiB socket read up to
     340 KiB of incoming BIO. Through the BIOs a record at a time, 16 connections that each echoed 1 MiB

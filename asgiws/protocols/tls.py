@@ -7,7 +7,8 @@ memory; uvloop's is malloc'd and touched only as far as reads reach (about
 8 KiB per idle connection, measured). Here the ciphertext is read into the
 worker's one shared read buffer (`ServerState.read_buffer`) and copied into the
 connection's incoming `ssl.MemoryBIO` at once; the plaintext is read out into
-the same buffer (or into the buffer a BufferedProtocol hands out). What stays
+the same buffer (or into the buffer a BufferedProtocol hands out), through
+`tls_records.Records` (a C helper where this Python's ssl module allows it). What stays
 per connection is OpenSSL's own state: the SSL object and its two memory BIOs,
 about 17 KiB after a handshake (`SSL_MODE_RELEASE_BUFFERS`, which CPython sets,
 already frees OpenSSL's record buffers between reads).
@@ -31,10 +32,11 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from asgiws.config import KiB
 from asgiws.protocols.common import ServerState
+from asgiws.protocols.tls_records import Records, RecordsLike
 from asgiws.protocols.utils import get_remote_addr
 
 logger = logging.getLogger("asgiws.error")
@@ -42,9 +44,6 @@ logger = logging.getLogger("asgiws.error")
 # What OpenSSL calls a peer that stopped talking TLS properly; logged, not raised.
 _TLS_FAILURES = (ssl.SSLError, ssl.CertificateError)
 
-# RFC 8446 5.1: "The length MUST NOT exceed 2^14 bytes" (a record's plaintext): each SSL_write takes at
-# most this much, so it makes one record and the outgoing BIO holds one record before it is drained.
-MAX_RECORD_PLAINTEXT = 16 * KiB
 # RFC 8446 5.2: a TLSCiphertext's "length MUST NOT exceed 2^14 + 256 bytes", after its 5-byte header:
 # the slice of a socket read written to the incoming BIO at a time.
 MAX_RECORD_CIPHERTEXT = 5 + 16 * KiB + 256
@@ -62,7 +61,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
 
     __slots__ = (
         "_app", "_app_buffered", "_close_notify_sent", "_closing", "_handshaking", "_incoming", "_outgoing", "_paused_by_app",
-        "_protocol_factory", "_state", "_timer", "_tls_transport", "_write_closed", "handshake_timeout", "loop",
+        "_protocol_factory", "_records", "_state", "_timer", "_tls_transport", "_write_closed", "handshake_timeout", "loop",
         "sslobj", "transport",
     )
 
@@ -77,6 +76,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._records: RecordsLike = Records(self.sslobj, self._outgoing)
         self._protocol_factory = protocol_factory
         self._state = server_state
         self.handshake_timeout = handshake_timeout
@@ -196,7 +196,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
 
     def _deliver(self) -> None:
         """Hand every whole record's plaintext to the protocol above, until it pauses."""
-        read = self.sslobj.read
+        read_into = self._records.read_into  # 0: the incoming BIO holds no whole record
         shared = self._state.read_buffer
         while not self._paused_by_app and not self._closing:
             app = self._app
@@ -205,15 +205,13 @@ class TLSProtocol(asyncio.BufferedProtocol):
             try:
                 if self._app_buffered:
                     buffer = app.get_buffer(-1)  # type: ignore[attr-defined]
-                    nbytes = cast(int, read(len(buffer), buffer))  # with a buffer: a count
+                    nbytes = read_into(buffer)
                     if nbytes:
                         app.buffer_updated(nbytes)  # type: ignore[attr-defined]
                 else:
-                    nbytes = cast(int, read(len(shared), shared))
+                    nbytes = read_into(shared)
                     if nbytes:
                         app.data_received(bytes(memoryview(shared)[:nbytes]))  # type: ignore[attr-defined]
-            except ssl.SSLWantReadError:
-                break
             except ssl.SSLZeroReturnError:
                 # close_notify: the peer will send nothing more (RFC 8446 6.1).
                 self._peer_closed()
@@ -254,41 +252,21 @@ class TLSProtocol(asyncio.BufferedProtocol):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._write_closed or not data:
             return
-        if len(data) <= MAX_RECORD_PLAINTEXT:
-            self.sslobj.write(data)
-            self._flush()
-        else:
-            self._send_records([data])
+        self._send(self._records.encrypt(data))
 
     def writelines(self, chunks: Any) -> None:
+        # A frame header and its payload, a response head and its body: gathered into full records.
         if self._closing or self._write_closed:
             return
-        chunks = [chunk for chunk in chunks if chunk]
-        if not chunks:
-            return
-        if sum(map(len, chunks)) <= MAX_RECORD_PLAINTEXT:
-            # A frame header and its payload, a response head and its body: one record, not one each.
-            self.sslobj.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
-            self._flush()
-        else:
-            self._send_records(chunks)
+        self._send(self._records.encrypt(*chunks))
 
-    def _send_records(self, chunks: list[Any]) -> None:
-        """Encrypt at most one record per SSL_write, draining the outgoing BIO after each (the module's
-        docstring says why), and hand the socket every record in one writelines."""
-        write, drain = self.sslobj.write, self._outgoing.read
-        records = [drain()] if self._outgoing.pending else []
-        for chunk in chunks:
-            if len(chunk) <= MAX_RECORD_PLAINTEXT:
-                write(chunk)
-                records.append(drain())
-                continue
-            view = memoryview(chunk)
-            for start in range(0, len(view), MAX_RECORD_PLAINTEXT):
-                write(view[start:start + MAX_RECORD_PLAINTEXT])
-                records.append(drain())
-        if not self.transport.is_closing():
-            self.transport.writelines(records)
+    def _send(self, pieces: list[bytes]) -> None:
+        if not pieces or self.transport.is_closing():
+            return
+        if len(pieces) == 1:
+            self.transport.write(pieces[0])
+        else:
+            self.transport.writelines(pieces)
 
     def close(self) -> None:
         """Send close_notify (RFC 8446 6.1: "Each party MUST send a close_notify alert before closing

@@ -1,0 +1,151 @@
+"""A TLS connection's records in and out: `Records(sslobj, outgoing)`, C helper or pure-Python twin.
+
+`read_into(buffer)` decrypts what the incoming BIO holds into `buffer` and returns the plaintext's
+length, 0 when OpenSSL needs more ciphertext first; it raises the ssl module's exceptions otherwise
+(`ssl.SSLZeroReturnError` at the peer's close_notify, `ssl.SSLError` with OpenSSL's `reason`).
+`encrypt(*chunks)` returns the chunks' concatenation as TLS records, after anything the outgoing BIO
+already held (a handshake's last flight, a KeyUpdate's answer): a list of bytes objects, empty when
+there is nothing to send, for the transport's `writelines` (or `write` when there is one).
+
+Records are cut the same way by both: at most 16 KiB of plaintext each (RFC 8446 5.1), all full
+but a message's last, a frame header gathered into one record with its payload's start; the
+outgoing BIO is drained after each record, so that it never holds more than one (tls.py's
+docstring says why). The C helper (`_tlsrecords.Records`, built from `_tlsrecords.c`) does this
+without ssl.py's per-call wrappers, slices and exceptions (the wss echo's messages per server CPU
+second: 1.30x at 64 B, 1.17x at 1 MiB, in the commit that brought it). It is used when `bind` finds
+this Python's `_ssl` laid out as it expects; else `PyRecords`, which goes through `ssl.SSLObject`,
+and both are tested alike.
+"""
+
+from __future__ import annotations
+
+import _ssl  # the ssl module's C part: its file (for the C helper) and its tables of OpenSSL's names
+import logging
+import ssl
+from typing import Any, Protocol
+
+logger = logging.getLogger("asgiws.error")
+
+# RFC 8446 5.1: "The length MUST NOT exceed 2^14 bytes" (a record's plaintext).
+MAX_RECORD_PLAINTEXT = 16 * 1024
+
+# SSL_get_error's answers (openssl/ssl.h), and the ssl module's exception for each, as _ssl.c raises.
+_SSL_ERROR_SSL, _SSL_ERROR_WANT_READ, _SSL_ERROR_WANT_WRITE = 1, 2, 3
+_SSL_ERROR_SYSCALL, _SSL_ERROR_ZERO_RETURN = 5, 6
+_ERR_LIB_SSL = 20  # openssl/err.h
+_SSL_R_UNEXPECTED_EOF_WHILE_READING = 294  # openssl/sslerr.h (3.0): a TCP FIN with no close_notify
+_PY_SSL_ERROR_EOF = 8  # _ssl.c's errno for SSLEOFError
+
+
+class RecordsLike(Protocol):
+    """What tls.py uses of either twin."""
+
+    def read_into(self, buffer: Any) -> int: ...
+    def encrypt(self, *chunks: Any) -> list[bytes]: ...
+
+
+class PyRecords:
+    """The pure-Python twin of the C helper's `Records`: the same records, through ssl.SSLObject."""
+
+    __slots__ = ("_outgoing", "_sslobj")
+
+    def __init__(self, sslobj: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> None:
+        self._sslobj = sslobj
+        self._outgoing = outgoing
+
+    def read_into(self, buffer: Any) -> int:
+        if not len(buffer):
+            return 0
+        try:
+            # With a buffer, read answers a count.
+            nbytes: int = self._sslobj.read(len(buffer), buffer)  # type: ignore[assignment]
+        except ssl.SSLWantReadError:
+            return 0
+        if not nbytes:
+            # _ssl.c answers the peer's close_notify with 0 unless ours was sent too (then it raises): the
+            # C helper raises in both cases, and so does its twin.
+            raise make_error(_SSL_ERROR_ZERO_RETURN, 0, None)
+        return nbytes
+
+    def encrypt(self, *chunks: Any) -> list[bytes]:
+        write, drain = self._sslobj.write, self._outgoing.read
+        records = [drain()] if self._outgoing.pending else []
+        stage = bytearray()  # small pieces gathered into one record
+        for chunk in chunks:
+            view = memoryview(chunk)
+            offset, length = 0, len(view)
+            while offset < length:
+                if stage or length - offset < MAX_RECORD_PLAINTEXT:
+                    take = min(MAX_RECORD_PLAINTEXT - len(stage), length - offset)
+                    stage += view[offset:offset + take]
+                    offset += take
+                    if len(stage) < MAX_RECORD_PLAINTEXT:
+                        break  # the next chunk may fill it
+                    write(stage)
+                    stage.clear()
+                else:  # a whole record straight from the chunk
+                    write(view[offset:offset + MAX_RECORD_PLAINTEXT])
+                    offset += MAX_RECORD_PLAINTEXT
+                records.append(drain())
+        if stage:
+            write(stage)
+            records.append(drain())
+        return records
+
+
+def make_error(ssl_error: int, code: int, text: str | None) -> ssl.SSLError:
+    """The exception _ssl.c raises for SSL_get_error's `ssl_error` and the error queue's last `code`
+    (OpenSSL's reason `text` for it), with the same type, errno, `library` and `reason`."""
+    if ssl_error == _SSL_ERROR_ZERO_RETURN:
+        return ssl.SSLZeroReturnError(ssl_error, "TLS/SSL connection has been closed (EOF)")
+    if ssl_error == _SSL_ERROR_WANT_READ:
+        return ssl.SSLWantReadError(ssl_error, "The operation did not complete (read)")
+    if ssl_error == _SSL_ERROR_WANT_WRITE:
+        return ssl.SSLWantWriteError(ssl_error, "The operation did not complete (write)")
+    if ssl_error == _SSL_ERROR_SYSCALL and not code:
+        return ssl.SSLEOFError(_PY_SSL_ERROR_EOF, "EOF occurred in violation of protocol")
+    if ssl_error == _SSL_ERROR_SYSCALL:
+        return ssl.SSLSyscallError(ssl_error, "Some I/O error occurred")
+    lib, reason = _lib_and_reason(code)
+    if lib == _ERR_LIB_SSL and reason == _SSL_R_UNEXPECTED_EOF_WHILE_READING:
+        return ssl.SSLEOFError(_PY_SSL_ERROR_EOF, "EOF occurred in violation of protocol")
+    library = _ssl.lib_codes_to_names.get(lib)
+    name = _ssl.err_codes_to_names.get((lib, reason))
+    message = text or "A failure in the SSL library occurred"
+    if library and name:
+        message = f"[{library}: {name}] {message}"
+    exc = ssl.SSLError(_SSL_ERROR_SSL if ssl_error == _SSL_ERROR_SSL else ssl_error, message)
+    # None where OpenSSL names none, as _ssl.c leaves them.
+    exc.library, exc.reason = library, name  # type: ignore[assignment]
+    return exc
+
+
+def _lib_and_reason(code: int) -> tuple[int, int]:
+    """ERR_GET_LIB and ERR_GET_REASON (macros in openssl/err.h, so not in the library to call)."""
+    if ssl.OPENSSL_VERSION_INFO >= (3,):
+        if code & 0x80000000:  # ERR_SYSTEM_FLAG: an errno, in ERR_LIB_SYS
+            return 2, code & 0x7FFFFFFF
+        return (code >> 23) & 0xFF, code & 0x7FFFFF
+    return (code >> 24) & 0xFF, code & 0xFFF
+
+
+def _c_records() -> type | None:
+    """The C helper's Records once `bind` has checked it on a probe; None where it cannot be used."""
+    try:
+        from asgiws.protocols._tlsrecords import Records as CRecords
+        from asgiws.protocols._tlsrecords import bind
+    except ImportError:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    probe = context.wrap_bio(incoming, outgoing, server_side=True)
+    try:
+        sslsock = probe._sslobj  # type: ignore[attr-defined]
+        bind(_ssl.__file__, sslsock, context, incoming, outgoing, make_error)
+    except (ImportError, AttributeError) as exc:
+        logger.debug("TLS records through ssl.py: %s", exc)
+        return None
+    return CRecords
+
+
+Records: Any = _c_records() or PyRecords
