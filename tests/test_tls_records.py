@@ -238,3 +238,23 @@ class TestTheCHelpersChecks:
         with pytest.raises(ImportError, match="not an _ssl._SSLSocket"):
             _tlsrecords.bind(_ssl.__file__, object(), context, incoming, outgoing, make_error)
 
+
+
+def test_a_python_whose_ssl_keeps_its_name_tables_to_itself_names_the_error_alike(contexts, monkeypatch):
+    """Python 3.12 dropped _ssl.err_codes_to_names and lib_codes_to_names: the names then come from
+    OpenSSL's reason text, and match what the ssl module itself raised (the twin's exception)."""
+    import _ssl
+
+    session = Session(contexts, "python")
+    session.client.write(b"genuine")
+    record = bytearray(session.c_out.read())
+    record[-1] ^= 1
+    session.s_in.write(bytes(record))
+    expected = _raised(session)
+    for table in ("err_codes_to_names", "lib_codes_to_names"):
+        monkeypatch.delattr(_ssl, table, raising=False)
+    # ERR_PACK(ERR_LIB_SSL, 0, SSL_R_DECRYPTION_FAILED_OR_BAD_RECORD_MAC)
+    code = (20 << 23 | 281) if ssl.OPENSSL_VERSION_INFO >= (3,) else (20 << 24 | 281)
+    made = tls_records.make_error(1, code, "decryption failed or bad record mac")
+    assert (type(made), made.errno, made.library, made.reason) == (
+        type(expected), expected.errno, expected.library, expected.reason)

@@ -109,8 +109,7 @@ def make_error(ssl_error: int, code: int, text: str | None) -> ssl.SSLError:
     lib, reason = _lib_and_reason(code)
     if lib == _ERR_LIB_SSL and reason == _SSL_R_UNEXPECTED_EOF_WHILE_READING:
         return ssl.SSLEOFError(_PY_SSL_ERROR_EOF, "EOF occurred in violation of protocol")
-    library = _ssl.lib_codes_to_names.get(lib)
-    name = _ssl.err_codes_to_names.get((lib, reason))
+    library, name = _names(lib, reason, text)
     message = text or "A failure in the SSL library occurred"
     if library and name:
         message = f"[{library}: {name}] {message}"
@@ -118,6 +117,23 @@ def make_error(ssl_error: int, code: int, text: str | None) -> ssl.SSLError:
     # None where OpenSSL names none, as _ssl.c leaves them.
     exc.library, exc.reason = library, name  # type: ignore[assignment]
     return exc
+
+
+# OpenSSL's library mnemonics (openssl/err.h's ERR_LIB_*), for a Python whose _ssl keeps its tables to
+# itself (3.12 and later): the libraries whose errors reach a connection's records.
+_LIBRARIES = {2: "SYS", 4: "RSA", 6: "EVP", 9: "PEM", 11: "X509", 13: "ASN1", 15: "CRYPTO", 20: "SSL",
+              32: "BIO", 57: "PROV"}
+
+
+def _names(lib: int, reason: int, text: str | None) -> tuple[str | None, str | None]:
+    """The library's and the reason's mnemonics ('SSL', 'DECRYPTION_FAILED_OR_BAD_RECORD_MAC') as _ssl.c
+    names them: from its tables where this Python's _ssl has them; else from OpenSSL's reason text,
+    which OpenSSL generates from the mnemonic ("decryption failed or bad record mac")."""
+    libraries = getattr(_ssl, "lib_codes_to_names", None)
+    reasons = getattr(_ssl, "err_codes_to_names", None)
+    if libraries is not None and reasons is not None:
+        return libraries.get(lib), reasons.get((lib, reason))
+    return _LIBRARIES.get(lib), text.upper().replace(" ", "_") if text else None
 
 
 def _lib_and_reason(code: int) -> tuple[int, int]:
