@@ -260,6 +260,31 @@ def test_large_messages_both_ways_over_wss(run_server, ca, certs, records_twin):
         asyncio.run(asyncio.wait_for(main(server.port), 60))
 
 
+def test_a_wss_app_that_reads_late_gets_every_message_in_order_through_the_pause(run_server, ca, certs,
+                                                                                records_twin):
+    """The app sleeps while the client sends 300 messages of 20 KiB (several records each): reading
+    pauses at ws_max_queue, so ciphertext a socket read brought waits in the incoming BIO, and
+    everything comes out in order once the app reads again."""
+
+    async def app(scope, receive, send):
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(1.0)
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "bytes": message["bytes"][:8]})
+
+    async def main(port: int) -> None:
+        async with connect(f"wss://127.0.0.1:{port}/", ssl=client_context(ca), open_timeout=5,
+                           max_size=None) as ws:
+            for n in range(300):
+                await ws.send(n.to_bytes(8, "big") + os.urandom(20 * 1024))
+            for n in range(300):
+                assert await ws.recv() == n.to_bytes(8, "big")
+
+    with run_server(app, ws_max_queue=4, **certs) as server:
+        asyncio.run(asyncio.wait_for(main(server.port), 60))
+
+
 def _rss_kib(pid: int) -> int:
     """RSS of the process and its descendants (the command may run its worker under a supervisor), KiB."""
     with open(f"/proc/{pid}/status") as status:

@@ -53,7 +53,7 @@ class Session:
             if self.s_out.pending:
                 self.c_in.write(self.s_out.read())
         records_type: Any = PyRecords if twin == "python" else _tlsrecords.Records
-        self.records = records_type(self.server, self.s_out)
+        self.records = records_type(self.server, self.s_in, self.s_out)
 
     def client_reads(self, ciphertext: bytes) -> bytes:
         self.c_in.write(ciphertext)
@@ -135,34 +135,74 @@ def test_what_the_outgoing_bio_already_held_goes_first(contexts, twin):
 
 
 @pytest.mark.parametrize("twin", TWINS)
-def test_read_into_answers_0_until_a_whole_record_is_there(contexts, twin):
+def test_decrypt_into_produces_nothing_until_a_whole_record_is_there(contexts, twin):
     session = Session(contexts, twin)
     buffer = bytearray(64 * KiB)
-    assert session.records.read_into(buffer) == 0
+    assert session.records.decrypt_into(b"", buffer) == (0, 0, False)
     session.client.write(b"q" * 5000)
     record = session.c_out.read()
-    session.s_in.write(record[:100])
-    assert session.records.read_into(buffer) == 0
-    session.s_in.write(record[100:])
-    assert session.records.read_into(buffer) == 5000
+    assert session.records.decrypt_into(record[:100], buffer) == (100, 0, False)
+    assert session.records.decrypt_into(memoryview(record)[100:], buffer) == (len(record) - 100, 5000, False)
     assert buffer[:5000] == b"q" * 5000
-    assert session.records.read_into(buffer) == 0
+    assert session.records.decrypt_into(b"", buffer) == (0, 0, False)
 
 
 @pytest.mark.parametrize("twin", TWINS)
-def test_read_into_a_small_buffer_gives_the_record_in_parts(contexts, twin):
+def test_a_small_buffer_takes_part_and_the_rest_comes_from_the_bio(contexts, twin):
     session = Session(contexts, twin)
-    session.client_sends(bytes(range(200)))
+    session.client.write(bytes(range(200)))
+    record = session.c_out.read()
     first, second = bytearray(150), bytearray(150)
-    assert session.records.read_into(memoryview(first)) == 150
-    assert session.records.read_into(memoryview(second)) == 50
+    assert session.records.decrypt_into(record, first) == (len(record), 150, True)
+    assert session.records.decrypt_into(b"", memoryview(second)) == (0, 50, False)
     assert bytes(first + second[:50]) == bytes(range(200))
-    assert session.records.read_into(bytearray()) == 0
+    assert session.records.decrypt_into(b"", bytearray()) == (0, 0, False)
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_one_call_decrypts_many_records_and_the_bio_never_holds_more_than_one(contexts, twin):
+    session = Session(contexts, twin)
+    message = bytes(range(256)) * 400  # 100 KiB: seven records
+    session.client.write(message)
+    ciphertext = memoryview(session.c_out.read())
+    whole = bytearray(256 * KiB)
+    assert session.records.decrypt_into(ciphertext, whole) == (len(ciphertext), len(message), False)
+    assert whole[:len(message)] == message
+    # Into a buffer smaller than the message: the rest of the ciphertext is left to the caller.
+    session.client.write(message)
+    ciphertext = memoryview(session.c_out.read())
+    received = bytearray()
+    while ciphertext or session.s_in.pending:
+        part = bytearray(30 * KiB)
+        consumed, produced, more = session.records.decrypt_into(ciphertext, part)
+        assert session.s_in.pending <= tls_records.MAX_RECORD_CIPHERTEXT
+        ciphertext = ciphertext[consumed:]
+        received += part[:produced]
+        if not more:
+            assert not ciphertext
+            break
+    assert received == message
+
+
+@pytest.mark.parametrize("twin", TWINS)
+def test_an_error_after_some_plaintext_is_raised_by_the_next_call(contexts, twin):
+    session = Session(contexts, twin)
+    session.client.write(b"genuine")
+    good = session.c_out.read()
+    session.client.write(b"tampered")
+    bad = bytearray(session.c_out.read())
+    bad[-1] ^= 1
+    buffer = bytearray(64 * KiB)
+    assert session.records.decrypt_into(good + bad, buffer) == (len(good) + len(bad), 7, True)
+    assert buffer[:7] == b"genuine"
+    with pytest.raises(ssl.SSLError) as info:
+        session.records.decrypt_into(b"", buffer)
+    assert info.value.reason == "DECRYPTION_FAILED_OR_BAD_RECORD_MAC"
 
 
 def _raised(session: Session) -> ssl.SSLError:
     with pytest.raises(ssl.SSLError) as info:
-        session.records.read_into(bytearray(64 * KiB))
+        session.records.decrypt_into(b"", bytearray(64 * KiB))
     return info.value
 
 
@@ -214,14 +254,16 @@ class TestTheCHelpersChecks:
     def test_it_is_the_one_the_server_uses(self):
         assert tls_records.Records is _tlsrecords.Records
 
-    def test_records_takes_only_an_sslobject_and_its_own_outgoing_bio(self, contexts):
+    def test_records_takes_only_an_sslobject_and_its_own_bios(self, contexts):
         session = Session(contexts, "c")
-        with pytest.raises(ValueError, match="not the SSLObject's outgoing BIO"):
-            _tlsrecords.Records(session.server, session.s_in)
+        with pytest.raises(ValueError, match="not the SSLObject's own incoming and outgoing BIOs"):
+            _tlsrecords.Records(session.server, session.s_out, session.s_in)
+        with pytest.raises(ValueError, match="not the SSLObject's own"):
+            _tlsrecords.Records(session.server, session.s_in, session.c_out)
         with pytest.raises(TypeError):
-            _tlsrecords.Records(session.server, object())
+            _tlsrecords.Records(session.server, session.s_in, object())
         with pytest.raises(AttributeError):
-            _tlsrecords.Records(object(), session.s_out)
+            _tlsrecords.Records(object(), session.s_in, session.s_out)
 
     def test_bind_refuses_a_probe_that_does_not_match_before_following_its_pointers(self, contexts):
         import _ssl

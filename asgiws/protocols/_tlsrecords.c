@@ -3,9 +3,10 @@
  * Why: a wss 1 MiB echo spent a quarter of the server's CPU in libpython around OpenSSL, not in it:
  * per 16 KiB record, ssl.py's SSLObject.read and .write wrappers, argument parsing, a slice and a
  * bytes object drained from the outgoing BIO, and an SSLWantReadError (with its formatted message)
- * to end every read loop. Here a read is one SSL_read into the caller's buffer that answers 0 when
- * OpenSSL needs more ciphertext, and a write encrypts a whole message record by record straight
- * from its chunks into one bytes object.
+ * to end every read loop, all of it once per record. Here one call decrypts a socket read's records
+ * into the caller's buffer, moving the ciphertext into the incoming BIO a record's worth at a time
+ * as OpenSSL asks for it, and one call encrypts a whole message record by record straight from its
+ * chunks.
  *
  * How the SSL* is reached: CPython's _ssl.c has begun its _SSLSocket with the same fields since
  * Python 3 (PyObject_HEAD, Socket, ssl, ctx) and its MemoryBIO with (PyObject_HEAD, bio). `bind`
@@ -29,6 +30,9 @@ typedef struct bio_st BIO;
 #define SSL_ERROR_WANT_READ 2
 /* RFC 8446 5.1: a record's plaintext "MUST NOT exceed 2^14 bytes". */
 #define MAX_RECORD_PLAINTEXT 16384
+/* RFC 8446 5.2: a TLSCiphertext's "length MUST NOT exceed 2^14 + 256 bytes", after its 5-byte header:
+ * the most ciphertext moved to the incoming BIO at a time (the BIO keeps its largest size for life). */
+#define MAX_RECORD_CIPHERTEXT (5 + 16384 + 256)
 /* What a record adds to its plaintext, at most as a first guess: RFC 8446 5.2 allows TLS 1.3 2^14 + 256
  * bytes of ciphertext, plus the 5-byte header (AES-GCM adds 22). TLS 1.2 may add more (RFC 5246
  * 6.2.3: up to 2048): a piece that turns out too small is closed or grown, never overrun. */
@@ -44,9 +48,11 @@ typedef struct bio_st BIO;
 static int (*SSL_read_)(SSL *, void *, int);
 static int (*SSL_write_)(SSL *, const void *, int);
 static int (*SSL_get_error_)(const SSL *, int);
+static int (*SSL_pending_)(const SSL *);
 static BIO *(*SSL_get_rbio_)(const SSL *);
 static BIO *(*SSL_get_wbio_)(const SSL *);
 static int (*BIO_read_)(BIO *, void *, int);
+static int (*BIO_write_)(BIO *, const void *, int);
 static size_t (*BIO_ctrl_pending_)(BIO *);
 static unsigned long (*ERR_peek_last_error_)(void);
 static const char *(*ERR_reason_error_string_)(unsigned long);
@@ -68,10 +74,11 @@ static PyTypeObject *sslsocket_type = NULL;  /* _ssl._SSLSocket, once bound */
 static PyTypeObject *memorybio_type = NULL;  /* _ssl.MemoryBIO */
 static PyObject *error_factory = NULL;       /* (ssl_error, err_code, reason) -> exception */
 
-/* Raise what OpenSSL said, as the ssl module would (the factory builds the exception), and clear
- * the thread's error queue so that the ssl module's next call starts clean. */
+/* The exception the ssl module would raise for what OpenSSL said (the factory builds it); the
+ * thread's error queue is cleared so that the ssl module's next call starts clean. NULL if the
+ * factory failed (its error set). */
 static PyObject *
-raise_ssl_error(SSL *ssl, int result)
+ssl_exception(SSL *ssl, int result)
 {
     int ssl_error = SSL_get_error_(ssl, result);
     unsigned long code = ERR_peek_last_error_();
@@ -80,11 +87,23 @@ raise_ssl_error(SSL *ssl, int result)
 
     exc = PyObject_CallFunction(error_factory, "iks", ssl_error, code, reason);
     ERR_clear_error_();
-    if (exc == NULL)
-        return NULL;
-    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-    Py_DECREF(exc);
+    return exc;
+}
+
+static PyObject *
+raise_exception(PyObject *exc)
+{
+    if (exc != NULL) {
+        PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+        Py_DECREF(exc);
+    }
     return NULL;
+}
+
+static PyObject *
+raise_ssl_error(SSL *ssl, int result)
+{
+    return raise_exception(ssl_exception(ssl, result));
 }
 
 /* ------------------------------------------------------------------------------------------------ */
@@ -93,16 +112,18 @@ typedef struct {
     PyObject_HEAD
     PyObject *sslsock;  /* the SSLObject's _sslobj, kept alive while its SSL* is used */
     SSL *ssl;
-    BIO *wbio;
+    BIO *rbio, *wbio;
+    PyObject *deferred;  /* an error met after plaintext was produced: raised by the next call */
 } Records;
 
 static int
 Records_init(Records *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *sslobj, *outgoing, *sslsock;
-    static char *kwlist[] = {"sslobj", "outgoing", NULL};
+    PyObject *sslobj, *incoming, *outgoing, *sslsock;
+    SSL *ssl;
+    static char *kwlist[] = {"sslobj", "incoming", "outgoing", NULL};
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO:Records", kwlist, &sslobj, &outgoing))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:Records", kwlist, &sslobj, &incoming, &outgoing))
         return -1;
     if (sslsocket_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Records: bind() has not succeeded");
@@ -111,18 +132,24 @@ Records_init(Records *self, PyObject *args, PyObject *kwds)
     sslsock = PyObject_GetAttrString(sslobj, "_sslobj");
     if (sslsock == NULL)
         return -1;
-    if (Py_TYPE(sslsock) != sslsocket_type || Py_TYPE(outgoing) != memorybio_type) {
+    if (Py_TYPE(sslsock) != sslsocket_type || Py_TYPE(incoming) != memorybio_type
+        || Py_TYPE(outgoing) != memorybio_type) {
         Py_DECREF(sslsock);
-        PyErr_SetString(PyExc_TypeError, "Records(sslobj, outgoing): an ssl.SSLObject and its outgoing MemoryBIO");
+        PyErr_SetString(PyExc_TypeError,
+                        "Records(sslobj, incoming, outgoing): an ssl.SSLObject and its two MemoryBIOs");
         return -1;
     }
-    if (SSL_get_wbio_(((SSLSocketPrefix *)sslsock)->ssl) != ((MemoryBIOPrefix *)outgoing)->bio) {
+    ssl = ((SSLSocketPrefix *)sslsock)->ssl;
+    if (SSL_get_rbio_(ssl) != ((MemoryBIOPrefix *)incoming)->bio
+        || SSL_get_wbio_(ssl) != ((MemoryBIOPrefix *)outgoing)->bio) {
         Py_DECREF(sslsock);
-        PyErr_SetString(PyExc_ValueError, "Records: outgoing is not the SSLObject's outgoing BIO");
+        PyErr_SetString(PyExc_ValueError, "Records: these are not the SSLObject's own incoming and outgoing BIOs");
         return -1;
     }
     Py_XSETREF(self->sslsock, sslsock);
-    self->ssl = ((SSLSocketPrefix *)sslsock)->ssl;
+    Py_CLEAR(self->deferred);
+    self->ssl = ssl;
+    self->rbio = ((MemoryBIOPrefix *)incoming)->bio;
     self->wbio = ((MemoryBIOPrefix *)outgoing)->bio;
     return 0;
 }
@@ -131,34 +158,100 @@ static void
 Records_dealloc(Records *self)
 {
     Py_XDECREF(self->sslsock);
+    Py_XDECREF(self->deferred);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *
-Records_read_into(Records *self, PyObject *buffer)
+/* Move the next record's worth of `src` (from `*consumed`) into the incoming BIO. */
+static int
+feed(Records *self, Py_buffer *src, Py_ssize_t *consumed)
 {
-    Py_buffer view;
-    int n;
+    Py_ssize_t slice = src->len - *consumed;
 
+    if (slice > MAX_RECORD_CIPHERTEXT)
+        slice = MAX_RECORD_CIPHERTEXT;
+    /* A memory BIO grows as needed: its write fails only when memory does. */
+    if (BIO_write_(self->rbio, (const char *)src->buf + *consumed, (int)slice) != (int)slice)
+        return 0;
+    *consumed += slice;
+    return 1;
+}
+
+/* decrypt_into(ciphertext, buffer) -> (consumed, produced, more): see its docstring below. */
+static PyObject *
+Records_decrypt_into(Records *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer src, dst;
+    Py_ssize_t consumed = 0, produced = 0;
+    PyObject *exc = NULL;
+    int more = 0;
+
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "decrypt_into(ciphertext, buffer)");
+        return NULL;
+    }
     if (self->ssl == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Records: not initialised");
         return NULL;
     }
-    if (PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE) < 0)
+    if (self->deferred != NULL) {
+        exc = self->deferred;
+        self->deferred = NULL;
+        return raise_exception(exc);
+    }
+    if (PyObject_GetBuffer(args[0], &src, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (view.len == 0) {
-        PyBuffer_Release(&view);
-        return PyLong_FromLong(0);
+    if (PyObject_GetBuffer(args[1], &dst, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
     }
     /* SSL_get_error reads the error queue first: a stale entry would make "want read" an error. */
     ERR_clear_error_();
-    n = SSL_read_(self->ssl, view.buf, view.len > INT_MAX ? INT_MAX : (int)view.len);
-    PyBuffer_Release(&view);
-    if (n > 0)
-        return PyLong_FromLong(n);
-    if (SSL_get_error_(self->ssl, n) == SSL_ERROR_WANT_READ)
-        return PyLong_FromLong(0);
-    return raise_ssl_error(self->ssl, n);
+    for (;;) {
+        Py_ssize_t room = dst.len - produced;
+        int n;
+
+        if (room == 0) {
+            more = produced > 0;  /* a full buffer; an empty one would have the caller spin */
+            break;
+        }
+        /* An empty BIO and ciphertext to hand: SSL_read would only ask for it. */
+        if (consumed < src.len && BIO_ctrl_pending_(self->rbio) == 0 && !feed(self, &src, &consumed)) {
+            exc = PyErr_NoMemory();
+            break;
+        }
+        n = SSL_read_(self->ssl, (char *)dst.buf + produced, room > INT_MAX ? INT_MAX : (int)room);
+        if (n > 0) {
+            produced += n;
+            /* Nothing left to decrypt without more ciphertext: spare the read that would say so. */
+            if (consumed == src.len && BIO_ctrl_pending_(self->rbio) == 0 && SSL_pending_(self->ssl) == 0)
+                break;
+            continue;
+        }
+        if (SSL_get_error_(self->ssl, n) == SSL_ERROR_WANT_READ) {
+            if (consumed == src.len)
+                break;
+            if (!feed(self, &src, &consumed)) {
+                exc = PyErr_NoMemory();
+                break;
+            }
+            continue;
+        }
+        exc = ssl_exception(self->ssl, n);
+        if (exc == NULL)
+            break;  /* the factory's own error stands */
+        if (produced) {
+            self->deferred = exc;  /* the plaintext before it is delivered first */
+            exc = NULL;
+            more = 1;
+        }
+        break;
+    }
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    if (exc != NULL || PyErr_Occurred())
+        return raise_exception(exc);
+    return Py_BuildValue("nnO", consumed, produced, more ? Py_True : Py_False);
 }
 
 /* Where encrypt() is in a message, so that it can stop to grow its output and go on. */
@@ -339,8 +432,11 @@ done:
 }
 
 static PyMethodDef Records_methods[] = {
-    {"read_into", (PyCFunction)Records_read_into, METH_O,
-     "read_into(buffer) -> int: plaintext bytes read into buffer; 0 when more ciphertext is needed."},
+    {"decrypt_into", (PyCFunction)(void (*)(void))Records_decrypt_into, METH_FASTCALL,
+     "decrypt_into(ciphertext, buffer) -> (consumed, produced, more): plaintext into buffer until it is "
+     "full or OpenSSL needs more than is left, the ciphertext moved to the incoming BIO a record's worth "
+     "at a time as it is needed; more: call again (the buffer is full, or an error waits). Raises the ssl "
+     "module's exceptions; one met after some plaintext is raised by the next call instead."},
     {"encrypt", (PyCFunction)(void (*)(void))Records_encrypt, METH_FASTCALL,
      "encrypt(*chunks) -> list[bytes]: the chunks' concatenation as records (after anything already "
      "pending), in pieces of at most four records' size; empty when there is nothing to send."},
@@ -353,7 +449,7 @@ static PyTypeObject Records_Type = {
     .tp_basicsize = sizeof(Records),
     .tp_dealloc = (destructor)Records_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Records(sslobj, outgoing): an ssl.SSLObject's records in and out, without ssl.py.",
+    .tp_doc = "Records(sslobj, incoming, outgoing): an ssl.SSLObject's records in and out, without ssl.py.",
     .tp_methods = Records_methods,
     .tp_init = (initproc)Records_init,
     .tp_new = PyType_GenericNew,
@@ -389,9 +485,11 @@ bind(PyObject *module, PyObject *args)
     LOOKUP(handle, SSL_read);
     LOOKUP(handle, SSL_write);
     LOOKUP(handle, SSL_get_error);
+    LOOKUP(handle, SSL_pending);
     LOOKUP(handle, SSL_get_rbio);
     LOOKUP(handle, SSL_get_wbio);
     LOOKUP(handle, BIO_read);
+    LOOKUP(handle, BIO_write);
     LOOKUP(handle, BIO_ctrl_pending);
     LOOKUP(handle, ERR_peek_last_error);
     LOOKUP(handle, ERR_reason_error_string);

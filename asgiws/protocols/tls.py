@@ -4,10 +4,11 @@ Why not `loop.create_server(ssl=...)`: both uvloop's and CPython's TLS
 transports reserve a 256 KiB read buffer per connection. CPython's zeroes it
 (`bytearray(max_size)`), so every idle wss connection holds 256 KiB of touched
 memory; uvloop's is malloc'd and touched only as far as reads reach (about
-8 KiB per idle connection, measured). Here the ciphertext is read into the
-worker's one shared read buffer (`ServerState.read_buffer`) and copied into the
-connection's incoming `ssl.MemoryBIO` at once; the plaintext is read out into
-the same buffer (or into the buffer a BufferedProtocol hands out), through
+8 KiB per idle connection, measured). Here the ciphertext is read into one
+buffer per worker (`tls_factory`'s) and moved into the connection's incoming
+`ssl.MemoryBIO` as OpenSSL asks for it; the plaintext is decrypted into the
+worker's shared read buffer (`ServerState.read_buffer`), or into the buffer a
+BufferedProtocol hands out, as many records at a time as it takes, through
 `tls_records.Records` (a C helper where this Python's ssl module allows it). What stays
 per connection is OpenSSL's own state: the SSL object and its two memory BIOs,
 about 17 KiB after a handshake (`SSL_MODE_RELEASE_BUFFERS`, which CPython sets,
@@ -18,7 +19,7 @@ size it ever grew to, 4/3 of the most it held at once, until the BIO is freed.
 So bytes go through both BIOs one record at a time: plaintext is encrypted at
 most one record per SSL_write and the outgoing BIO drained after each, and the
 ciphertext read from the socket is written to the incoming BIO a record's worth
-at a time, each decrypted before the next. A connection that once sent a 1 MiB
+at a time, each only once the one before is decrypted. A connection that once sent a 1 MiB
 message then holds about 20 KiB of BIO buffer, not 1.3 MiB for its life.
 
 `TLSProtocol` is the raw TCP transport's protocol for the connection's whole
@@ -34,9 +35,9 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from asgiws.config import KiB
+from asgiws.config import HTTP_READ_SIZE
 from asgiws.protocols.common import ServerState
-from asgiws.protocols.tls_records import Records, RecordsLike
+from asgiws.protocols.tls_records import MAX_RECORD_CIPHERTEXT, Records, RecordsLike
 from asgiws.protocols.utils import get_remote_addr
 
 logger = logging.getLogger("asgiws.error")
@@ -44,9 +45,6 @@ logger = logging.getLogger("asgiws.error")
 # What OpenSSL calls a peer that stopped talking TLS properly; logged, not raised.
 _TLS_FAILURES = (ssl.SSLError, ssl.CertificateError)
 
-# RFC 8446 5.2: a TLSCiphertext's "length MUST NOT exceed 2^14 + 256 bytes", after its 5-byte header:
-# the slice of a socket read written to the incoming BIO at a time.
-MAX_RECORD_CIPHERTEXT = 5 + 16 * KiB + 256
 
 
 class TLSProtocol(asyncio.BufferedProtocol):
@@ -60,7 +58,7 @@ class TLSProtocol(asyncio.BufferedProtocol):
     """
 
     __slots__ = (
-        "_app", "_app_buffered", "_close_notify_sent", "_closing", "_handshaking", "_incoming", "_outgoing", "_paused_by_app",
+        "_app", "_app_buffered", "_ciphertext_buffer", "_close_notify_sent", "_closing", "_handshaking", "_incoming", "_outgoing", "_paused_by_app",
         "_protocol_factory", "_records", "_state", "_timer", "_tls_transport", "_write_closed", "handshake_timeout", "loop",
         "sslobj", "transport",
     )
@@ -72,11 +70,13 @@ class TLSProtocol(asyncio.BufferedProtocol):
         server_state: ServerState,
         handshake_timeout: float,
         loop: asyncio.AbstractEventLoop,
+        ciphertext_buffer: bytearray,
     ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.sslobj = context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        self._records: RecordsLike = Records(self.sslobj, self._outgoing)
+        self._records: RecordsLike = Records(self.sslobj, self._incoming, self._outgoing)
+        self._ciphertext_buffer = ciphertext_buffer
         self._protocol_factory = protocol_factory
         self._state = server_state
         self.handshake_timeout = handshake_timeout
@@ -101,30 +101,21 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._timer = self.loop.call_later(self.handshake_timeout, self._on_handshake_timeout)
 
     def get_buffer(self, sizehint: int) -> bytearray:
-        # Ciphertext goes to the incoming BIO before the next read: one buffer per worker is enough.
-        return self._state.read_buffer
+        # Ciphertext is in the incoming BIO or decrypted before the next read: one buffer per worker is
+        # enough. Not the shared read buffer: plaintext is decrypted into that while the rest of this
+        # read is still to go to the BIO.
+        return self._ciphertext_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        if nbytes <= MAX_RECORD_CIPHERTEXT:  # small messages: one BIO write, as the loop below would do
-            self._incoming.write(memoryview(self._state.read_buffer)[:nbytes])
-            if self._handshaking and not self._handshake():
-                return
-            self._deliver()
-            return
-        # A record's worth at a time, each decrypted before the next (the module's docstring says why).
-        ciphertext = memoryview(self._state.read_buffer)[:nbytes]
-        write = self._incoming.write
-        for start in range(0, nbytes, MAX_RECORD_CIPHERTEXT):
+        ciphertext = memoryview(self._ciphertext_buffer)[:nbytes]
+        while self._handshaking:  # a record's worth at a time (the module's docstring says why)
             if self._closing:
                 return
-            if self._paused_by_app:
-                # The shared buffer is another connection's on the next read: the rest waits in the BIO.
-                write(ciphertext[start:])
-                return
-            write(ciphertext[start:start + MAX_RECORD_CIPHERTEXT])
-            if self._handshaking and not self._handshake():
-                continue  # more handshake bytes to come (a failure set _closing)
-            self._deliver()
+            self._incoming.write(ciphertext[:MAX_RECORD_CIPHERTEXT])
+            ciphertext = ciphertext[MAX_RECORD_CIPHERTEXT:]
+            if not self._handshake() and not ciphertext:
+                return  # more handshake bytes to come (a failure set _closing)
+        self._deliver(ciphertext)
 
     def eof_received(self) -> bool | None:
         # A TCP FIN without close_notify: the protocol above hears of it as the end of the stream.
@@ -194,22 +185,26 @@ class TLSProtocol(asyncio.BufferedProtocol):
         self._app = protocol
         self._app_buffered = isinstance(protocol, asyncio.BufferedProtocol)
 
-    def _deliver(self) -> None:
-        """Hand every whole record's plaintext to the protocol above, until it pauses."""
-        read_into = self._records.read_into  # 0: the incoming BIO holds no whole record
+    def _deliver(self, ciphertext: memoryview | bytes = b"") -> None:
+        """Decrypt what the incoming BIO holds, then `ciphertext` (a socket read's), and hand the plaintext
+        to the protocol above, as much as its buffer takes at a time, until it pauses; what it has not
+        taken then waits in the BIO (the ciphertext buffer is another connection's on the next read)."""
+        decrypt_into = self._records.decrypt_into  # (ciphertext consumed, plaintext produced, more)
         shared = self._state.read_buffer
-        while not self._paused_by_app and not self._closing:
+        more = True
+        while more and not self._paused_by_app and not self._closing:
             app = self._app
             if app is None:
                 return
             try:
                 if self._app_buffered:
-                    buffer = app.get_buffer(-1)  # type: ignore[attr-defined]
-                    nbytes = read_into(buffer)
+                    consumed, nbytes, more = decrypt_into(ciphertext, app.get_buffer(-1))  # type: ignore[attr-defined]
+                    ciphertext = ciphertext[consumed:]
                     if nbytes:
                         app.buffer_updated(nbytes)  # type: ignore[attr-defined]
                 else:
-                    nbytes = read_into(shared)
+                    consumed, nbytes, more = decrypt_into(ciphertext, shared)
+                    ciphertext = ciphertext[consumed:]
                     if nbytes:
                         app.data_received(bytes(memoryview(shared)[:nbytes]))  # type: ignore[attr-defined]
             except ssl.SSLZeroReturnError:
@@ -219,8 +214,8 @@ class TLSProtocol(asyncio.BufferedProtocol):
             except _TLS_FAILURES as exc:
                 self._fail(f"TLS error: {_reason(exc)}")
                 break
-            if not nbytes:
-                break
+        if ciphertext and not self._closing:
+            self._incoming.write(ciphertext)
         if self._write_closed and not self._close_notify_sent:
             self._send_close_notify()
         # Reading may have produced records to send (key updates, alerts, close_notify).
@@ -405,7 +400,9 @@ def tls_factory(
 ) -> Callable[[], TLSProtocol]:
     """The listener's protocol factory: TLS first, then `protocol_factory`'s protocol above it."""
 
+    ciphertext_buffer = bytearray(HTTP_READ_SIZE)  # one per worker and listener (TLSProtocol.get_buffer)
+
     def factory() -> TLSProtocol:
-        return TLSProtocol(context, protocol_factory, server_state, handshake_timeout, loop)
+        return TLSProtocol(context, protocol_factory, server_state, handshake_timeout, loop, ciphertext_buffer)
 
     return factory

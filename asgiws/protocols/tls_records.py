@@ -1,8 +1,15 @@
-"""A TLS connection's records in and out: `Records(sslobj, outgoing)`, C helper or pure-Python twin.
+"""A TLS connection's records in and out: `Records(sslobj, incoming, outgoing)`, C helper or twin.
 
-`read_into(buffer)` decrypts what the incoming BIO holds into `buffer` and returns the plaintext's
-length, 0 when OpenSSL needs more ciphertext first; it raises the ssl module's exceptions otherwise
-(`ssl.SSLZeroReturnError` at the peer's close_notify, `ssl.SSLError` with OpenSSL's `reason`).
+`decrypt_into(ciphertext, buffer)` decrypts into `buffer` until it is full or OpenSSL needs more
+ciphertext than is left, and returns `(consumed, produced, more)`: how much of `ciphertext` went to
+the incoming BIO (a record's worth at a time, each only once the BIO is empty or OpenSSL asks for
+more, so that the BIO never holds much: tls.py's docstring says why), how much plaintext is in
+`buffer`, and whether to call again (the buffer is full, or an error waits). Plaintext the BIO
+already held comes first, so `decrypt_into(b"", buffer)` delivers what a pause left there. It
+raises the ssl module's exceptions (`ssl.SSLZeroReturnError` at the peer's close_notify,
+`ssl.SSLError` with OpenSSL's `reason`); one met after some plaintext was produced is raised by the
+next call instead, once that plaintext is delivered. `more` is False once all of `ciphertext` is
+consumed, or when `buffer` is empty.
 `encrypt(*chunks)` returns the chunks' concatenation as TLS records, after anything the outgoing BIO
 already held (a handshake's last flight, a KeyUpdate's answer): a list of bytes objects, empty when
 there is nothing to send, for the transport's `writelines` (or `write` when there is one).
@@ -11,8 +18,9 @@ Records are cut the same way by both: at most 16 KiB of plaintext each (RFC 8446
 but a message's last, a frame header gathered into one record with its payload's start; the
 outgoing BIO is drained after each record, so that it never holds more than one (tls.py's
 docstring says why). The C helper (`_tlsrecords.Records`, built from `_tlsrecords.c`) does this
-without ssl.py's per-call wrappers, slices and exceptions (the wss echo's messages per server CPU
-second: 1.30x at 64 B, 1.17x at 1 MiB, in the commit that brought it). It is used when `bind` finds
+without ssl.py's per-call wrappers, slices and exceptions, and a socket read's records in one call
+(the wss echo's messages per server CPU second: 1.30x at 64 B, about 1.25x at 1 MiB, in the commits
+that brought it). It is used when `bind` finds
 this Python's `_ssl` laid out as it expects; else `PyRecords`, which goes through `ssl.SSLObject`,
 and both are tested alike.
 """
@@ -28,6 +36,9 @@ logger = logging.getLogger("asgiws.error")
 
 # RFC 8446 5.1: "The length MUST NOT exceed 2^14 bytes" (a record's plaintext).
 MAX_RECORD_PLAINTEXT = 16 * 1024
+# RFC 8446 5.2: a TLSCiphertext's "length MUST NOT exceed 2^14 + 256 bytes", after its 5-byte header:
+# the most ciphertext moved to the incoming BIO at a time.
+MAX_RECORD_CIPHERTEXT = 5 + 16 * 1024 + 256
 
 # SSL_get_error's answers (openssl/ssl.h), and the ssl module's exception for each, as _ssl.c raises.
 _SSL_ERROR_SSL, _SSL_ERROR_WANT_READ, _SSL_ERROR_WANT_WRITE = 1, 2, 3
@@ -40,32 +51,52 @@ _PY_SSL_ERROR_EOF = 8  # _ssl.c's errno for SSLEOFError
 class RecordsLike(Protocol):
     """What tls.py uses of either twin."""
 
-    def read_into(self, buffer: Any) -> int: ...
+    def decrypt_into(self, ciphertext: Any, buffer: Any) -> tuple[int, int, bool]: ...
     def encrypt(self, *chunks: Any) -> list[bytes]: ...
 
 
 class PyRecords:
     """The pure-Python twin of the C helper's `Records`: the same records, through ssl.SSLObject."""
 
-    __slots__ = ("_outgoing", "_sslobj")
+    __slots__ = ("_deferred", "_incoming", "_outgoing", "_sslobj")
 
-    def __init__(self, sslobj: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> None:
+    def __init__(self, sslobj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
         self._sslobj = sslobj
+        self._incoming = incoming
         self._outgoing = outgoing
+        self._deferred: ssl.SSLError | None = None
 
-    def read_into(self, buffer: Any) -> int:
-        if not len(buffer):
-            return 0
-        try:
-            # With a buffer, read answers a count.
-            nbytes: int = self._sslobj.read(len(buffer), buffer)  # type: ignore[assignment]
-        except ssl.SSLWantReadError:
-            return 0
-        if not nbytes:
-            # _ssl.c answers the peer's close_notify with 0 unless ours was sent too (then it raises): the
-            # C helper raises in both cases, and so does its twin.
-            raise make_error(_SSL_ERROR_ZERO_RETURN, 0, None)
-        return nbytes
+    def decrypt_into(self, ciphertext: Any, buffer: Any) -> tuple[int, int, bool]:
+        if self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            raise exc
+        source, target = memoryview(ciphertext), memoryview(buffer)
+        incoming, read = self._incoming, self._sslobj.read
+        consumed = produced = 0
+        while produced < len(target):
+            if consumed < len(source) and not incoming.pending:  # SSL_read would only ask for it
+                consumed += incoming.write(source[consumed:consumed + MAX_RECORD_CIPHERTEXT])
+            try:
+                # With a buffer, read answers a count.
+                nbytes: int = read(len(target) - produced, target[produced:])  # type: ignore[assignment]
+                if not nbytes:
+                    # _ssl.c answers the peer's close_notify with 0 unless ours was sent too (then it
+                    # raises): the C helper raises in both cases, and so does its twin.
+                    raise make_error(_SSL_ERROR_ZERO_RETURN, 0, None)
+            except ssl.SSLWantReadError:
+                if consumed == len(source):
+                    return consumed, produced, False
+                consumed += incoming.write(source[consumed:consumed + MAX_RECORD_CIPHERTEXT])
+                continue
+            except ssl.SSLError as exc:
+                if not produced:
+                    raise
+                self._deferred = exc  # the plaintext before it is delivered first
+                return consumed, produced, True
+            produced += nbytes
+            if consumed == len(source) and not incoming.pending and not self._sslobj.pending():
+                return consumed, produced, False  # nothing left to decrypt without more ciphertext
+        return consumed, produced, produced > 0  # a full buffer; an empty one would have the caller spin
 
     def encrypt(self, *chunks: Any) -> list[bytes]:
         write, drain = self._sslobj.write, self._outgoing.read
