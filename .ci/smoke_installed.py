@@ -57,14 +57,11 @@ def main() -> int:
 
 def _speedups() -> bool:
     """Both C helpers built and in use (the TLS one is used only once it has bound to _ssl), or neither."""
+    import importlib.util
+
     from asgiws.protocols import tls_records
 
-    try:
-        import asgiws.websocket._speedups  # noqa: F401
-    except ImportError:
-        codec = False
-    else:
-        codec = True
+    codec = importlib.util.find_spec("asgiws.websocket._speedups") is not None
     records = tls_records.Records is not tls_records.PyRecords
     assert codec == records, f"one C helper without the other: codec {codec}, TLS records {records}"
     return codec

@@ -300,3 +300,22 @@ def test_a_python_whose_ssl_keeps_its_name_tables_to_itself_names_the_error_alik
     made = tls_records.make_error(1, code, "decryption failed or bad record mac")
     assert (type(made), made.errno, made.library, made.reason) == (
         type(expected), expected.errno, expected.library, expected.reason)
+
+
+def _packed(lib: int, reason: int) -> int:
+    """ERR_PACK(lib, 0, reason) as this OpenSSL lays an error code out."""
+    return (lib << 23 | reason) if ssl.OPENSSL_VERSION_INFO >= (3,) else (lib << 24 | reason)
+
+
+@pytest.mark.parametrize(("ssl_error", "code", "expected", "errno"), [
+    (2, 0, ssl.SSLWantReadError, 2),
+    (3, 0, ssl.SSLWantWriteError, 3),
+    (6, 0, ssl.SSLZeroReturnError, 6),
+    (5, 0, ssl.SSLEOFError, 8),  # OpenSSL 1.1's unexpected EOF: SYSCALL with an empty queue
+    (5, _packed(2, 104), ssl.SSLSyscallError, 5),  # SYSCALL with an errno queued
+    (1, _packed(20, 294), ssl.SSLEOFError, 8),  # OpenSSL 3.0's SSL_R_UNEXPECTED_EOF_WHILE_READING
+    (1, _packed(20, 281), ssl.SSLError, 1),
+])
+def test_make_error_gives_the_type_and_errno_ssl_c_gives(ssl_error, code, expected, errno):
+    exc = tls_records.make_error(ssl_error, code, None)
+    assert (type(exc), exc.errno) == (expected, errno)

@@ -196,17 +196,15 @@ class TLSProtocol(asyncio.BufferedProtocol):
             app = self._app
             if app is None:
                 return
+            buffered = self._app_buffered  # an upgrade may swap the protocol inside the call below
             try:
-                if self._app_buffered:
-                    consumed, nbytes, more = decrypt_into(ciphertext, app.get_buffer(-1))  # type: ignore[attr-defined]
-                    ciphertext = ciphertext[consumed:]
-                    if nbytes:
-                        app.buffer_updated(nbytes)  # type: ignore[attr-defined]
-                else:
-                    consumed, nbytes, more = decrypt_into(ciphertext, shared)
-                    ciphertext = ciphertext[consumed:]
-                    if nbytes:
-                        app.data_received(bytes(memoryview(shared)[:nbytes]))  # type: ignore[attr-defined]
+                buffer = app.get_buffer(-1) if buffered else shared  # type: ignore[attr-defined]
+                consumed, nbytes, more = decrypt_into(ciphertext, buffer)
+                ciphertext = ciphertext[consumed:]
+                if nbytes and buffered:
+                    app.buffer_updated(nbytes)  # type: ignore[attr-defined]
+                elif nbytes:
+                    app.data_received(bytes(memoryview(shared)[:nbytes]))  # type: ignore[attr-defined]
             except ssl.SSLZeroReturnError:
                 # close_notify: the peer will send nothing more (RFC 8446 6.1).
                 self._peer_closed()

@@ -41,11 +41,16 @@ MAX_RECORD_PLAINTEXT = 16 * 1024
 MAX_RECORD_CIPHERTEXT = 5 + 16 * 1024 + 256
 
 # SSL_get_error's answers (openssl/ssl.h), and the ssl module's exception for each, as _ssl.c raises.
-_SSL_ERROR_SSL, _SSL_ERROR_WANT_READ, _SSL_ERROR_WANT_WRITE = 1, 2, 3
-_SSL_ERROR_SYSCALL, _SSL_ERROR_ZERO_RETURN = 5, 6
-_ERR_LIB_SSL = 20  # openssl/err.h
-_SSL_R_UNEXPECTED_EOF_WHILE_READING = 294  # openssl/sslerr.h (3.0): a TCP FIN with no close_notify
+_SSL_ERROR_WANT_READ, _SSL_ERROR_WANT_WRITE, _SSL_ERROR_SYSCALL, _SSL_ERROR_ZERO_RETURN = 2, 3, 5, 6
+# (ERR_LIB_SSL, SSL_R_UNEXPECTED_EOF_WHILE_READING): openssl/err.h, sslerr.h (3.0), a FIN with no close_notify
+_UNEXPECTED_EOF = (20, 294)
 _PY_SSL_ERROR_EOF = 8  # _ssl.c's errno for SSLEOFError
+# The answers that need nothing from the error queue: their exception and _ssl.c's message.
+_PLAIN_ERRORS: dict[int, tuple[type[ssl.SSLError], str]] = {
+    _SSL_ERROR_ZERO_RETURN: (ssl.SSLZeroReturnError, "TLS/SSL connection has been closed (EOF)"),
+    _SSL_ERROR_WANT_READ: (ssl.SSLWantReadError, "The operation did not complete (read)"),
+    _SSL_ERROR_WANT_WRITE: (ssl.SSLWantWriteError, "The operation did not complete (write)"),
+}
 
 
 class RecordsLike(Protocol):
@@ -127,24 +132,21 @@ class PyRecords:
 def make_error(ssl_error: int, code: int, text: str | None) -> ssl.SSLError:
     """The exception _ssl.c raises for SSL_get_error's `ssl_error` and the error queue's last `code`
     (OpenSSL's reason `text` for it), with the same type, errno, `library` and `reason`."""
-    if ssl_error == _SSL_ERROR_ZERO_RETURN:
-        return ssl.SSLZeroReturnError(ssl_error, "TLS/SSL connection has been closed (EOF)")
-    if ssl_error == _SSL_ERROR_WANT_READ:
-        return ssl.SSLWantReadError(ssl_error, "The operation did not complete (read)")
-    if ssl_error == _SSL_ERROR_WANT_WRITE:
-        return ssl.SSLWantWriteError(ssl_error, "The operation did not complete (write)")
-    if ssl_error == _SSL_ERROR_SYSCALL and not code:
+    if ssl_error in _PLAIN_ERRORS:
+        exc_type, message = _PLAIN_ERRORS[ssl_error]
+        return exc_type(ssl_error, message)
+    lib, reason = _lib_and_reason(code)
+    # OpenSSL 1.1 says an unexpected EOF as SYSCALL with an empty queue, 3.0 as an SSL reason.
+    eof = not code if ssl_error == _SSL_ERROR_SYSCALL else (lib, reason) == _UNEXPECTED_EOF
+    if eof:
         return ssl.SSLEOFError(_PY_SSL_ERROR_EOF, "EOF occurred in violation of protocol")
     if ssl_error == _SSL_ERROR_SYSCALL:
         return ssl.SSLSyscallError(ssl_error, "Some I/O error occurred")
-    lib, reason = _lib_and_reason(code)
-    if lib == _ERR_LIB_SSL and reason == _SSL_R_UNEXPECTED_EOF_WHILE_READING:
-        return ssl.SSLEOFError(_PY_SSL_ERROR_EOF, "EOF occurred in violation of protocol")
     library, name = _names(lib, reason, text)
     message = text or "A failure in the SSL library occurred"
     if library and name:
         message = f"[{library}: {name}] {message}"
-    exc = ssl.SSLError(_SSL_ERROR_SSL if ssl_error == _SSL_ERROR_SSL else ssl_error, message)
+    exc = ssl.SSLError(ssl_error, message)
     # None where OpenSSL names none, as _ssl.c leaves them.
     exc.library, exc.reason = library, name  # type: ignore[assignment]
     return exc
