@@ -364,6 +364,32 @@ def test_unmasked_client_frame_fails_1002() -> None:
     assert_fails(client_frame(Opcode.TEXT, b"hi", masked=False), 1002)
 
 
+@pytest.mark.parametrize("payload", [b"", b"\x00\x00\x00\x07", b"p" * 125])
+def test_a_read_of_one_pong_is_its_pong_and_counts_its_bytes(payload: bytes) -> None:
+    # The idle connection's every read: taken apart from the general parse (receive_data).
+    conn = server_connection()
+    frame = client_frame(Opcode.PONG, payload)
+    assert conn.receive_data(frame) == [Pong(payload)]
+    assert (conn.tally.bytes_received, conn.tally.messages_received) == (len(frame), 0)
+    assert conn.receive_data(frame + frame) == [Pong(payload), Pong(payload)]  # the general parse
+    assert conn.tally.bytes_received == 3 * len(frame)
+
+
+def test_unmasked_pong_alone_in_a_read_fails_1002() -> None:
+    assert_fails(client_frame(Opcode.PONG, b"abcd", masked=False), 1002)
+
+
+def test_bytes_shaped_like_a_pong_inside_a_payload_are_payload() -> None:
+    # The payload's last 10 bytes, on the wire (a zero mask), are a whole masked pong frame,
+    # read on their own: they are the frame's end, not a pong.
+    pong_shaped = client_frame(Opcode.PONG, b"abcd")
+    payload = b"x" * 20 + pong_shaped
+    frame = client_frame(Opcode.BINARY, payload, mask=b"\x00" * 4)
+    conn = server_connection()
+    assert conn.receive_data(frame[: -len(pong_shaped)]) == []
+    assert conn.receive_data(frame[-len(pong_shaped) :]) == [BinaryMessage(payload)]
+
+
 @pytest.mark.parametrize("rsv", [0x40, 0x20, 0x10])
 def test_rsv_bits_without_extension_fail_1002(rsv: int) -> None:
     assert_fails(client_frame(Opcode.TEXT, b"hi", rsv=rsv), 1002)
