@@ -6,6 +6,9 @@ Routes
   WS   /fanout_queue  subscriber with its own task, fed by an asyncio.Queue
   WS   /fanout_broadcast  subscriber of the asgiws.broadcast channel "fanout" (asgiws only)
   WS   /publish       control socket: each message received is sent to every subscriber
+  WS   /publish_floor control socket for /fanout's subscribers with the server's send taken out
+                      (asgiws only): the app's own work per subscriber, then the frame written
+                      straight to the transport; the floor of any ASGI server on this app
   WS   /broadcast     subscriber to the channel "all" through asgiws.broadcast (asgiws only), and
                       to /publish's send loop as /fanout is
   WS   /broadcast_publish  control socket: each message received is published on "all" with
@@ -45,6 +48,29 @@ async def _publish_direct(message):
             await send(_send_event(message))
         except Exception:  # that subscriber is gone; the others still get it
             _direct_sends.discard(send)
+
+
+async def _server_free(event):
+    """What is left of an ASGI `send` with the server's part taken out: a coroutine to await."""
+
+
+async def _publish_floor(message):
+    """_publish_direct's loop, each `await send(event)` replaced by the least any server could do.
+
+    The app's part stays (an event dict per subscriber, an awaited coroutine), and the server's
+    part is only what picows does too: frame the text (asgiws's C helper) and write it to the
+    subscriber's transport. asgiws internals (the send callable's protocol): a measurement only.
+    """
+    from asgiws.websocket.fastpath import small_text_frame
+
+    for send in list(_direct_sends):
+        event = _send_event(message)
+        await _server_free(event)
+        frame = small_text_frame(event["text"])
+        if frame is None:  # over 125 bytes: not what the floor measures
+            await send(event)
+        else:
+            send.__self__.transport.write(frame)
 
 
 async def _accept(receive, send):
@@ -129,6 +155,17 @@ async def _ws_publish(receive, send):
             return
 
 
+async def _ws_publish_floor(receive, send):
+    if not await _accept(receive, send):
+        return
+    while True:
+        msg = await receive()
+        if msg["type"] == "websocket.receive":
+            await _publish_floor(msg["text"])
+        elif msg["type"] == "websocket.disconnect":
+            return
+
+
 async def _ws_broadcast(receive, send, scope, publisher):
     """asgiws.broadcast: the server writes one prepared frame to every subscriber, no task each."""
     from asgiws.broadcast import Broadcast
@@ -182,6 +219,8 @@ async def app(scope, receive, send):
             return await _ws_fanout_broadcast(scope, receive, send)
         if path == "/publish":
             return await _ws_publish(receive, send)
+        if path == "/publish_floor":
+            return await _ws_publish_floor(receive, send)
         if path in ("/broadcast", "/broadcast_publish"):
             return await _ws_broadcast(receive, send, scope, path == "/broadcast_publish")
         return await _ws_echo(receive, send)

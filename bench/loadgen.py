@@ -140,7 +140,7 @@ async def run_fanout(a):
     if errors:
         return {"error": f"{len(errors)} of {a.subs} subscribers failed to connect: {errors[0]!r}"}
     connect_s = time.perf_counter() - t_conn
-    pub, _ = await asyncio.wait_for(ws_connect(WSListener, URL.format(port=a.port, path="/publish")), 10)
+    pub, _ = await asyncio.wait_for(ws_connect(WSListener, URL.format(port=a.port, path=a.publish_path)), 10)
     await asyncio.sleep(0.3)
     times = []
     cpu = 0.0  # server CPU seconds spent inside the rounds
@@ -482,6 +482,8 @@ def main():
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--subs", type=int, default=5000)
     p.add_argument("--path", default="/fanout", help="fanout: the subscribers' path (/fanout or /fanout_queue)")
+    p.add_argument("--publish-path", default="/publish", help="fanout: the publisher's path (/publish_floor: "
+                   "the floor, asgiws only)")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--round-timeout", type=float, default=10)
     p.add_argument("--connect-timeout", type=float, default=60)

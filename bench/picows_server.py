@@ -1,7 +1,7 @@
 """Bare picows server (no ASGI): the ceiling for the WebSocket scenarios.
 
 Same WebSocket routes as bench/app.py: /echo (default), /fanout, /fanout_queue and
-/fanout_broadcast (all plain subscribers here), /publish.
+/fanout_broadcast (all plain subscribers here), /publish (and /publish_floor, the same).
 """
 import argparse
 import asyncio
@@ -55,8 +55,8 @@ def factory(request):
     if request.path in (b"/fanout", "/fanout", b"/fanout_queue", "/fanout_queue", b"/fanout_broadcast",
                         "/fanout_broadcast"):
         return Sub()
-    if request.path == b"/publish" or request.path == "/publish":
-        return Pub()
+    if request.path in (b"/publish", "/publish", b"/publish_floor", "/publish_floor"):
+        return Pub()  # /publish_floor: picows's own loop is the ceiling beside asgiws's floor
     return Echo()
 
 

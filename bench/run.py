@@ -78,6 +78,10 @@ SCENARIOS = {
     "fanout_queue": ("Fan-out to 5,000 subscribers, a task + queue each", "median_ms", "ms", False, True),
     "fanout_broadcast": ("Fan-out to 5,000 subscribers, asgiws.broadcast (server-side)", "median_ms", "ms", False,
                          True),
+    # the publisher's loop with the server's send taken out (bench/app.py's /publish_floor): what
+    # the app's own work per subscriber leaves for any ASGI server, beside picows's loop
+    "fanout_floor": ("Fan-out to 5,000 subscribers, the app's loop with the server's send taken out (floor)",
+                     "median_ms", "ms", False, True),
     "memory": ("RSS per idle WS conn, 2,000 conns, no deflate", "kib_per_conn", "KiB", False, True),
     "memory_deflate": ("RSS per idle WS conn, 2,000 conns, permessage-deflate", "kib_per_conn", "KiB", False, True),
     "churn": ("Churn: connect+echo+close, 16 at a time", "handshakes_per_s", "hs/s", True, True),
@@ -102,12 +106,15 @@ EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", Fals
          # TLS record work is most of a wss server's CPU: per CPU second is the figure noise moves less
          "wss_echo64": _MSG_CPU, "wss_echo1m": _MSG_CPU,
          "fanout": _FANOUT_CPU, "fanout_queue": _FANOUT_CPU, "fanout_broadcast": _FANOUT_CPU,
+         "fanout_floor": _FANOUT_CPU,
          "churn": [("handshakes_per_cpu_s", "handshakes per server CPU second", "1/s", True)],
          "http_get": _HTTP_CPU, "http_post": _HTTP_CPU}
 # scenarios that only some servers can run (others: n/a); stall needs permessage-deflate
 ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-legacy", "uvicorn-wsproto", "hypercorn"},
            # asgiws's own API; picows (its publisher writes to each subscriber) is the ceiling beside it
-           "fanout_broadcast": {"asgiws", "asgiws-scraped", "picows"}}
+           "fanout_broadcast": {"asgiws", "asgiws-scraped", "picows"},
+           # asgiws internals; picows's own loop is the ceiling beside it
+           "fanout_floor": {"asgiws", "picows"}}
 # per-run loads, seconds unless said otherwise: full / --quick
 # wrk takes whole seconds only ("2.5s" is rejected with its usage text).
 DUR = {
@@ -273,9 +280,11 @@ def scenario(name, port, pid, q):
     if name == "echo1m":
         return loadgen(["echo", "--port", str(port), "--conns", "4", "--size", str(1 << 20), "--binary",
                         "--duration", str(d), "--pid", str(pid)], d + 30)
-    if name in ("fanout", "fanout_queue", "fanout_broadcast"):
+    if name in ("fanout", "fanout_queue", "fanout_broadcast", "fanout_floor"):
+        paths = ["--path", "/fanout", "--publish-path", "/publish_floor"] if name == "fanout_floor" else [
+            "--path", "/" + name]
         return loadgen(["fanout", "--port", str(port), "--subs", "5000", "--rounds", str(D["fanout_rounds"]),
-                        "--path", "/" + name, "--pid", str(pid), "--connect-timeout", "60"], 150)
+                        *paths, "--pid", str(pid), "--connect-timeout", "60"], 150)
     if name in ("memory", "memory_deflate"):
         a = ["memory", "--port", str(port), "--conns", str(D["mem_conns"]), "--pid", str(pid),
              "--connect-timeout", "60"]

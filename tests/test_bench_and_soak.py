@@ -43,6 +43,25 @@ def test_bench_publish_reaches_every_fanout_shape(run_server) -> None:
     assert received == ["hello", b"\x00\x01"] * 9
 
 
+def test_bench_floor_publisher_writes_each_fanout_subscriber_its_frame(run_server) -> None:
+    # bench/run.py's fanout_floor: the publisher's loop with the server's send taken out.
+    async def scenario(port: int) -> list[str]:
+        base = f"ws://127.0.0.1:{port}"
+        subscribers = [await connect(f"{base}/fanout") for _ in range(3)]
+        async with connect(f"{base}/publish_floor") as publisher:
+            await asyncio.sleep(0.2)  # subscribers register after accept
+            await publisher.send("round 0")
+            await publisher.send("x" * 200)  # over a small frame: through the app's send
+            received = [await asyncio.wait_for(ws.recv(), 5) for ws in subscribers for _ in range(2)]
+        for ws in subscribers:
+            await ws.close()
+        return received
+
+    with run_server(bench_app) as server:
+        received = asyncio.run(scenario(server.port))
+    assert received == ["round 0", "x" * 200] * 3
+
+
 def test_bench_broadcast_subscribers_get_both_the_send_loop_and_asgiws_broadcast(run_server) -> None:
     async def scenario(port: int) -> list[str | bytes]:
         base = f"ws://127.0.0.1:{port}"
