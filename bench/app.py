@@ -66,8 +66,9 @@ async def _publish_floor(message):
     for send in list(_direct_sends):
         event = _send_event(message)
         await _server_free(event)
-        frame = small_text_frame(event["text"])
-        if frame is None:  # over 125 bytes: not what the floor measures
+        text = event.get("text")
+        frame = None if text is None else small_text_frame(text)
+        if frame is None:  # bytes, or text over 125 bytes: not what the floor measures
             await send(event)
         else:
             send.__self__.transport.write(frame)
@@ -139,7 +140,8 @@ async def _ws_fanout_queue(receive, send):
         _queues.discard(q)
 
 
-async def _ws_publish(receive, send):
+async def _ws_publish(receive, send, floor=False):
+    """Each message received goes to every subscriber; with `floor`, to /fanout's by _publish_floor only."""
     if not await _accept(receive, send):
         return
     while True:
@@ -147,21 +149,13 @@ async def _ws_publish(receive, send):
         if msg["type"] == "websocket.receive":
             data = msg.get("bytes")
             message = data if data is not None else msg.get("text")
+            if floor:
+                await _publish_floor(message)
+                continue
             _publish(message)
             await _publish_direct(message)
             if _broadcast["subscribers"]:
                 await _broadcast["hub"].publish("fanout", message)
-        elif msg["type"] == "websocket.disconnect":
-            return
-
-
-async def _ws_publish_floor(receive, send):
-    if not await _accept(receive, send):
-        return
-    while True:
-        msg = await receive()
-        if msg["type"] == "websocket.receive":
-            await _publish_floor(msg["text"])
         elif msg["type"] == "websocket.disconnect":
             return
 
@@ -217,10 +211,8 @@ async def app(scope, receive, send):
             return await _ws_fanout_queue(receive, send)
         if path == "/fanout_broadcast":
             return await _ws_fanout_broadcast(scope, receive, send)
-        if path == "/publish":
-            return await _ws_publish(receive, send)
-        if path == "/publish_floor":
-            return await _ws_publish_floor(receive, send)
+        if path in ("/publish", "/publish_floor"):
+            return await _ws_publish(receive, send, floor=path == "/publish_floor")
         if path in ("/broadcast", "/broadcast_publish"):
             return await _ws_broadcast(receive, send, scope, path == "/broadcast_publish")
         return await _ws_echo(receive, send)

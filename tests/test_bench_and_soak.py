@@ -52,14 +52,30 @@ def test_bench_floor_publisher_writes_each_fanout_subscriber_its_frame(run_serve
             await asyncio.sleep(0.2)  # subscribers register after accept
             await publisher.send("round 0")
             await publisher.send("x" * 200)  # over a small frame: through the app's send
-            received = [await asyncio.wait_for(ws.recv(), 5) for ws in subscribers for _ in range(2)]
+            await publisher.send(b"\x00\x01")  # bytes too
+            received = [await asyncio.wait_for(ws.recv(), 5) for ws in subscribers for _ in range(3)]
         for ws in subscribers:
             await ws.close()
         return received
 
     with run_server(bench_app) as server:
         received = asyncio.run(scenario(server.port))
-    assert received == ["round 0", "x" * 200] * 3
+    assert received == ["round 0", "x" * 200, b"\x00\x01"] * 3
+
+
+def test_bench_tls_memory_measures_openssls_state_with_and_without_its_bios(tmp_path) -> None:
+    import trustme
+
+    from bench.tls_memory import measure
+
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(cert_path)
+    cert.private_key_pem.write_to_path(key_path)
+    result = measure(100, str(cert_path), str(key_path))
+    # Each idle SSLObject holds its SSL object and two memory BIOs that grew in the handshake.
+    assert 4 < result["kib_per_conn_without_bios"] < result["kib_per_conn"] < 64, result
+    assert result["session_cache_entries"] == 0  # TLS 1.3 tickets: nothing kept per connection by the context
 
 
 def test_bench_broadcast_subscribers_get_both_the_send_loop_and_asgiws_broadcast(run_server) -> None:
