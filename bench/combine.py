@@ -48,7 +48,7 @@ def raw_section(text: str) -> str:
     return text[start:] if start >= 0 else ""
 
 
-def combine(paths: list[Path]) -> str:
+def combine(paths: list[Path], note: str = "") -> str:
     texts = [path.read_text() for path in paths]
     tables = [ratio_table(text) for text in texts]
     peers = tables[0][0]
@@ -61,6 +61,7 @@ def combine(paths: list[Path]) -> str:
         "",
         f"{len(paths)} consecutive full runs of `python -m bench.run`, combined by `python -m bench.combine`; "
         "each run: " + "; ".join(m.group(1) if m else "?" for m in generated) + ".",
+        *(["", note] if note else []),
         "",
         "## Ratio asgiws/peer in each run",
         "",
@@ -92,9 +93,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="RESULTS.md-format files of bench/run.py, in order")
     parser.add_argument("--output", type=Path, help="where to write (default: standard output)")
+    parser.add_argument("--note", default="", help="a paragraph under the heading: what disturbed a run, say")
     a = parser.parse_args()
     try:
-        text = combine(a.runs)
+        text = combine(a.runs, a.note)
     except ValueError as exc:
         sys.exit(f"bench.combine: {exc}")
     if a.output is None:

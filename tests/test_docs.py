@@ -320,7 +320,8 @@ def run_python(words: list[str], env: dict[str, str], context: Context) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
         assert re.search(r"\d+ passed", result.stdout) and "failed" not in result.stdout, result.stdout
     elif module in ("bench.run", "conformance.run", "examples.chat.fanout_bench", "bench.broadcast_redis",
-                    "bench.idle", "bench.echo_instructions", "bench.combine", "bench.drain"):
+                    "bench.idle", "bench.echo_instructions", "bench.combine", "bench.drain",
+                    "bench.tls_memory"):
         check_help_flags(module, words[2:])
     elif module == "bench.uncounted":
         run_uncounted(words[2:], context)

@@ -6,7 +6,7 @@ follows websockets' core:
 
 - bytes in: `receive_data(data)`, `receive_eof()`, `connection_lost()`;
   `payload_received(nbytes)` for a large frame read in place;
-- the app's side: `messages` (a deque the protocol pops directly on the hot
+- the app's side: `messages` (a MessageQueue the protocol pops directly on the hot
   path), `next_message()` (None: wait), `send_handlers[type](message)` and
   `refuse(message)` (raising the ASGI RuntimeError or `ClientDisconnected`),
   `app_finished(outcome)`;
@@ -30,7 +30,6 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -55,7 +54,7 @@ from asgiws.websocket import (
     negotiate_extensions,
     validate_upgrade_request,
 )
-from asgiws.websocket.fastpath import Tally, receive_bytes, receive_text
+from asgiws.websocket.fastpath import MessageQueue, MessageQueueLike, Tally, receive_bytes, receive_text
 
 __all__ = ["SEND_EOF", "SEND_HALF_CLOSE", "SEND_IN_FRAGMENTS", "State", "WebSocketSession"]
 
@@ -273,7 +272,7 @@ class WebSocketSession:
         self.scope = scope
         self.conn: ServerConnection | None = None  # created on accept
         # Messages for the app, in order; websocket.connect is the first.
-        self.messages: deque[Message] = deque([{"type": "websocket.connect"}])
+        self.messages: MessageQueueLike = MessageQueue([{"type": "websocket.connect"}])
         self.disconnect: Message | None = None  # what receive() returns once the connection is over
         # The current state's row of APP_TRANSITIONS, as functions: handler(session, message).
         self.send_handlers: dict[str, AppHandler] = {}

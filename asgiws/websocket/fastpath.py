@@ -1,4 +1,4 @@
-"""The common frame, whole, in one call: `parse_messages`, `receive_text`, `small_text_frame`, and `Tally`.
+"""The common frame in one call: `parse_messages`, `receive_text`, `small_text_frame`; and `Tally`.
 
 Most reads carry whole small unfragmented messages. `parse_messages` takes
 every such frame at the start of a read (header, unmasking, strict UTF-8
@@ -17,16 +17,24 @@ way, for the metrics and the close's log line): the two fast paths count into
 it in C, so the common echo pays no Python statement per counter (bench/
 echo_instructions.py: the counters cost 6.7% of a 64-byte echo's
 instructions when the session counted with Python `+=`, 0.2% now).
+
+`MessageQueue` is the session's queue of messages for the app, which
+parse_messages appends to: collections.deque's interface (the pure-Python
+twin is deque itself) at a fraction of an empty deque's 760 bytes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from asgiws.types import Message
 from asgiws.websocket.mask import apply_mask
 
 __all__ = [
+    "MessageQueue",
+    "MessageQueueLike",
     "PyTally",
     "Sink",
     "Tally",
@@ -43,9 +51,20 @@ __all__ = [
 
 
 class Sink(Protocol):
-    """Where completed messages go: a list, or a deque (the session's queue for the app)."""
+    """Where completed messages go: a list, or the session's MessageQueue (its queue for the app)."""
 
     def append(self, item: Any, /) -> None: ...
+
+
+class MessageQueueLike(Protocol):
+    """MessageQueue or collections.deque: one connection's messages waiting for the app, oldest first."""
+
+    def append(self, item: Message, /) -> None: ...
+    def popleft(self) -> Message: ...
+    def clear(self) -> None: ...
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int, /) -> Message: ...
+    def __iter__(self) -> Iterator[Message]: ...
 
 
 class PyTally:
@@ -78,7 +97,7 @@ def py_parse_messages(data: bytes, pos: int, events: Sink, max_size: int,
                       tally: TallyLike | None = None) -> int:
     """Append `text_type(str)` / `binary_type(bytes)` for each whole message frame at `data[pos:]`.
 
-    `events` is a list or anything with an `append` method (a deque). With a
+    `events` is a list or anything with an `append` method (the session's MessageQueue, or a deque). With a
     `tally`, the frames taken are counted in it (messages and bytes received).
 
     Takes frames with FIN set, no RSV bit, opcode TEXT or BINARY, masked, a
@@ -161,12 +180,16 @@ def py_small_text_frame(text: str, tally: TallyLike | None = None) -> bytes | No
 
 
 Tally: Callable[[], TallyLike]
+# The C helper's MessageQueue is collections.deque's interface in 48 bytes and a small array, where
+# an empty deque is 760 bytes (see _speedups.c); parse_messages appends to it without a method call.
+MessageQueue: Callable[[list[Any]], MessageQueueLike]
 parse_messages: ParseMessages
 receive_text: Callable[[str], dict[str, Any]]
 receive_bytes: Callable[[bytes], dict[str, Any]]
 small_text_frame: Callable[[str, Any], bytes | None]
 try:
     from asgiws.websocket._speedups import (
+        MessageQueue,
         Tally,
         parse_messages,
         receive_bytes,
@@ -175,6 +198,7 @@ try:
     )
 except ImportError:
     Tally = PyTally
+    MessageQueue = deque
     parse_messages = py_parse_messages
     receive_text = py_receive_text
     receive_bytes = py_receive_bytes

@@ -26,7 +26,7 @@ PYTHON_TWINS = [
     (fastpath, "apply_mask", mask.py_apply_mask),
 ]
 # Parameters of the tests that pass a twin in themselves (test_codec_frames, test_codec_fastpath).
-TWIN_PARAMETERS = {"apply_mask", "apply_mask_chunks", "payload_buffer", "parse_messages"}
+TWIN_PARAMETERS = {"apply_mask", "apply_mask_chunks", "payload_buffer", "parse_messages", "queue_type"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -7,7 +7,12 @@ other frame, leaving it (and its error, if any) to the full parser.
 
 from __future__ import annotations
 
+import collections
+import gc
 import os
+import sys
+import tracemalloc
+import weakref
 
 import pytest
 
@@ -349,3 +354,100 @@ def test_the_c_helpers_take_only_their_own_tally() -> None:
     tally = _speedups.Tally()
     tally.bytes_sent += 2**40  # 64-bit: a long-lived connection's byte count does not wrap at 2**31
     assert tally.bytes_sent == 2**40
+
+
+# -- MessageQueue: the session's queue for the app, collections.deque's interface in far less memory ---
+
+QUEUES = [pytest.param(collections.deque, id="deque")]
+if c_parse_messages is not None:
+    QUEUES.append(pytest.param(_speedups.MessageQueue, id="c"))
+
+
+def test_message_queue_is_the_c_helpers_when_built() -> None:
+    assert fastpath.MessageQueue is _speedups.MessageQueue
+
+
+@pytest.mark.parametrize("queue_type", QUEUES)
+def test_message_queue_is_first_in_first_out_as_a_deque(queue_type) -> None:
+    queue = queue_type([{"type": "websocket.connect"}])
+    assert len(queue) == 1 and queue and queue[0] == {"type": "websocket.connect"}
+    assert queue.popleft() == {"type": "websocket.connect"}
+    assert len(queue) == 0 and not queue and list(queue) == []
+    with pytest.raises(IndexError):
+        queue.popleft()
+    with pytest.raises(IndexError):
+        queue[0]
+    # Interleaved appends and pops, past every growth and every move to the front.
+    expected: collections.deque[int] = collections.deque()
+    for step in range(2000):
+        for n in range(step % 7):
+            queue.append(step * 10 + n)
+            expected.append(step * 10 + n)
+        for _ in range(step % 5):
+            if expected:
+                assert queue.popleft() == expected.popleft()
+        assert len(queue) == len(expected) and list(queue) == list(expected)
+        if expected:
+            assert queue[0] == expected[0] and queue[-1] == expected[-1]
+    queue.clear()
+    assert len(queue) == 0 and not queue
+    queue.append(1)
+    assert queue.popleft() == 1
+
+
+@pytest.mark.parametrize("queue_type", QUEUES)
+def test_message_queue_holds_references_and_lets_cycles_be_collected(queue_type) -> None:
+    class Message(dict):
+        pass
+
+    message = Message(type="websocket.receive")
+    alive = weakref.ref(message)
+    queue = queue_type()
+    queue.append(message)
+    del message
+    assert alive() is not None
+    assert queue.popleft() is alive()  # the reference passes to the caller
+    gc.collect()
+    assert alive() is None
+    cycle = queue_type()
+    cycle.append(cycle)  # a queue holding itself, and a message only the cycle keeps
+    cycle.append(Message(type="websocket.receive"))
+    alive = weakref.ref(cycle[1])
+    del cycle
+    gc.collect()
+    assert alive() is None
+
+
+def test_c_message_queue_is_small_and_gives_a_burst_back() -> None:
+    # An empty deque is 760 bytes; an idle connection's queue is most of the time empty.
+    assert sys.getsizeof(_speedups.MessageQueue()) <= 64 < sys.getsizeof(collections.deque()) // 10
+    tracemalloc.start()
+    try:
+        queue = _speedups.MessageQueue()
+        queue.append(0)
+        queue.popleft()
+        before = tracemalloc.get_traced_memory()[0]
+        message = {"type": "websocket.receive", "text": ""}
+        for _ in range(43_000):  # a 256 KiB read of empty frames
+            queue.append(message)
+        burst = tracemalloc.get_traced_memory()[0]
+        while queue:
+            queue.popleft()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # The array held a pointer for each (336 KiB), and went back once the queue emptied; the
+    # margin is for what other threads of the test process allocate meanwhile (xdist's).
+    assert burst - before > 43_000 * 8
+    assert after - before < 16 * 1024
+
+
+@pytest.mark.parametrize("queue_type", QUEUES)
+@pytest.mark.parametrize("parse_messages", IMPLEMENTATIONS)
+def test_parse_messages_appends_to_the_session_queue(parse_messages, queue_type) -> None:
+    taken = b"".join(frame for frame, _ in TAKEN)
+    queue = queue_type(["earlier"])
+    into_list: list[object] = []
+    assert parse_messages(taken, 0, queue, 2**20, TextMessage, BinaryMessage) == len(taken)
+    assert parse_messages(taken, 0, into_list, 2**20, TextMessage, BinaryMessage) == len(taken)
+    assert list(queue) == ["earlier", *into_list] and into_list == [message for _, message in TAKEN]
