@@ -141,7 +141,7 @@ async def _ws_fanout_queue(receive, send):
 
 
 async def _ws_publish(receive, send, floor=False):
-    """Each message received goes to every subscriber; with `floor`, to /fanout's by _publish_floor only."""
+    """Each message received goes to every subscriber (with `floor`: to /fanout's, by _publish_floor)."""
     if not await _accept(receive, send):
         return
     while True:

@@ -28,7 +28,8 @@ from bench.tls import make_certificate
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+        "keepcost")]
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"))
@@ -137,7 +138,8 @@ def measure(conns, cert, keyfile):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--conns", type=int, default=1000)
-    p.add_argument("--key", choices=["rsa", "ec"], default="rsa", help="the certificate's key (default rsa, 2048)")
+    p.add_argument("--key", choices=["rsa", "ec"], default="rsa",
+                   help="the certificate's key (default rsa, 2048)")
     a = p.parse_args(argv)
     r = measure(a.conns, *certificate(a.key))
     print(f"{r['openssl']}, {a.key} certificate, {r['conns']} idle server SSLObjects after a handshake "
