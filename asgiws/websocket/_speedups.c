@@ -224,14 +224,6 @@ queue_append(MessageQueue *q, PyObject *item)
     return 0;
 }
 
-static void
-queue_release(MessageQueue *q)
-{
-    PyMem_Free(q->items);
-    q->items = NULL;
-    q->head = q->size = q->capacity = 0;
-}
-
 static int
 queue_clear(MessageQueue *q)
 {
@@ -330,7 +322,7 @@ MessageQueue_popleft(MessageQueue *q, PyObject *unused)
     if (q->size == 0) {
         q->head = 0;
         if (q->capacity > QUEUE_KEPT_CAPACITY)
-            queue_release(q);  /* after a burst: give its array back */
+            queue_clear(q);  /* empty already: after a burst, this gives its array back */
     }
     return item;
 }
