@@ -1,8 +1,9 @@
-"""Builds the optional C helpers: WebSocket masking and whole-frame parsing, and TLS records.
+"""Builds the optional C helpers: WebSocket masking and whole-frame parsing, HTTP request heads, TLS records.
 
 The helpers are speed-ups only: asgiws.websocket.mask and .fastpath, and asgiws.protocols.tls_records,
 have pure-Python twins with the same signatures, used whenever an extension is missing (no compiler,
-PyPy, ASGIWS_NO_SPEEDUPS=1 at build time), and both are tested.
+PyPy, ASGIWS_NO_SPEEDUPS=1 at build time), and both are tested; without asgiws.protocols.http._head,
+httptools parses every request head (it is a shortcut past httptools's callbacks for the common head).
 """
 
 import os
@@ -33,6 +34,9 @@ if not os.environ.get("ASGIWS_NO_SPEEDUPS"):
         Extension("asgiws.websocket._speedups", sources=["asgiws/websocket/_speedups.c"], optional=True)
     )
     # OpenSSL is found at run time in the libssl the ssl module loaded: no headers, nothing to link.
+    ext_modules.append(
+        Extension("asgiws.protocols.http._head", sources=["asgiws/protocols/http/_head.c"], optional=True)
+    )
     ext_modules.append(
         Extension("asgiws.protocols._tlsrecords", sources=["asgiws/protocols/_tlsrecords.c"], optional=True)
     )

@@ -56,14 +56,17 @@ def main() -> int:
 
 
 def _speedups() -> bool:
-    """Both C helpers built and in use (the TLS one is used only once it has bound to _ssl), or neither."""
+    """Every C helper built and in use (the TLS one is used only once it has bound to _ssl), or none."""
     import importlib.util
 
     from asgiws.protocols import tls_records
+    from asgiws.protocols.http import head
 
     codec = importlib.util.find_spec("asgiws.websocket._speedups") is not None
     records = tls_records.Records is not tls_records.PyRecords
-    assert codec == records, f"one C helper without the other: codec {codec}, TLS records {records}"
+    heads = head.parse_head is not None
+    assert codec == records == heads, f"some C helpers without others: codec {codec}, TLS records {records}, " \
+        f"request heads {heads}"
     return codec
 
 

@@ -4,6 +4,10 @@ A mixin, so that httptools calls each callback on the protocol object itself
 (one C-to-Python call per field, none added); the head's fields are its own
 slots. Limits are checked as the bytes arrive, before httptools finishes a
 field.
+
+Most heads never reach those callbacks: `parse_head` (the optional C helper
+_head.c) reads a whole head of the common shape in one call, and
+`take_parsed_head` serves it; whatever it declines httptools parses.
 """
 
 from __future__ import annotations
@@ -24,7 +28,17 @@ if TYPE_CHECKING:
     from asgiws.config import Config
     from asgiws.protocols.common import ServerState
 
-__all__ = ["Abort", "HeadCallbacks", "new_parser"]
+__all__ = ["Abort", "HeadCallbacks", "ParsedHead", "new_parser", "parse_head"]
+
+# What parse_head returns: where the head ended, the method, the path and query as
+# sent, the version, the fields (names lowercased), whether an X-Forwarded-* field
+# is present, and whether the connection stays open after the response.
+ParsedHead = tuple[int, str, bytes, bytes, str, list[tuple[bytes, bytes]], bool, bool]
+parse_head: Callable[[bytes | bytearray, int, int, int, int, int], ParsedHead | None] | None
+try:
+    from asgiws.protocols.http._head import parse_head
+except ImportError:  # not built: httptools parses every head
+    parse_head = None
 
 
 class Abort(Exception):
@@ -139,9 +153,10 @@ class HeadCallbacks:
             # RFC 9110 15.6.6: 505 "indicates that the server does not support, or
             # refuses to support, the major version of HTTP that was used".
             raise self._set_abort(505, f"HTTP/{self.parser.get_http_version()} is not supported")
-        scope = self._build_scope(version)
-        if scope is None:
+        target = _split_target(self._url)
+        if target is None:
             raise self._set_abort(400, "Invalid request target")
+        scope = self._scope(self.parser.get_method().decode("ascii"), version, target[0], target[1], self._headers)
         # RFC 9112 3.2: a server MUST respond 400 to an HTTP/1.1 request without
         # a Host field and to any request with more than one.
         hosts = self._hosts
@@ -156,16 +171,40 @@ class HeadCallbacks:
             scope["subprotocols"] = []
             self._ws_upgrade = (scope, method)
             return
-        self.server_state.total_requests += 1
-        # HeadCallbacks is only ever HttpProtocol's base: the cycle gets the protocol.
-        cycle = RequestCycle(self, scope, keep_alive=self.parser.should_keep_alive())  # type: ignore[arg-type]
         content_length = self._content_length
         limit = self.config.limit_request_body
         if limit is not None and content_length is not None and content_length > limit:
+            self.server_state.total_requests += 1
             raise self._set_abort(413, "Request body too large")
+        cycle = self._new_cycle(scope, self.parser.should_keep_alive())
         cycle.content_length = content_length
-        cycle.expect_100 = self._expect_100 and scope["http_version"] == "1.1"
-        self._parsing = cycle
+        cycle.expect_100 = self._expect_100 and version == "1.1"
+        self._parsing = cycle  # until on_message_complete
+        self._start_cycle(cycle)
+
+    def take_parsed_head(self, head: ParsedHead) -> int:
+        """Serve a request whose head parse_head read: the callbacks' work in one call.
+
+        parse_head takes only heads without a body, an upgrade or anything
+        else on_headers_complete would refuse, so the request is complete here
+        (no on_message_complete follows). Returns where its head ended.
+        """
+        head_end, method, raw_path, query, version, headers, forwarded, keep_alive = head
+        self._cancel_timer()
+        scope = self._scope(method, version, raw_path, query, headers)
+        if forwarded and self._proxy_trusted:
+            rewrite_from_forwarded(scope, self.trusted, forwarded_host=self.config.forwarded_host)
+        cycle = self._new_cycle(scope, keep_alive)
+        cycle.more_body = False
+        self._start_cycle(cycle)
+        return head_end
+
+    def _new_cycle(self, scope: Scope, keep_alive: bool) -> RequestCycle:
+        self.server_state.total_requests += 1
+        # HeadCallbacks is only ever HttpProtocol's base: the cycle gets the protocol.
+        return RequestCycle(self, scope, keep_alive=keep_alive)  # type: ignore[arg-type]
+
+    def _start_cycle(self, cycle: RequestCycle) -> None:
         if self.cycle is None and not self.pipeline:
             cycle.start()  # _enqueue's first case, without the call and the bound method
         else:
@@ -192,16 +231,9 @@ class HeadCallbacks:
 
     # -- scope -----------------------------------------------------------------------
 
-    def _build_scope(self, http_version: str) -> Scope | None:
-        try:
-            parsed = httptools.parse_url(self._url)
-        except httptools.HttpParserInvalidURLError:
-            if self._url != b"*":
-                return None
-            raw_path, query = b"*", b""
-        else:
-            raw_path = parsed.path or b"/"
-            query = parsed.query or b""
+    def _scope(
+        self, method: str, http_version: str, raw_path: bytes, query: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> Scope:
         root_path = self.config.root_path
         path = raw_path.decode("latin-1")
         if "%" in path:
@@ -210,13 +242,13 @@ class HeadCallbacks:
             "type": "http",
             "asgi": {"version": "3.0", "spec_version": "2.4"},
             "http_version": http_version,
-            "method": self.parser.get_method().decode("ascii"),
+            "method": method,
             "scheme": self.scheme,
             "path": root_path + path,
             "raw_path": self._raw_root_path + raw_path if self._raw_root_path else raw_path,
             "query_string": query,
             "root_path": root_path,
-            "headers": self._headers,
+            "headers": headers,
             "client": self.client,
             "server": self.server,
             "state": self.server_state.lifespan_state.copy(),
@@ -226,6 +258,15 @@ class HeadCallbacks:
     def _set_abort(self, status: int, reason: str) -> Abort:
         self._abort = Abort(status, reason)
         return self._abort
+
+
+def _split_target(url: bytes) -> tuple[bytes, bytes] | None:
+    """The path and query of a request target, or None when it is not one httptools can parse."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return (b"*", b"") if url == b"*" else None
+    return parsed.path or b"/", parsed.query or b""
 
 
 def _note_host(protocol: HeadCallbacks, value: bytes) -> None:
