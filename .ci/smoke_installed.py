@@ -64,7 +64,7 @@ def _speedups() -> bool:
 
     codec = importlib.util.find_spec("asgiws.websocket._speedups") is not None
     records = tls_records.Records is not tls_records.PyRecords
-    heads = head.parse_head is not None
+    heads = head.WHOLE_REQUESTS
     assert codec == records == heads, f"some C helpers without others: codec {codec}, TLS records {records}, " \
         f"request heads {heads}"
     return codec

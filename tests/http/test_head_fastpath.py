@@ -1,8 +1,8 @@
 """parse_head (the C helper _head.c) against httptools: the same request, the same scope, the same answer.
 
 Every request here is served twice by an HttpProtocol on a recording
-transport: once as the server runs (parse_head takes the heads of the common
-shape) and once with parse_head off, so that httptools parses every head. The
+transport: once as the server runs (parse_head takes the requests of the
+common shape) and once with it off, so that httptools parses every request. The
 scopes the app sees, the bytes written back and whether the connection closed
 must be the same; and the fast path must have taken the requests it is meant
 for, or the comparison would prove nothing.
@@ -14,6 +14,7 @@ import asyncio
 import random
 from typing import Any
 
+import httpx
 import pytest
 import uvloop
 
@@ -29,7 +30,7 @@ parse_head = head_module.parse_head
 
 def test_the_helper_is_built():
     # CI builds the C helpers; a missing one would leave this file comparing httptools with itself.
-    assert parse_head is not None, "asgiws.protocols.http._head is not built"
+    assert head_module.WHOLE_REQUESTS, "asgiws.protocols.http._head is not built"
 
 
 class _Transport:
@@ -90,8 +91,8 @@ async def _serve(data: bytes, fast: bool, config: Config) -> tuple[list[dict[str
 
     state = ServerState()
     state.default_headers = build_default_headers(config)
-    saved = protocol_module.parse_head
-    protocol_module.parse_head = counting if fast else None  # type: ignore[assignment]
+    protocol_module.WHOLE_REQUESTS = fast  # type: ignore[misc]
+    head_module.parse_head = counting
     try:
         loop = asyncio.get_running_loop()
         protocol = HttpProtocol(config=config, server_state=state, app=app, loop=loop)
@@ -103,7 +104,8 @@ async def _serve(data: bytes, fast: bool, config: Config) -> tuple[list[dict[str
             await asyncio.sleep(0)
         protocol.connection_lost(None)
     finally:
-        protocol_module.parse_head = saved
+        protocol_module.WHOLE_REQUESTS = True  # type: ignore[misc]
+        head_module.parse_head = real
     return scopes, bytes(transport.written), transport.closed, taken
 
 
@@ -146,6 +148,10 @@ COMMON = [
     b"GET /a;b@c:d!$&'()*+,=-._~\"<>\\^`{|} HTTP/1.1\r\nHost: x\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.1.2.3\r\nX-Forwarded-Proto: https\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Port: 443\r\n\r\n",
+    b'POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"name":"a"}',
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    b"PUT / HTTP/1.1\r\nHost: x\r\ncontent-length: 007\r\n\r\nabcdefg",
+    b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n\r\n",
 ]
 
 # Heads parse_head leaves to httptools (which accepts or refuses them as before).
@@ -153,7 +159,14 @@ DECLINED = [
     b"GET / HTTP/1.1\r\n\r\n",  # no Host: 400
     b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # two: 400
     b"GET / HTTP/1.0\r\n\r\n",
-    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabc",  # not all there
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",  # 400
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3 \r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3,3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length:\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1234567890123456789\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\nz",
     b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c\r\n\r\n",
@@ -202,13 +215,14 @@ def test_other_heads_are_left_to_httptools(data):
 def test_pipelined_heads_each_taken_in_turn():
     requests = [b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in range(5)]
     post = b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nwxyz"
-    (scopes, written, closed), taken = _both(b"".join(requests) + post)
-    assert [scope["path"] for scope in scopes] == ["/0", "/1", "/2", "/3", "/4", "/b"]
-    assert taken == 5 and not closed
-    assert written.count(b"HTTP/1.1 200 OK") == 6 and written.endswith(b"4 wxyz")
-    # A declined head is fed to httptools with the rest of a short read, which it parses too.
-    (scopes, written, closed), taken = _both(b"".join(requests[:2]) + post + b"".join(requests[2:]))
-    assert [scope["path"] for scope in scopes] == ["/0", "/1", "/b", "/2", "/3", "/4"]
+    chunked = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    (scopes, written, closed), taken = _both(b"".join(requests[:2]) + post + b"".join(requests[2:]) + chunked)
+    assert [scope["path"] for scope in scopes] == ["/0", "/1", "/b", "/2", "/3", "/4", "/c"]
+    assert taken == 6 and not closed
+    assert written.count(b"HTTP/1.1 200 OK") == 7 and b"4 wxyz" in written and written.endswith(b"3 abc")
+    # A declined request is fed to httptools with the rest of a short read, which it parses too.
+    (scopes, written, closed), taken = _both(b"".join(requests[:2]) + chunked + b"".join(requests[2:]))
+    assert [scope["path"] for scope in scopes] == ["/0", "/1", "/c", "/2", "/3", "/4"]
     assert taken == 2 and not closed
 
 
@@ -233,6 +247,14 @@ def test_limits_send_the_head_to_httptools_for_its_answer():
         assert taken == 0 and not scopes and written.startswith(b"HTTP/1.1 " + status) and closed, data
 
 
+def test_a_body_over_the_limit_is_left_to_httptools_for_its_413():
+    data = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    (scopes, written, closed), taken = _both(data, limit_request_body=4)
+    assert taken == 0 and not scopes and written.startswith(b"HTTP/1.1 413") and closed
+    (scopes, written, closed), taken = _both(data, limit_request_body=5)
+    assert taken == 1 and written.endswith(b"5 hello")
+
+
 def test_every_target_byte_matches_httptools():
     # In the path and in the query, each byte from 0x21 to 0x7e.
     for byte in range(0x21, 0x7F):
@@ -250,19 +272,24 @@ def test_every_field_byte_matches_httptools():
 def test_forwarded_flag_covers_every_field_the_rewrite_reads():
     assert all(name.startswith(b"x-forwarded-") for name in FORWARDED_FIELDS)
     assert parse_head is not None
-    head = parse_head(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Host: y\r\n\r\n", 0, 48, 100, 100, 10)
+    head = parse_head(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Host: y\r\n\r\n", 0, 48, 100, 100, 10, -1)
     assert head is not None and head[6] is True
 
 
 def test_parse_head_result_and_bounds():
     assert parse_head is not None
     data = b"junkGET /p?q HTTP/1.0\r\nHOST: x\r\nConnection: keep-alive\r\n\r\nGET"
-    head = parse_head(data, 4, len(data), 100, 100, 10)
+    head = parse_head(data, 4, len(data), 100, 100, 10, -1)
     assert head == (len(data) - 3, "GET", b"/p", b"q", "1.0",
-                    [(b"host", b"x"), (b"connection", b"keep-alive")], False, True)
-    assert parse_head(bytearray(data), 4, len(data) - 4, 100, 100, 10) is None  # the end is before the head's
+                    [(b"host", b"x"), (b"connection", b"keep-alive")], False, True, None, b"")
+    assert parse_head(bytearray(data), 4, len(data) - 4, 100, 100, 10, -1) is None  # the end is before the head's
     with pytest.raises(ValueError):
-        parse_head(data, 4, len(data) + 1, 100, 100, 10)
+        parse_head(data, 4, len(data) + 1, 100, 100, 10, -1)
+    post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET"
+    head = parse_head(post, 0, len(post), 100, 100, 10, 5)
+    assert head is not None and head[0] == len(post) - 3 and head[8:] == (5, b"hello")
+    assert parse_head(post, 0, len(post) - 4, 100, 100, 10, -1) is None  # a byte of the body is missing
+    assert parse_head(post, 0, len(post), 100, 100, 10, 4) is None  # over --limit-request-body
     with pytest.raises(TypeError):
         parse_head(data, 4)  # type: ignore[call-arg]
 
@@ -305,6 +332,8 @@ def test_server_answers_through_the_fast_path(run_server):
         await send({"type": "http.response.body", "body": scope["path"].encode()})
 
     with run_server(hello) as server:
+        response = httpx.post(server.url("/json"), json={"name": "asgiws"})
+        assert response.status_code == 200 and response.text == "/json"
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             sock.sendall(b"".join(b"GET /r%d HTTP/1.1\r\nHost: x\r\n\r\n" % n for n in range(50)))
             received = b""

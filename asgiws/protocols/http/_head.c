@@ -4,8 +4,9 @@
  * each field, on_headers_complete, on_message_complete. For a GET of three fields that was 6.3 us
  * of Python, about a quarter of the server's CPU per request. parse_head reads one whole head of
  * the common shape at the start of the bytes it is given and returns what those callbacks
- * gathered, in one call. A head of any other shape it declines (returns None) and httptools
- * parses that head as before, errors and limits included: it accepts a strict subset of what
+ * gathered, in one call, with the body when a Content-Length body is all there. A head of any
+ * other shape it declines (returns None) and httptools parses that request as before, errors and
+ * limits included: it accepts a strict subset of what
  * httptools accepts and gives the same result for each, which tests/http/test_head_fastpath.py
  * checks field by field. Without this module (no compiler), every head goes through httptools.
  *
@@ -14,10 +15,11 @@
  *   method        = GET / HEAD / POST / PUT / DELETE / OPTIONS / PATCH
  *   origin-form   = "/" *( %x21-7E except "#" )          (the query after the first "?")
  *   field-line    = 1*tchar ":" *( SP / HTAB ) *( %x20-7E / HTAB ) CRLF
- * and exactly one Host field. Declined: any field that frames a body or changes the connection
- * (Content-Length, Transfer-Encoding, Upgrade, Expect, Proxy-Connection, and Connection unless it
- * is exactly "close" or "keep-alive"), a target, field section or field count over the limits
- * (httptools then answers 414 or 431), a head not complete in the bytes given, and anything else.
+ * and exactly one Host field, at most one Content-Length (1*18DIGIT), whose body must be whole in
+ * the bytes given. Declined: Transfer-Encoding, Upgrade, Expect, Proxy-Connection, Connection
+ * unless it is exactly "close" or "keep-alive", a target, field section, field count or body over
+ * the limits (httptools then answers 414, 431 or 413), a request not complete in the bytes given,
+ * and anything else.
  * A field value keeps its trailing whitespace, as httptools gives it.
  */
 #define PY_SSIZE_T_CLEAN
@@ -54,7 +56,7 @@ same_ignoring_case(const unsigned char *p, Py_ssize_t n, const char *lower, Py_s
 }
 
 /* What a field's lowercased name asks of the head. */
-enum field_kind { FIELD_PLAIN, FIELD_HOST, FIELD_CONNECTION, FIELD_FORWARDED, FIELD_DECLINE };
+enum field_kind { FIELD_PLAIN, FIELD_HOST, FIELD_CONNECTION, FIELD_CONTENT_LENGTH, FIELD_FORWARDED, FIELD_DECLINE };
 
 static enum field_kind
 field_kind(const char *name, Py_ssize_t n)
@@ -65,7 +67,7 @@ field_kind(const char *name, Py_ssize_t n)
     case 'c':
         if (SAME(name, n, "connection"))
             return FIELD_CONNECTION;
-        return SAME(name, n, "content-length") ? FIELD_DECLINE : FIELD_PLAIN;
+        return SAME(name, n, "content-length") ? FIELD_CONTENT_LENGTH : FIELD_PLAIN;
     case 't':
         return SAME(name, n, "transfer-encoding") ? FIELD_DECLINE : FIELD_PLAIN;
     case 'u':
@@ -84,11 +86,17 @@ field_kind(const char *name, Py_ssize_t n)
     }
 }
 
+/* What the fields said, beyond the list of them. */
+struct field_notes {
+    Py_ssize_t content_length;  /* -1: no Content-Length field */
+    int forwarded, close, keep_alive;
+};
+
 /* The fields from p (the byte after the request line's CRLF) to the empty line, appended to
  * `fields`; returns the offset past the empty line, or -1 to decline, -2 on a Python error. */
 static Py_ssize_t
 parse_fields(const unsigned char *buf, Py_ssize_t p, Py_ssize_t end, PyObject *fields,
-             Py_ssize_t max_size, Py_ssize_t max_count, int *forwarded, int *close, int *keep_alive)
+             Py_ssize_t max_size, Py_ssize_t max_count, struct field_notes *notes)
 {
     Py_ssize_t size = 0, count = 0, hosts = 0;
 
@@ -140,16 +148,32 @@ parse_fields(const unsigned char *buf, Py_ssize_t p, Py_ssize_t end, PyObject *f
             break;
         case FIELD_CONNECTION:
             if (same_ignoring_case(value_bytes, value_size, "close", 5))
-                *close = 1;
+                notes->close = 1;
             else if (same_ignoring_case(value_bytes, value_size, "keep-alive", 10))
-                *keep_alive = 1;
+                notes->keep_alive = 1;
             else {
                 Py_DECREF(name);
                 return -1;
             }
             break;
+        case FIELD_CONTENT_LENGTH:
+            /* Digits only, once (llhttp refuses a second one, and a sign or a space is not ours to
+             * judge); 18 digits cannot overflow. */
+            if (notes->content_length >= 0 || value_size == 0 || value_size > 18) {
+                Py_DECREF(name);
+                return -1;
+            }
+            notes->content_length = 0;
+            for (Py_ssize_t i = 0; i < value_size; i++) {
+                if (value_bytes[i] < '0' || value_bytes[i] > '9') {
+                    Py_DECREF(name);
+                    return -1;
+                }
+                notes->content_length = notes->content_length * 10 + (value_bytes[i] - '0');
+            }
+            break;
         case FIELD_FORWARDED:
-            *forwarded = 1;
+            notes->forwarded = 1;
             break;
         case FIELD_PLAIN:
             break;
@@ -174,23 +198,25 @@ parse_fields(const unsigned char *buf, Py_ssize_t p, Py_ssize_t end, PyObject *f
     }
 }
 
-/* parse_head(data, start, end, max_target, max_fields_size, max_fields)
- *   -> (head_end, method, raw_path, query, http_version, headers, forwarded, keep_alive) | None */
+/* parse_head(data, start, end, max_target, max_fields_size, max_fields, max_body)
+ *   -> (request_end, method, raw_path, query, http_version, headers, forwarded, keep_alive,
+ *       content_length, body) | None
+ * max_body < 0: no limit. content_length is None without the field. */
 static PyObject *
 parse_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "parse_head takes 6 arguments");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "parse_head takes 7 arguments");
         return NULL;
     }
-    Py_ssize_t limits[5];
-    for (int i = 0; i < 5; i++) {
+    Py_ssize_t limits[6];
+    for (int i = 0; i < 6; i++) {
         limits[i] = PyLong_AsSsize_t(args[i + 1]);
         if (limits[i] == -1 && PyErr_Occurred())
             return NULL;
     }
     Py_ssize_t start = limits[0], end = limits[1];
-    Py_ssize_t max_target = limits[2], max_size = limits[3], max_count = limits[4];
+    Py_ssize_t max_target = limits[2], max_size = limits[3], max_count = limits[4], max_body = limits[5];
     Py_buffer view;
     if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
@@ -200,7 +226,8 @@ parse_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     const unsigned char *buf = view.buf;
-    PyObject *result = NULL, *fields = NULL, *raw_path = NULL, *query = NULL;
+    PyObject *result = NULL, *fields = NULL, *raw_path = NULL, *query = NULL, *body = NULL;
+    PyObject *content_length = NULL;
     Py_ssize_t p = start;
 
     /* method SP */
@@ -240,18 +267,23 @@ parse_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t query_start = query_mark < 0 ? p : query_mark + 1, query_end = p;
     p += 11;
 
-    int forwarded = 0, close = 0, keep_alive_field = 0;
+    struct field_notes notes = {-1, 0, 0, 0};
     fields = PyList_New(0);
     if (fields == NULL)
         goto error;
-    Py_ssize_t head_end = parse_fields(buf, p, end, fields, max_size, max_count,
-                                       &forwarded, &close, &keep_alive_field);
+    Py_ssize_t head_end = parse_fields(buf, p, end, fields, max_size, max_count, &notes);
     if (head_end == -2)
         goto error;
     if (head_end < 0)
         goto decline;
+    Py_ssize_t request_end = head_end;
+    if (notes.content_length >= 0) {
+        if ((max_body >= 0 && notes.content_length > max_body) || notes.content_length > end - head_end)
+            goto decline;  /* over the limit (413), or not all read yet */
+        request_end = head_end + notes.content_length;
+    }
     /* llhttp_should_keep_alive for a request: HTTP/1.1 unless "close", HTTP/1.0 only with "keep-alive" */
-    int keep_alive = version == VERSION_11 ? !close : keep_alive_field;
+    int keep_alive = version == VERSION_11 ? !notes.close : notes.keep_alive;
 
     raw_path = PyBytes_FromStringAndSize((const char *)buf + target_start, path_end - target_start);
     if (raw_path == NULL)
@@ -264,8 +296,25 @@ parse_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     if (query == NULL)
         goto error;
-    result = Py_BuildValue("(nOOOOOOO)", head_end, method, raw_path, query, version, fields,
-                           forwarded ? Py_True : Py_False, keep_alive ? Py_True : Py_False);
+    if (request_end > head_end)
+        body = PyBytes_FromStringAndSize((const char *)buf + head_end, request_end - head_end);
+    else {
+        body = EMPTY_BYTES;
+        Py_INCREF(body);
+    }
+    if (body == NULL)
+        goto error;
+    if (notes.content_length >= 0)
+        content_length = PyLong_FromSsize_t(notes.content_length);
+    else {
+        content_length = Py_None;
+        Py_INCREF(content_length);
+    }
+    if (content_length == NULL)
+        goto error;
+    result = Py_BuildValue("(nOOOOOOOOO)", request_end, method, raw_path, query, version, fields,
+                           notes.forwarded ? Py_True : Py_False, keep_alive ? Py_True : Py_False,
+                           content_length, body);
     goto error;  /* result or NULL: the references below are released either way */
 
 decline:
@@ -275,14 +324,16 @@ error:
     Py_XDECREF(fields);
     Py_XDECREF(raw_path);
     Py_XDECREF(query);
+    Py_XDECREF(body);
+    Py_XDECREF(content_length);
     PyBuffer_Release(&view);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"parse_head", (PyCFunction)(void (*)(void))parse_head, METH_FASTCALL,
-     "parse_head(data, start, end, max_target, max_fields_size, max_fields) -> tuple | None\n\n"
-     "The request head of the common shape at data[start:end], or None to leave it to httptools."},
+     "parse_head(data, start, end, max_target, max_fields_size, max_fields, max_body) -> tuple | None\n\n"
+     "The request of the common shape at data[start:end], or None to leave it to httptools."},
     {NULL, NULL, 0, NULL},
 };
 

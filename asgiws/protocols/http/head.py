@@ -5,9 +5,9 @@ A mixin, so that httptools calls each callback on the protocol object itself
 slots. Limits are checked as the bytes arrive, before httptools finishes a
 field.
 
-Most heads never reach those callbacks: `parse_head` (the optional C helper
-_head.c) reads a whole head of the common shape in one call, and
-`take_parsed_head` serves it; whatever it declines httptools parses.
+Most requests never reach those callbacks: `parse_head` (the optional C
+helper _head.c) reads a whole request of the common shape in one call, and
+`read_whole_request` serves it; whatever it declines httptools parses.
 """
 
 from __future__ import annotations
@@ -28,17 +28,25 @@ if TYPE_CHECKING:
     from asgiws.config import Config
     from asgiws.protocols.common import ServerState
 
-__all__ = ["Abort", "HeadCallbacks", "ParsedHead", "new_parser", "parse_head"]
+__all__ = ["WHOLE_REQUESTS", "Abort", "HeadCallbacks", "ParsedHead", "new_parser", "parse_head"]
 
-# What parse_head returns: where the head ended, the method, the path and query as
-# sent, the version, the fields (names lowercased), whether an X-Forwarded-* field
-# is present, and whether the connection stays open after the response.
-ParsedHead = tuple[int, str, bytes, bytes, str, list[tuple[bytes, bytes]], bool, bool]
-parse_head: Callable[[bytes | bytearray, int, int, int, int, int], ParsedHead | None] | None
+# What parse_head returns: where the request ended, the method, the path and query
+# as sent, the version, the fields (names lowercased), whether an X-Forwarded-*
+# field is present, whether the connection stays open after the response, the
+# Content-Length (None without one) and the body.
+ParsedHead = tuple[int, str, bytes, bytes, str, list[tuple[bytes, bytes]], bool, bool, "int | None", bytes]
+
+
+def _no_parse_head(*args: object) -> ParsedHead | None:
+    return None
+
+
+parse_head: Callable[[bytes | bytearray, int, int, int, int, int, int], ParsedHead | None]
 try:
     from asgiws.protocols.http._head import parse_head
-except ImportError:  # not built: httptools parses every head
-    parse_head = None
+except ImportError:  # not built: httptools parses every request
+    parse_head = _no_parse_head
+WHOLE_REQUESTS = parse_head is not _no_parse_head
 
 
 class Abort(Exception):
@@ -182,22 +190,34 @@ class HeadCallbacks:
         self._parsing = cycle  # until on_message_complete
         self._start_cycle(cycle)
 
-    def take_parsed_head(self, head: ParsedHead) -> int:
-        """Serve a request whose head parse_head read: the callbacks' work in one call.
+    def read_whole_request(self, data: bytes | bytearray, start: int, end: int) -> int:
+        """Serve the request at data[start:end] if parse_head reads it whole: the callbacks' work in one call.
 
-        parse_head takes only heads without a body, an upgrade or anything
-        else on_headers_complete would refuse, so the request is complete here
-        (no on_message_complete follows). Returns where its head ended.
+        parse_head takes only requests without an upgrade or anything else
+        on_headers_complete would refuse, with their body (if any) all in
+        `data`, so the request is complete here. Returns where it ended, or -1
+        when parse_head declined it and httptools is to parse it.
         """
-        head_end, method, raw_path, query, version, headers, forwarded, keep_alive = head
+        config = self.config
+        limit = config.limit_request_body
+        head = parse_head(data, start, end, config.max_request_line_size, config.max_header_size,
+                          config.max_header_count, -1 if limit is None else limit)
+        if head is None:
+            return -1
+        request_end, method, raw_path, query, version, headers, forwarded, keep_alive, content_length, body = head
         self._cancel_timer()
         scope = self._scope(method, version, raw_path, query, headers)
         if forwarded and self._proxy_trusted:
-            rewrite_from_forwarded(scope, self.trusted, forwarded_host=self.config.forwarded_host)
+            rewrite_from_forwarded(scope, self.trusted, forwarded_host=config.forwarded_host)
         cycle = self._new_cycle(scope, keep_alive)
         cycle.more_body = False
+        if content_length is not None:
+            cycle.content_length = cycle.body_received = content_length
+            if body:
+                cycle.body.append(body)
+                cycle.buffered = content_length
         self._start_cycle(cycle)
-        return head_end
+        return request_end
 
     def _new_cycle(self, scope: Scope, keep_alive: bool) -> RequestCycle:
         self.server_state.total_requests += 1

@@ -1,7 +1,7 @@
 """HTTP/1.1 on httptools: one `HttpProtocol` per TCP connection (intake, pipelining, timers, upgrade).
 
 Requests are parsed by httptools (strict, except that any one-digit version
-parses: head.py answers it), or, for a head of the common shape, by the C
+parses: head.py answers it), or, for a request of the common shape, by the C
 helper's parse_head in one call (head.py), and served one at a time; pipelined requests wait
 in `pipeline` with reading paused. A request carrying `Upgrade: websocket` is
 handed, parsed, to the WebSocket protocol together with the bytes that
@@ -24,7 +24,7 @@ from asgiws.logging import TRACE_LOG_LEVEL
 from asgiws.metrics import LIMIT, METRICS, PER_IP
 from asgiws.protocols.common import ServerState
 from asgiws.protocols.http.cycle import HttpConnection, RequestCycle
-from asgiws.protocols.http.head import Abort, HeadCallbacks, new_parser, parse_head
+from asgiws.protocols.http.head import WHOLE_REQUESTS, Abort, HeadCallbacks, new_parser
 from asgiws.protocols.response import add_default_fields, date_line, error_response, format_fields
 from asgiws.protocols.utils import TrustedProxies, get_local_addr, get_remote_addr, is_ssl, peer_name
 from asgiws.types import ASGIApp, Scope
@@ -172,17 +172,13 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
             self._backlog += self.server_state.read_buffer[:nbytes]
             return
         data = self.server_state.read_buffer
-        if parse_head is not None and self.cycle is None and not self._in_head and self._parsing is None:
+        if WHOLE_REQUESTS and self.cycle is None and not self._in_head and self._parsing is None:
             # An idle connection's read (no request in flight, so none waits in the
             # pipeline): most often one whole request, served without _parse's loop.
-            config = self.config
-            head = parse_head(data, 0, nbytes, config.max_request_line_size, config.max_header_size,
-                              config.max_header_count)
-            if head is not None:
-                offset = self.take_parsed_head(head)
-                if offset < nbytes:
-                    self._parse(data, nbytes, offset)
-                return
+            offset = self.read_whole_request(data, 0, nbytes)
+            if offset != nbytes:
+                self._parse(data, nbytes, max(offset, 0), declined=0 if offset < 0 else -1)
+            return
         self._parse(data, nbytes)
 
     def _receive(self, data: bytes | bytearray, size: int) -> None:
@@ -195,8 +191,11 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
             return
         self._parse(data, size)
 
-    def _parse(self, data: bytes | bytearray, size: int, offset: int = 0) -> None:
+    def _parse(self, data: bytes | bytearray, size: int, offset: int = 0, *, declined: int = -1) -> None:
         """Feed httptools data[offset:size] piece by piece; stop and keep the rest once the pipeline is full.
+
+        Each request that starts between requests goes to read_whole_request
+        first, unless it starts at `declined`, where it was declined already.
 
         One read can hold thousands of pipelined requests: parsing it whole would
         queue them all. Between pieces (`_piece_end`) the queue is checked, so it
@@ -218,12 +217,13 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
                 break
             # A short read is one piece: _piece_end's first answer, without the call.
             end = size if size - offset <= _PARSE_SLICE else self._piece_end(data, offset, size)
-            if parse_head is not None and not self._in_head and self._parsing is None:
-                # Between requests: a whole head of the common shape is read in one call.
-                head = parse_head(data, offset, end, config.max_request_line_size, config.max_header_size,
-                                  config.max_header_count)
-                if head is not None:
-                    offset = self.take_parsed_head(head)
+            if WHOLE_REQUESTS and not self._in_head and self._parsing is None and offset != declined:
+                # Between requests: a whole request of the common shape is read in one call
+                # (up to `size`, not the piece's end: a piece ends at the head, and one request
+                # is read, so the pipeline's bound holds).
+                taken = self.read_whole_request(data, offset, size)
+                if taken >= 0:
+                    offset = taken
                     continue
             if self._in_head:
                 # Raw bytes of an unfinished head (httptools buffers a partial field
