@@ -87,6 +87,8 @@ SCENARIOS = {
     "churn": ("Churn: connect+echo+close, 16 at a time", "handshakes_per_s", "hs/s", True, True),
     "http_get": ("HTTP GET hello world, wrk 64 conns", "req_per_s", "req/s", True, False),
     "http_post": ("HTTP POST 1 MiB echo, wrk 8 conns", "req_per_s", "req/s", True, False),
+    # what most API calls are: a small JSON body in the same read as its head
+    "http_post_json": ("HTTP POST 86-byte JSON echo, wrk 64 conns", "req_per_s", "req/s", True, False),
     "stall": ("Stall: worst RTT of 20 pinging conns while 1 conn echoes 16 MiB deflate text", "max_ms", "ms",
               False, True),
     # wss: the same loads over TLS, a self-signed certificate made at run time (bench/tls.py)
@@ -108,7 +110,7 @@ EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", Fals
          "fanout": _FANOUT_CPU, "fanout_queue": _FANOUT_CPU, "fanout_broadcast": _FANOUT_CPU,
          "fanout_floor": _FANOUT_CPU,
          "churn": [("handshakes_per_cpu_s", "handshakes per server CPU second", "1/s", True)],
-         "http_get": _HTTP_CPU, "http_post": _HTTP_CPU}
+         "http_get": _HTTP_CPU, "http_post": _HTTP_CPU, "http_post_json": _HTTP_CPU}
 # scenarios that only some servers can run (others: n/a); stall needs permessage-deflate
 ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-legacy", "uvicorn-wsproto", "hypercorn"},
            # asgiws's own API; picows (its publisher writes to each subscriber) is the ceiling beside it
@@ -307,6 +309,8 @@ def scenario(name, port, pid, q):
         return wrk(port, 64, D["http_get"], pid)
     if name == "http_post":
         return wrk(port, 8, D["http_post"], pid, script="post.lua", path="/echo")
+    if name == "http_post_json":
+        return wrk(port, 64, D["http_get"], pid, script="post_json.lua", path="/echo")
     raise ValueError(name)
 
 
