@@ -34,7 +34,7 @@ __all__ = ["WHOLE_REQUESTS", "Abort", "HeadCallbacks", "ParsedHead", "new_parser
 # as sent, the version, the fields (names lowercased), whether an X-Forwarded-*
 # field is present, whether the connection stays open after the response, the
 # Content-Length (None without one) and the body.
-ParsedHead = tuple[int, str, bytes, bytes, str, list[tuple[bytes, bytes]], bool, bool, "int | None", bytes]
+ParsedHead = tuple[int, str, bytes, bytes, str, list[tuple[bytes, bytes]], bool, bool, int | None, bytes]
 
 
 def _no_parse_head(*args: object) -> ParsedHead | None:
