@@ -27,8 +27,8 @@ GET = b"GET / HTTP/1.1\r\nHost: x\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n"
 POST = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n" + b"x" * 65536
 
 
-class _Transport(asyncio.Transport):
-    """Counts what is written; never closes by itself."""
+class FakeTransport(asyncio.Transport):
+    """Counts what is written; never closes by itself (tests/http/test_head_fastpath.py records it)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -75,7 +75,7 @@ async def _cpu_per_request(request: bytes, count: int) -> float:
     best = float("inf")
     for _ in range(ROUNDS):
         protocol = HttpProtocol(config=config, server_state=state, app=_app, loop=loop)
-        transport = _Transport()
+        transport = FakeTransport()
         protocol.connection_made(transport)
         start = time.thread_time()
         for _ in range(count):

@@ -24,6 +24,7 @@ from asgiws.protocols.http import HttpProtocol, build_default_headers
 from asgiws.protocols.http import head as head_module
 from asgiws.protocols.http import protocol as protocol_module
 from asgiws.protocols.utils import FORWARDED_FIELDS
+from bench.http_cpu import FakeTransport
 
 parse_head = head_module.parse_head
 
@@ -33,32 +34,20 @@ def test_the_helper_is_built():
     assert head_module.WHOLE_REQUESTS, "asgiws.protocols.http._head is not built"
 
 
-class _Transport:
+class _Recording(FakeTransport):
+    """bench/http_cpu.py's transport, keeping the bytes written as well as their count."""
+
     def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
+        super().__init__()
+        self.data = bytearray()
 
     def write(self, data: Any) -> None:
-        self.written += data
+        super().write(data)
+        self.data += data
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
-            self.written += chunk
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(name, default)
+            self.write(chunk)
 
 
 def _comparable(scope: dict[str, Any]) -> dict[str, Any]:
@@ -96,8 +85,8 @@ async def _serve(data: bytes, fast: bool, config: Config) -> tuple[list[dict[str
     try:
         loop = asyncio.get_running_loop()
         protocol = HttpProtocol(config=config, server_state=state, app=app, loop=loop)
-        transport = _Transport()
-        protocol.connection_made(transport)  # type: ignore[arg-type]
+        transport = _Recording()
+        protocol.connection_made(transport)
         state.read_buffer[: len(data)] = data
         protocol.buffer_updated(len(data))
         for _ in range(20):  # every pipelined request's task runs and answers
@@ -106,7 +95,7 @@ async def _serve(data: bytes, fast: bool, config: Config) -> tuple[list[dict[str
     finally:
         protocol_module.WHOLE_REQUESTS = True  # type: ignore[misc]
         head_module.parse_head = real
-    return scopes, bytes(transport.written), transport.closed, taken
+    return scopes, bytes(transport.data), transport.closing, taken
 
 
 def _both(data: bytes, **config: Any) -> tuple[Any, int]:

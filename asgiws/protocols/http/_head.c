@@ -198,6 +198,16 @@ parse_fields(const unsigned char *buf, Py_ssize_t p, Py_ssize_t end, PyObject *f
     }
 }
 
+/* buf[start:end] as bytes; the one empty bytes object when it is empty (most queries and bodies). */
+static PyObject *
+slice_bytes(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end)
+{
+    if (end > start)
+        return PyBytes_FromStringAndSize((const char *)buf + start, end - start);
+    Py_INCREF(EMPTY_BYTES);
+    return EMPTY_BYTES;
+}
+
 /* parse_head(data, start, end, max_target, max_fields_size, max_fields, max_body)
  *   -> (request_end, method, raw_path, query, http_version, headers, forwarded, keep_alive,
  *       content_length, body) | None
@@ -285,24 +295,9 @@ parse_head(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     /* llhttp_should_keep_alive for a request: HTTP/1.1 unless "close", HTTP/1.0 only with "keep-alive" */
     int keep_alive = version == VERSION_11 ? !notes.close : notes.keep_alive;
 
-    raw_path = PyBytes_FromStringAndSize((const char *)buf + target_start, path_end - target_start);
-    if (raw_path == NULL)
-        goto error;
-    if (query_end > query_start)
-        query = PyBytes_FromStringAndSize((const char *)buf + query_start, query_end - query_start);
-    else {
-        query = EMPTY_BYTES;
-        Py_INCREF(query);
-    }
-    if (query == NULL)
-        goto error;
-    if (request_end > head_end)
-        body = PyBytes_FromStringAndSize((const char *)buf + head_end, request_end - head_end);
-    else {
-        body = EMPTY_BYTES;
-        Py_INCREF(body);
-    }
-    if (body == NULL)
+    if ((raw_path = slice_bytes(buf, target_start, path_end)) == NULL
+        || (query = slice_bytes(buf, query_start, query_end)) == NULL
+        || (body = slice_bytes(buf, head_end, request_end)) == NULL)
         goto error;
     if (notes.content_length >= 0)
         content_length = PyLong_FromSsize_t(notes.content_length);
