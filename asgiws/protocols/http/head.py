@@ -179,12 +179,11 @@ class HeadCallbacks:
             scope["subprotocols"] = []
             self._ws_upgrade = (scope, method)
             return
+        cycle = self._new_cycle(scope, self.parser.should_keep_alive())
         content_length = self._content_length
         limit = self.config.limit_request_body
         if limit is not None and content_length is not None and content_length > limit:
-            self.server_state.total_requests += 1
             raise self._set_abort(413, "Request body too large")
-        cycle = self._new_cycle(scope, self.parser.should_keep_alive())
         cycle.content_length = content_length
         cycle.expect_100 = self._expect_100 and version == "1.1"
         self._parsing = cycle  # until on_message_complete

@@ -215,16 +215,16 @@ class HttpProtocol(HeadCallbacks, asyncio.BufferedProtocol):
                 self._backlog = bytes(view[offset:])
                 self._update_reading()
                 break
-            # A short read is one piece: _piece_end's first answer, without the call.
-            end = size if size - offset <= _PARSE_SLICE else self._piece_end(data, offset, size)
             if WHOLE_REQUESTS and not self._in_head and self._parsing is None and offset != declined:
-                # Between requests: a whole request of the common shape is read in one call
-                # (up to `size`, not the piece's end: a piece ends at the head, and one request
-                # is read, so the pipeline's bound holds).
+                # Between requests: a whole request of the common shape is read in one call, up
+                # to `size` (one request is read, so the pipeline's bound holds) and before the
+                # piece's end is looked for, which only httptools's feed needs.
                 taken = self.read_whole_request(data, offset, size)
                 if taken >= 0:
                     offset = taken
                     continue
+            # A short read is one piece: _piece_end's first answer, without the call.
+            end = size if size - offset <= _PARSE_SLICE else self._piece_end(data, offset, size)
             if self._in_head:
                 # Raw bytes of an unfinished head (httptools buffers a partial field
                 # whole): bounded here, before the field ends, to the piece.
