@@ -309,9 +309,17 @@ def test_presence_across_two_workers_and_a_second_server(redis_server: RedisServ
                         assert time.monotonic() - began < within, (got_a, got_b, expected)
                         await asyncio.sleep(0.1)
 
-                on_a = [Resumer(f"ws://{a.base}", "lobby", name=f"a{i}") for i in range(8)]
+                # At least 8 on A, and more until the ones after the first sit on both workers:
+                # SO_REUSEPORT spreads connections by a hash of their addresses, and 7 all landed
+                # on one worker once (1 run in 64 would, by chance alone).
+                on_a: list[Resumer] = []
+                pids: list[int] = []
+                while len(on_a) < 8 or len(set(pids[1:])) < 2:
+                    assert len(on_a) < 40, f"40 connections, all on worker {pids[1]}"
+                    client = Resumer(f"ws://{a.base}", "lobby", name=f"a{len(on_a)}")
+                    pids.append((await client.connect())["pid"])
+                    on_a.append(client)
                 on_b = [Resumer(f"ws://{b.base}", "lobby", name=f"b{i}") for i in range(2)]
-                pids = [(await client.connect())["pid"] for client in on_a]
                 for client in on_b:
                     await client.connect()
                 everyone = sorted(c.name for c in on_a + on_b)  # type: ignore[misc]
