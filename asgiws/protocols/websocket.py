@@ -55,27 +55,26 @@ class _PayloadReader(asyncio.BufferedProtocol):
     (`ServerConnection.payload_buffer`): no copy of the payload in Python,
     no read-sized bytes objects. A frame's last few KiB, and what follows,
     come through reads of at most _FOLLOWING_READ bytes into the worker's
-    shared buffer, given to data_received. It stays on the transport for
-    the read after that too: a client sending large messages sends the next
-    one soon (an echo, after its answer), and a whole read by data_received
-    (256 KiB) brought that frame's first quarter MiB through two copies, the
-    read's bytes object and then its place in the payload. The
-    WebSocketProtocol is put back once such a read begins no large frame.
+    shared buffer, given to data_received. It stays on the transport until
+    a read begins a frame that is not large: a client sending large messages
+    sends the next one soon (an echo, after its answer), and a whole read by
+    data_received (256 KiB) brought that frame's first quarter MiB through
+    two copies, the read's bytes object and then its place in the payload.
+    A read that only brings the rest of the large frame (its tail, in one
+    read or several, as the kernel cut it) begins no frame.
     """
 
-    __slots__ = ("following", "read_payload", "reading_following", "ws")
+    __slots__ = ("following", "reading_following", "ws")
 
     def __init__(self, ws: WebSocketProtocol) -> None:
         self.ws = ws
         self.following = memoryview(ws.server_state.read_buffer)[:_FOLLOWING_READ]
         self.reading_following = False  # the read under way is into `following`
-        self.read_payload = False  # the last read went into a payload
 
     def get_buffer(self, sizehint: int) -> memoryview:
         conn = self.ws.session.conn
         view = conn.payload_buffer() if conn is not None else None
         if view is not None:
-            self.read_payload = True
             return view[:_PAYLOAD_READ]
         self.reading_following = True
         return self.following
@@ -86,11 +85,12 @@ class _PayloadReader(asyncio.BufferedProtocol):
             ws.payload_received(nbytes)
             return
         self.reading_following = False
-        tail, self.read_payload = self.read_payload, False
+        conn = ws.session.conn
+        within_frame = conn is not None and conn.frame_remaining >= nbytes
         ws.data_received(bytes(self.following[:nbytes]))
         conn = ws.session.conn
-        if not tail and (conn is None or not conn.payload_pending):
-            ws.read_normally()  # the read after a large frame began no other
+        if not within_frame and (conn is None or not conn.payload_pending):
+            ws.read_normally()  # this read began a frame, and not a large one
 
     def eof_received(self) -> bool | None:
         return self.ws.eof_received()

@@ -579,6 +579,11 @@ class ServerConnection:
         return out
 
     @property
+    def frame_remaining(self) -> int:
+        """Payload bytes of the frame being received that have not arrived yet (0 between frames)."""
+        return self._frame_remaining
+
+    @property
     def handshake_complete(self) -> bool:
         """Close frames went both ways: the server should now close TCP (7.1.1)."""
         return self.close_sent and self.close_received

@@ -141,3 +141,32 @@ def test_one_at_a_time_the_reader_stays_for_the_next_large_message_and_leaves_af
 
     with run_server(echo_app, loop=loop, ws_max_size=2**22) as server:
         asyncio.run(asyncio.wait_for(main(server), 60))
+
+
+def test_the_reader_stays_when_a_large_frames_tail_comes_in_several_reads(run_server, loop):
+    # The kernel may cut a large frame's last KiB over two reads or more: reads that only bring
+    # the rest of the frame begin no frame, so the reader stays for the next message; only a
+    # read that begins a small frame gives the transport back (what the test above relies on,
+    # whatever the read boundaries).
+    from asgiws.protocols.websocket import WebSocketProtocol
+
+    def protocols(server):
+        return [type(c.transport.get_protocol()).__name__ for c in server.server_state.connections
+                if isinstance(c, WebSocketProtocol)]
+
+    payload = os.urandom(1 << 20)
+    frame = client_frame(Opcode.BINARY, payload)
+    with run_server(echo_app, loop=loop, ws_max_size=2**22) as server:
+        ws = RawWebSocket(server.port)
+        ws.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ws.sock.sendall(frame[:-3000])
+        time.sleep(0.2)  # the payload read in place, the frame's tail not sent yet
+        for piece in (frame[-3000:-1500], frame[-1500:-1], frame[-1:]):
+            ws.sock.sendall(piece)
+            time.sleep(0.05)  # each piece its own read
+        assert ws.read_frame() == (Opcode.BINARY, True, payload)
+        assert protocols(server) == ["_PayloadReader"]
+        ws.sock.sendall(client_frame(Opcode.TEXT, b"small"))
+        assert ws.read_frame() == (Opcode.TEXT, True, b"small")
+        assert protocols(server) == ["WebSocketProtocol"]
+        ws.close()
