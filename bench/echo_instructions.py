@@ -55,19 +55,24 @@ PEERS = {
     "picows": ("import gc, runpy, sys; gc.disable(); sys.argv = ['picows_server.py', '--port', sys.argv[1]]; "
                "runpy.run_path('bench/picows_server.py', run_name='__main__')"),
 }
+# picows-floor: the same picows server on its /echo_floor route, bench/app.py's echo coroutine
+# stepped from each frame with no Task: the floor under any ASGI server (bench/picows_server.py)
+PEERS["picows-floor"] = PEERS["picows"]
+PATHS = {"picows-floor": "/echo_floor"}
 
 
-async def echo(port: int, messages: int) -> None:
+async def echo(port: int, messages: int, path: str = "/echo") -> None:
     from websockets.asyncio.client import connect
 
-    async with connect(f"ws://127.0.0.1:{port}/echo", compression=None, ping_interval=None) as ws:
+    async with connect(f"ws://127.0.0.1:{port}{path}", compression=None, ping_interval=None) as ws:
         payload = "x" * 64
         for _ in range(messages):
             await ws.send(payload)
             assert await ws.recv() == payload
 
 
-def instructions(tree: Path, messages: int, idle: float = 0.0, code: str = SERVE) -> tuple[int, float]:
+def instructions(tree: Path, messages: int, idle: float = 0.0, code: str = SERVE,
+                 path: str = "/echo") -> tuple[int, float]:
     """Instructions the server executed from start to exit, for one client echoing `messages` then
     `idle` seconds of nothing, and the seconds it served (from listening to the signal to stop)."""
     port = free_port()
@@ -80,7 +85,7 @@ def instructions(tree: Path, messages: int, idle: float = 0.0, code: str = SERVE
         try:
             wait_for_port(port, 120)
             serving = time.monotonic()  # start-up's length moves with the load; its instructions do not
-            asyncio.run(echo(port, messages))
+            asyncio.run(echo(port, messages, path))
             time.sleep(idle)
             seconds = time.monotonic() - serving
         finally:
@@ -97,9 +102,11 @@ def instructions(tree: Path, messages: int, idle: float = 0.0, code: str = SERVE
 
 def per_echo(name: str, tree: Path, code: str, low: int, high: int) -> float:
     """Instructions per echo of one server, corrected for its run's length; prints the runs."""
+    path = PATHS.get(name, "/echo")
     (idle_short, short_s), (idle_long, long_s) = instructions(tree, 0, 2.0, code), instructions(tree, 0, 22.0, code)
     per_second = (idle_long - idle_short) / (long_s - short_s)
-    (few, few_s), (many, many_s) = instructions(tree, low, 0.0, code), instructions(tree, high, 0.0, code)
+    (few, few_s), (many, many_s) = (instructions(tree, low, 0.0, code, path),
+                                    instructions(tree, high, 0.0, code, path))
     result = (many - few - per_second * (many_s - few_s)) / (high - low)
     print(f"{name:10s} idle: {per_second:,.0f} instructions/s; {low:,} messages: {few:,} in {few_s:.1f} s; "
           f"{high:,}: {many:,} in {many_s:.1f} s; per echo {result:,.0f}", flush=True)

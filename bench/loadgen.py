@@ -80,7 +80,7 @@ async def run_echo(a):
     mtype = WSMsgType.BINARY if a.binary else WSMsgType.TEXT
     st = {"measuring": False, "running": True, "count": 0, "lat": []}
     conns = []
-    url, context = url_and_context(a, "/echo")
+    url, context = url_and_context(a, a.path or "/echo")
     for _ in range(a.conns):
         tr, cl = await asyncio.wait_for(
             ws_connect(lambda: EchoClient(payload, mtype, st), url, ssl_context=context,
@@ -125,7 +125,7 @@ class Sub(WSListener):
 async def run_fanout(a):
     loop = asyncio.get_running_loop()
     st = {"n": 0, "target": a.subs, "done": loop.create_future()}
-    url = URL.format(port=a.port, path=a.path)
+    url = URL.format(port=a.port, path=a.path or "/fanout")
     subs = []
     sem = asyncio.Semaphore(64)
     t_conn = time.perf_counter()
@@ -264,7 +264,7 @@ def tree_rss(pid):
 async def run_memory(a):
     import websockets
     from websockets.asyncio.client import connect
-    url, context = url_and_context(a, "/echo")
+    url, context = url_and_context(a, a.path or "/echo")
     tls = {"ssl": context} if context else {}
     comp = "deflate" if a.deflate else None
     # warm-up: a few connections so lazy imports/allocations are not counted
@@ -481,7 +481,7 @@ def main():
     p.add_argument("--duration", type=float, default=5)
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--subs", type=int, default=5000)
-    p.add_argument("--path", default="/fanout", help="fanout: the subscribers' path (/fanout or /fanout_queue)")
+    p.add_argument("--path", help="echo: the path (/echo); fanout: the subscribers' (/fanout, /fanout_queue, ...)")
     p.add_argument("--publish-path", default="/publish", help="fanout: the publisher's path (/publish_floor: "
                    "the floor, asgiws only)")
     p.add_argument("--rounds", type=int, default=10)

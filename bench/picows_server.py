@@ -2,13 +2,21 @@
 
 Same WebSocket routes as bench/app.py: /echo (default), /fanout, /fanout_queue and
 /fanout_broadcast (all plain subscribers here), /publish (and /publish_floor, the same).
+And one that is not bare: /echo_floor runs bench/app.py's echo coroutine on picows's codec,
+stepped straight from each frame, with no asyncio Task (see AsgiFloor).
 """
 import argparse
 import asyncio
+import os
 import ssl
+import sys
+import types
 
 import uvloop
 from picows import WSListener, WSMsgType, ws_create_server
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.app import app as asgi_app  # noqa: E402  (the repository root is on the path only now)
 
 subscribers = set()
 
@@ -23,6 +31,64 @@ class Echo(WSListener):
             transport.disconnect()
         elif t == WSMsgType.PING:
             transport.send_pong(frame.get_payload_as_bytes())
+
+
+@types.coroutine
+def _receive():
+    """The floor's ASGI receive: the driver sends the next event into the app's coroutine."""
+    return (yield)
+
+
+class AsgiFloor(WSListener):
+    """/echo_floor: bench/app.py's /echo coroutine driven from picows's frame callbacks.
+
+    The least an ASGI server on picows's codec could do per message: an event dict in, the
+    app's coroutine resumed from the frame callback itself, its `websocket.send` written as a
+    frame. No asyncio Task is there, which a real server must give the app (current_task() for
+    anyio and sniffio, cancellation, its exceptions caught): so this is a floor under every
+    ASGI server, not a server to run apps on.
+    """
+
+    def on_ws_connected(self, transport):
+        self.transport = transport
+        self.app = asgi_app({"type": "websocket", "path": "/echo"}, _receive, self._send)
+        self._step(None)  # to the app's first receive()
+        self._step({"type": "websocket.connect"})
+
+    def _step(self, event):
+        if self.app is None:
+            return
+        try:
+            self.app.send(event)
+        except StopIteration:
+            self.app = None
+
+    async def _send(self, event):
+        kind = event["type"]
+        if kind == "websocket.send":
+            text = event.get("text")
+            if text is not None:
+                self.transport.send(WSMsgType.TEXT, text.encode())
+            else:
+                self.transport.send(WSMsgType.BINARY, event["bytes"])
+        elif kind == "websocket.close":
+            self.transport.send_close(event.get("code", 1000))
+            self.transport.disconnect()
+
+    def on_ws_frame(self, transport, frame):
+        t = frame.msg_type
+        if t == WSMsgType.TEXT:
+            self._step({"type": "websocket.receive", "text": frame.get_payload_as_utf8_text()})
+        elif t == WSMsgType.BINARY:
+            self._step({"type": "websocket.receive", "bytes": frame.get_payload_as_bytes()})
+        elif t == WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        elif t == WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
+
+    def on_ws_disconnected(self, transport):
+        self._step({"type": "websocket.disconnect", "code": 1005})
 
 
 class Sub(WSListener):
@@ -57,6 +123,8 @@ def factory(request):
         return Sub()
     if request.path in (b"/publish", "/publish", b"/publish_floor", "/publish_floor"):
         return Pub()  # /publish_floor: picows's own loop is the ceiling beside asgiws's floor
+    if request.path in (b"/echo_floor", "/echo_floor"):
+        return AsgiFloor()
     return Echo()
 
 

@@ -73,6 +73,11 @@ WS_ONLY = {"picows"}  # ceiling: WebSocket scenarios only
 # name -> (title, metric key, unit, higher is better, websocket scenario)
 SCENARIOS = {
     "echo64": ("WS echo 64 B text, 50 conns", "msgs_per_s", "msg/s", True, True),
+    # picows on its /echo_floor route: bench/app.py's echo coroutine stepped straight from each
+    # frame, no Task (bench/picows_server.py's AsgiFloor): the least any ASGI server could do,
+    # beside asgiws serving the same path (any other WS path echoes) in the same rounds
+    "echo64_floor": ("WS echo 64 B text, 50 conns, picows running the ASGI app with no Task (floor)",
+                     "msgs_per_s", "msg/s", True, True),
     "echo1m": ("WS echo 1 MiB binary, 4 conns", "msgs_per_s", "msg/s", True, True),
     "fanout": ("Fan-out to 5,000 subscribers, publisher loops over send", "median_ms", "ms", False, True),
     "fanout_queue": ("Fan-out to 5,000 subscribers, a task + queue each", "median_ms", "ms", False, True),
@@ -103,6 +108,7 @@ _FANOUT_CPU = [("deliveries_per_cpu_s", "deliveries per server CPU second", "1/s
 _MSG_CPU = [("msgs_per_cpu_s", "messages per server CPU second", "1/s", True)]
 EXTRA = {"echo64": [("p50_ms", "p50", "ms", False), ("p99_ms", "p99", "ms", False),
                     *_MSG_CPU],
+         "echo64_floor": _MSG_CPU,
          "echo1m": _MSG_CPU,
          "stall": [("p99_ms", "p99", "ms", False)],
          # TLS record work is most of a wss server's CPU: per CPU second is the figure noise moves less
@@ -116,7 +122,8 @@ ONLY_ON = {"stall": {"asgiws", "uvicorn", "uvicorn-legacy", "uvicorn-wsproto", "
            # asgiws's own API; picows (its publisher writes to each subscriber) is the ceiling beside it
            "fanout_broadcast": {"asgiws", "asgiws-scraped", "picows"},
            # asgiws internals; picows's own loop is the ceiling beside it
-           "fanout_floor": {"asgiws", "picows"}}
+           "fanout_floor": {"asgiws", "picows"},
+           "echo64_floor": {"asgiws", "picows"}}
 # per-run loads, seconds unless said otherwise: full / --quick
 # wrk takes whole seconds only ("2.5s" is rejected with its usage text).
 DUR = {
@@ -276,9 +283,10 @@ def wrk(port, conns, dur, pid, script=None, path="/"):
 def scenario(name, port, pid, q):
     D = DUR[q]
     d = D["echo"]
-    if name == "echo64":
+    if name in ("echo64", "echo64_floor"):
+        path = ["--path", "/echo_floor"] if name == "echo64_floor" else []
         return loadgen(["echo", "--port", str(port), "--conns", "50", "--size", "64", "--duration", str(d),
-                        "--pid", str(pid)], d + 30)
+                        "--pid", str(pid), *path], d + 30)
     if name == "echo1m":
         return loadgen(["echo", "--port", str(port), "--conns", "4", "--size", str(1 << 20), "--binary",
                         "--duration", str(d), "--pid", str(pid)], d + 30)
