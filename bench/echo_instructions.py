@@ -4,14 +4,15 @@ counters' cost, and asgiws beside its peers.
     python -m bench.uncounted /tmp/asgiws-uncounted
     python -m bench.uncounted --control /tmp/asgiws-counted
     python -m bench.echo_instructions --uncounted-tree /tmp/asgiws-uncounted --control-tree /tmp/asgiws-counted
-    python -m bench.echo_instructions --peers uvicorn,picows
+    python -m bench.echo_instructions --peers uvicorn,picows,picows-floor
 
 Wall-clock echo rounds on a shared machine move by 5% and more from one round to the next, more
 than the 2% the counters may cost. Instructions do not move: each server runs under `valgrind
 --tool=callgrind` (asgiws in-process through `asgiws.run`, one worker; uvicorn as bench/run.py runs
-it, its default `--ws`; the bare picows server of bench/picows_server.py; no pings, no access log,
-the garbage collector off), and one client echoes 64-byte text messages one at a time over one
-WebSocket, so every read holds one frame. Each server runs with 2,000 and 12,000 messages; the
+it, its default `--ws`; the bare picows server of bench/picows_server.py; picows-floor, the same
+server's /echo_floor: bench/app.py's echo coroutine stepped from its frames with no Task; no
+pings, no access log, the garbage collector off), and one client echoes 64-byte text messages one
+at a time over one WebSocket, so every read holds one frame. Each server runs with 2,000 and 12,000 messages; the
 difference in instructions over the difference in messages is the cost of one echo, with
 start-up, the handshake and shutdown cancelled out. What a server does by the clock (asgiws's and
 uvicorn's main loops wake every 0.1 s) grows with the run's length, which valgrind stretches more
