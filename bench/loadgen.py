@@ -481,7 +481,7 @@ def main():
     p.add_argument("--duration", type=float, default=5)
     p.add_argument("--warmup", type=float, default=0.5)
     p.add_argument("--subs", type=int, default=5000)
-    p.add_argument("--path", help="echo: the path (/echo); fanout: the subscribers' (/fanout, /fanout_queue, ...)")
+    p.add_argument("--path", help="echo, memory: the path (/echo); fanout: the subscribers' (/fanout, ...)")
     p.add_argument("--publish-path", default="/publish", help="fanout: the publisher's path (/publish_floor: "
                    "the floor, asgiws only)")
     p.add_argument("--rounds", type=int, default=10)

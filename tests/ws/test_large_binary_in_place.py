@@ -16,11 +16,18 @@ import time
 import pytest
 from websockets.asyncio.client import connect
 
+from asgiws.protocols.websocket import WebSocketProtocol
 from examples.hello import websocket_echo
 from tests.rawws import RawWebSocket
 from tests.wire import Opcode, client_frame
 
 pytestmark = pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+
+
+def protocols(server):
+    """The class of the protocol on each WebSocket's transport: the reader or the WebSocketProtocol."""
+    return [type(c.transport.get_protocol()).__name__ for c in server.server_state.connections
+            if isinstance(c, WebSocketProtocol)]
 
 
 async def echo_app(scope, receive, send):
@@ -121,12 +128,6 @@ def test_one_at_a_time_the_reader_stays_for_the_next_large_message_and_leaves_af
     # Echoed one at a time, the next large message arrives only after the answer: the in-place
     # reader stays on the transport for that read, so its first bytes are not read through a
     # whole bytes object; a read that begins no large frame gives the transport back.
-    from asgiws.protocols.websocket import WebSocketProtocol
-
-    def protocols(server):
-        return [type(c.transport.get_protocol()).__name__ for c in server.server_state.connections
-                if isinstance(c, WebSocketProtocol)]
-
     async def main(server) -> None:
         async with connect(f"ws://127.0.0.1:{server.port}/", max_size=2**22, compression=None) as ws:
             for message in [os.urandom(1 << 20), os.urandom(1 << 20), os.urandom(70_000),
@@ -148,12 +149,6 @@ def test_the_reader_stays_when_a_large_frames_tail_comes_in_several_reads(run_se
     # the rest of the frame begin no frame, so the reader stays for the next message; only a
     # read that begins a small frame gives the transport back (what the test above relies on,
     # whatever the read boundaries).
-    from asgiws.protocols.websocket import WebSocketProtocol
-
-    def protocols(server):
-        return [type(c.transport.get_protocol()).__name__ for c in server.server_state.connections
-                if isinstance(c, WebSocketProtocol)]
-
     payload = os.urandom(1 << 20)
     frame = client_frame(Opcode.BINARY, payload)
     with run_server(echo_app, loop=loop, ws_max_size=2**22) as server:
